@@ -1,0 +1,5 @@
+import sys
+
+from pql.cli import main
+
+sys.exit(main())

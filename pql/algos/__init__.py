@@ -1,0 +1,1 @@
+"""Algorithms: what PQL and PQL-D compute differently (the critic's output and loss)."""

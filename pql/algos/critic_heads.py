@@ -1,0 +1,74 @@
+"""Critic heads: how a twin critic's raw output becomes Q-values and a TD loss.
+
+``pql`` uses scalar Q-values and a clipped double-Q (min of two) MSE target;
+``pql-d`` uses C51 categorical distributions with a projected n-step target and
+cross-entropy. Shapes: B batch, K atoms; critic outputs are ``[2, B]`` (scalar)
+or ``[2, B, K]`` logits (categorical).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from pql.config import AlgoConfig
+
+
+class ScalarHead:
+    """Twin scalar Q: target r + discount * min(Q1', Q2')."""
+
+    out_features = 1
+
+    def q_values(self, out: torch.Tensor) -> torch.Tensor:
+        """``[2, B]`` Q-values of a ``[2, B]`` critic output."""
+        return out
+
+    def critic_loss(self, pred: torch.Tensor, target_out: torch.Tensor, ret: torch.Tensor,
+                    discount: torch.Tensor) -> torch.Tensor:
+        """MSE of both critics ``pred [2, B]`` against the bootstrapped target; summed over critics."""
+        with torch.no_grad():
+            target = ret + discount * target_out.min(0).values
+        return F.mse_loss(pred, target.expand_as(pred), reduction="none").mean(-1).sum()
+
+
+class CategoricalHead:
+    """Twin C51 critics: the target distribution is the one of lower mean, projected onto the atoms."""
+
+    def __init__(self, num_atoms: int, v_min: float, v_max: float, device: torch.device | str) -> None:
+        self.out_features = num_atoms
+        self.v_min, self.v_max = v_min, v_max
+        self.atoms = torch.linspace(v_min, v_max, num_atoms, device=device)  # [K]
+        self.delta = (v_max - v_min) / (num_atoms - 1)
+
+    def q_values(self, out: torch.Tensor) -> torch.Tensor:
+        """``[2, B]`` expected values of ``[2, B, K]`` logits."""
+        return (out.softmax(-1) * self.atoms).sum(-1)
+
+    def project(self, probs: torch.Tensor, ret: torch.Tensor, discount: torch.Tensor) -> torch.Tensor:
+        """Project the distribution of ``ret + discount * Z`` (``probs [B, K]``) onto the atoms: ``[B, K]``."""
+        k = self.atoms.numel()
+        tz = (ret[:, None] + discount[:, None] * self.atoms).clamp(self.v_min, self.v_max)
+        b = ((tz - self.v_min) / self.delta).clamp(0, k - 1)  # float error must not leave [0, K-1]
+        lower, upper = b.floor().long(), b.ceil().long()
+        same = (lower == upper).to(probs.dtype)
+        target = torch.zeros_like(probs)
+        target.scatter_add_(1, lower, probs * (upper.to(probs.dtype) - b + same))
+        target.scatter_add_(1, upper, probs * (b - lower.to(probs.dtype)))
+        return target
+
+    def critic_loss(self, pred: torch.Tensor, target_out: torch.Tensor, ret: torch.Tensor,
+                    discount: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of both critics' logits ``[2, B, K]`` against the projected target."""
+        with torch.no_grad():
+            probs = target_out.softmax(-1)  # [2, B, K]
+            pick = (probs * self.atoms).sum(-1).argmin(0)  # [B]: the pessimistic critic
+            chosen = probs.gather(0, pick[None, :, None].expand(1, *probs.shape[1:]))[0]
+            target = self.project(chosen, ret, discount)
+        return -(target * pred.log_softmax(-1)).sum(-1).mean(-1).sum()
+
+
+def make_head(algo: AlgoConfig, device: torch.device | str) -> ScalarHead | CategoricalHead:
+    """The critic head of ``algo.name``."""
+    if algo.name == "pql-d":
+        return CategoricalHead(algo.num_atoms, algo.v_min, algo.v_max, device)
+    return ScalarHead()

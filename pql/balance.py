@@ -1,0 +1,80 @@
+"""The speed-ratio controller that keeps actor, V-learner and P-learner balanced.
+
+Progress is counted in V-update units: an actor step is worth ``critic_sample_ratio``
+(beta_a:v) V-updates, a P-update ``critic_actor_ratio`` (beta_p:v) V-updates. In sync
+mode the trainer asks which worker is due; in async mode each worker asks how long
+to sleep, an estimate from the measured durations of the worker it waits for.
+The class does no sleeping and reads time only through the injected ``clock``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+WORKERS = ("actor", "v", "p")
+
+
+class RatioController:
+    """Counts steps of the three workers and says who is due or how long to wait."""
+
+    def __init__(self, critic_sample_ratio: float = 8.0, critic_actor_ratio: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic, smoothing: float = 0.1) -> None:
+        self.beta_av = critic_sample_ratio
+        self.beta_pv = critic_actor_ratio
+        self.clock = clock
+        self.smoothing = smoothing
+        self.counts = dict.fromkeys(WORKERS, 0)
+        self.durations: dict[str, float | None] = dict.fromkeys(WORKERS, None)
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    # -- bookkeeping -----------------------------------------------------------------
+    def begin(self, worker: str) -> None:
+        """Mark the start of one step of ``worker`` (for its duration estimate)."""
+        self._started[worker] = self.clock()
+
+    def end(self, worker: str) -> None:
+        """Mark the end of the step begun by :meth:`begin` and count it."""
+        elapsed = self.clock() - self._started.pop(worker)
+        with self._lock:
+            old = self.durations[worker]
+            self.durations[worker] = elapsed if old is None else old + self.smoothing * (elapsed - old)
+            self.counts[worker] += 1
+
+    def progress(self, worker: str) -> float:
+        """Steps of ``worker`` in V-update units."""
+        scale = {"actor": self.beta_av, "v": 1.0, "p": self.beta_pv}[worker]
+        return self.counts[worker] * scale
+
+    # -- sync schedule ---------------------------------------------------------------
+    def v_due(self) -> bool:
+        """The V-learner owes updates for the actor steps taken so far."""
+        return self.progress("v") < self.progress("actor")
+
+    def p_due(self) -> bool:
+        """The P-learner owes an update for the V-updates done so far."""
+        return self.progress("p") + self.beta_pv <= self.progress("v")
+
+    # -- async waits -----------------------------------------------------------------
+    def wait_s(self, worker: str) -> float:
+        """Seconds ``worker`` should sleep before its next step (0 if it may go on).
+
+        The actor and the V-learner may each lead the other by one actor step's worth
+        of V-updates; the P-learner may lead the V-learner by one P-update's worth.
+        A worker that leads by more waits for the time its partner needs to catch up.
+        """
+        with self._lock:
+            if worker == "actor":
+                lead = self.progress("actor") - self.progress("v") - self.beta_av
+                per_unit = self.durations["v"]
+            elif worker == "v":
+                lead = self.progress("v") - self.progress("actor") - self.beta_av
+                per_unit = None if self.durations["actor"] is None else self.durations["actor"] / self.beta_av
+            else:
+                lead = self.progress("p") - self.progress("v")
+                per_unit = self.durations["v"]
+        if lead <= 0:
+            return 0.0
+        return lead * (per_unit if per_unit is not None else 1e-3)

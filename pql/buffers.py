@@ -1,0 +1,139 @@
+"""Replay storage: the n-step transform and device-resident ring buffers.
+
+N = number of parallel environments, D = observation size, A = action size,
+C = buffer capacity in rows, B = batch size.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+import torch
+
+
+class Transitions(NamedTuple):
+    """A batch of n-step transitions; every field has leading size B (or N).
+
+    obs ``[B, D]``, action ``[B, A]``, ret ``[B]`` (discounted sum of up to n
+    rewards, stopping at the episode's end), next_obs ``[B, D]`` (the observation
+    to bootstrap from: the true final one where the episode ended inside the n
+    steps), discount ``[B]`` (gamma**m for the m rewards summed, 0 after a
+    termination; a truncation keeps gamma**m so the value bootstraps).
+    """
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    ret: torch.Tensor
+    next_obs: torch.Tensor
+    discount: torch.Tensor
+
+
+class NStepWindow:
+    """The last n one-step transitions of every environment, turned into n-step ones.
+
+    ``push`` takes one step of all N envs; once n steps are held, it returns the
+    n-step transitions that start at the oldest held step. The window is a ring
+    of n slots, so no data moves when it advances.
+    """
+
+    def __init__(self, n: int, gamma: float, num_envs: int, obs_dim: int, act_dim: int,
+                 device: torch.device | str, dtype: torch.dtype = torch.float32) -> None:
+        self.n, self.gamma = n, gamma
+        self.head = 0  # slot of the oldest step
+        self.filled = 0
+        kw = {"device": device, "dtype": dtype}
+        self.obs = torch.zeros(n, num_envs, obs_dim, **kw)
+        self.action = torch.zeros(n, num_envs, act_dim, **kw)
+        self.reward = torch.zeros(n, num_envs, **kw)
+        self.next_obs = torch.zeros(n, num_envs, obs_dim, **kw)
+        self.terminated = torch.zeros(n, num_envs, dtype=torch.bool, device=device)
+        self.done = torch.zeros(n, num_envs, dtype=torch.bool, device=device)
+        self.powers = gamma ** torch.arange(n, device=device, dtype=dtype)  # [n]
+
+    def push(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
+             terminated: torch.Tensor, truncated: torch.Tensor) -> Transitions | None:
+        """Add one step: obs ``[N, D]``, action ``[N, A]``, reward ``[N]``, next_obs ``[N, D]``
+        (the true final observation where done), terminated/truncated ``[N]`` bool.
+
+        Returns N n-step transitions starting at the oldest step, or None while fewer
+        than n steps are held.
+        """
+        slot = (self.head + self.filled) % self.n
+        if self.filled == self.n:  # full: overwrite the oldest, which was emitted already
+            slot = self.head
+            self.head = (self.head + 1) % self.n
+        else:
+            self.filled += 1
+        self.obs[slot] = obs
+        self.action[slot] = action
+        self.reward[slot] = reward
+        self.next_obs[slot] = next_obs
+        self.terminated[slot] = terminated
+        self.done[slot] = terminated | truncated
+        return self._emit() if self.filled == self.n else None
+
+    def _emit(self) -> Transitions:
+        order = (self.head + torch.arange(self.n, device=self.reward.device)) % self.n  # oldest first
+        done = self.done[order]  # [n, N]
+        # alive[k] = 1 while no episode end happened in steps 0..k-1 of the window.
+        alive = torch.ones(done.shape, dtype=self.reward.dtype, device=done.device)
+        alive[1:] = torch.cumprod((~done[:-1]).to(self.reward.dtype), 0)
+        ret = (self.powers[:, None] * alive * self.reward[order]).sum(0)  # [N]
+        steps = alive.sum(0).long()  # m in 1..n
+        last = order[steps - 1]  # slot of the step whose next_obs we bootstrap from, [N]
+        envs = torch.arange(done.shape[1], device=done.device)
+        terminated = self.terminated[last, envs]
+        discount = self.gamma ** steps.to(self.reward.dtype) * (~terminated).to(self.reward.dtype)
+        return Transitions(self.obs[self.head].clone(), self.action[self.head].clone(), ret,
+                           self.next_obs[last, envs], discount)
+
+
+class RingBuffer:
+    """Fixed-capacity FIFO of named tensors with uniform sampling (with replacement).
+
+    Each field has shape ``[C, *field_shape]``; ``add`` writes a batch of rows at
+    the write pointer, wrapping around the end; ``sample`` draws B random rows.
+    Both hold a lock, so a writer thread and a sampling thread can share the buffer.
+    """
+
+    def __init__(self, capacity: int, fields: dict[str, tuple[int, ...]], device: torch.device | str,
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.capacity = capacity
+        self.ptr = 0
+        self.size = 0
+        self.data = {name: torch.zeros(capacity, *shape, device=device, dtype=dtype) for name, shape in fields.items()}
+        self._lock = threading.Lock()
+
+    def add(self, **rows: torch.Tensor) -> None:
+        """Append rows: each named field ``[R, *field_shape]`` with the same R."""
+        count = next(iter(rows.values())).shape[0]
+        if count > self.capacity:  # only the newest rows fit
+            rows = {k: v[-self.capacity:] for k, v in rows.items()}
+            count = self.capacity
+        with self._lock:
+            idx = (self.ptr + torch.arange(count, device=self.data[next(iter(rows))].device)) % self.capacity
+            for name, value in rows.items():
+                self.data[name].index_copy_(0, idx, value.to(self.data[name].device, self.data[name].dtype))
+            self.ptr = (self.ptr + count) % self.capacity
+            self.size = min(self.size + count, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """B rows drawn uniformly from the filled part: ``{name: [B, *field_shape]}``."""
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty buffer")
+        device = next(iter(self.data.values())).device
+        with self._lock:
+            idx = torch.randint(self.size, (batch_size,), generator=generator, device=device)
+            return {name: value[idx] for name, value in self.data.items()}
+
+
+def transition_buffer(capacity: int, obs_dim: int, act_dim: int, device: torch.device | str) -> RingBuffer:
+    """The V-learner's buffer of n-step transitions (fields as in :class:`Transitions`)."""
+    return RingBuffer(capacity, {"obs": (obs_dim,), "action": (act_dim,), "ret": (), "next_obs": (obs_dim,),
+                                 "discount": ()}, device)
+
+
+def observation_buffer(capacity: int, obs_dim: int, device: torch.device | str) -> RingBuffer:
+    """The P-learner's buffer of observations only."""
+    return RingBuffer(capacity, {"obs": (obs_dim,)}, device)

@@ -1,0 +1,235 @@
+"""Run configuration: frozen dataclasses, merged and type-checked by OmegaConf.
+
+Precedence, lowest first: dataclass defaults < the task's preset (data in
+``pql/presets.yaml``) < the user's ``KEY=VALUE`` overrides. A user's value always
+wins, whatever it equals (the reference code applied task overrides only while a
+value still equalled its default).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import resources
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+ALGOS = ("pql", "pql-d")
+MODES = ("sync", "async")
+NOISE_KINDS = ("mixed", "fixed")
+
+
+class ConfigError(ValueError):
+    """A configuration the trainer refuses to run, with a message naming the culprit."""
+
+
+def _opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A dataclass field with a default and a one-line meaning shown by ``--help``."""
+    if isinstance(default, (list, dict, tuple)) or is_dataclass(default):
+        return field(default_factory=lambda: default, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Exploration noise added by the actor to its deterministic actions."""
+
+    kind: str = _opt("mixed", "mixed: env i uses std linspace(sigma_min, sigma_max, N)[i]; fixed: std sigma for all")
+    sigma_min: float = _opt(0.05, "smallest std of the mixed scheme")
+    sigma_max: float = _opt(0.8, "largest std of the mixed scheme")
+    sigma: float = _opt(0.8, "std of the fixed scheme")
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """Learning hyper-parameters (defaults: the reference code's)."""
+
+    name: str = _opt("pql", "algorithm: pql (double-Q critic) or pql-d (C51 distributional critic)")
+    batch_size: int = _opt(8192, "transitions per learner update")
+    buffer_size: int = _opt(5_000_000, "replay capacity in transitions (V-learner) and observations (P-learner)")
+    nstep: int = _opt(3, "n of the n-step return")
+    gamma: float = _opt(0.99, "discount factor, used for the n-step sum and the bootstrap alike")
+    tau: float = _opt(0.05, "soft target update rate, applied after each V-update")
+    actor_lr: float = _opt(5e-4, "AdamW learning rate of the policy")
+    critic_lr: float = _opt(5e-4, "AdamW learning rate of the critic")
+    max_grad_norm: float = _opt(0.5, "gradient-norm clip of both learners (0 disables)")
+    critic_sample_ratio: float = _opt(8.0, "beta_a:v, V-updates per actor step")
+    critic_actor_ratio: float = _opt(2.0, "beta_p:v, V-updates per P-update")
+    target_noise_std: float = _opt(0.8, "target policy smoothing: std of the noise on the target action")
+    target_noise_clip: float = _opt(0.2, "target policy smoothing: the noise is clipped to +-this")
+    warmup_steps: int = _opt(32, "random-action steps per env before learning starts")
+    normalize_obs: bool = _opt(True, "running mean/std observation normalisation")
+    obs_clip: float = _opt(5.0, "normalised observations are clamped to +-this")
+    actor_hidden: tuple[int, ...] = _opt((512, 256, 128), "hidden layer widths of the policy MLP (ELU)")
+    critic_hidden: tuple[int, ...] = _opt((512, 256, 128), "hidden layer widths of each Q MLP (ELU)")
+    reward_scale: float = _opt(1.0, "rewards are multiplied by this before learning (metrics stay unscaled)")
+    num_atoms: int = _opt(51, "pql-d: atoms of the categorical value distribution")
+    v_min: float = _opt(-10.0, "pql-d: smallest atom")
+    v_max: float = _opt(10.0, "pql-d: largest atom")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Where each part runs: one, two or three devices ('auto', 'cpu', 'cuda:0', ...)."""
+
+    sim: str = _opt("auto", "simulation and actor; auto: cuda:0 if present, else cpu")
+    v_learner: str = _opt("auto", "V-learner and its replay buffer; auto: cuda:1 if two GPUs, else the sim device")
+    p_learner: str = _opt("auto", "P-learner and its observation buffer; auto: the V-learner's device")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one training run needs; saved resolved as ``config.yaml``."""
+
+    task: str = _opt("classic/pendulum", "BACKEND/TASK, e.g. classic/pendulum, classic/mountaincar")
+    algo: AlgoConfig = _opt(AlgoConfig(), "algorithm; 'algo=NAME' is short for 'algo.name=NAME'")
+    num_envs: int = _opt(4096, "parallel training environments")
+    seed: int = _opt(0, "seed of networks, noise, sampling and environments")
+    mode: str = _opt("sync", "sync: one process, interleaved by the ratios, deterministic; async: concurrent workers")
+    max_time_s: float | None = _opt(None, "stop after this much training wall-clock time")
+    max_env_steps: int | None = _opt(None, "stop after this many environment steps (all envs counted)")
+    out: str | None = _opt(None, "run directory; default results/runs/TASK-ALGO-sSEED-TIMESTAMP")
+    resume: str | None = _opt(None, "continue the run in this directory from its checkpoint")
+    noise: NoiseConfig = _opt(NoiseConfig(), "exploration noise")
+    device: DeviceConfig = _opt(DeviceConfig(), "devices")
+    eval_envs: int = _opt(16, "separate environments for deterministic evaluation")
+    eval_every_env_steps: int = _opt(100_000, "evaluate and write a metrics row every this many env steps")
+    checkpoint_every_s: float = _opt(60.0, "write a checkpoint at most this often (and at the end)")
+    progress: bool = _opt(True, "show a progress bar with return and env-steps/s")
+    tensorboard: bool = _opt(False, "also write TensorBoard events to RUN_DIR/tb (needs the tensorboard package)")
+
+
+def _preset_table() -> dict[str, dict[str, Any]]:
+    text = resources.files("pql").joinpath("presets.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def task_preset(task: str) -> dict[str, Any]:
+    """The preset overrides (nested dict) shipped for ``task``, or {} if none."""
+    return _preset_table().get(task, {})
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the config, in declaration order."""
+    keys: list[str] = []
+    for f in fields(cls):
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            keys.extend(all_keys(type(default), prefix + f.name + "."))
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, meaning) for every leaf key, for ``--help``."""
+    rows: list[tuple[str, Any, str]] = []
+    for f in fields(cls):
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            rows.extend(describe(type(default), prefix + f.name + "."))
+        else:
+            rows.append((prefix + f.name, default, f.metadata.get("help", "")))
+    return rows
+
+
+def _unknown_key_error(key: str) -> ConfigError:
+    near = difflib.get_close_matches(key, all_keys(), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(near)}?" if near else "; see 'pql train --help'"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """Split ``KEY=VALUE`` words into a dict, expanding ``algo=X`` to ``algo.name=X``."""
+    out: dict[str, str] = {}
+    valid = set(all_keys())
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"expected KEY=VALUE, got '{arg}'")
+        if key == "algo":
+            key = "algo.name"
+        if key not in valid:
+            raise _unknown_key_error(key)
+        out[key] = value
+    return out
+
+
+def build_config(overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the task's preset, then ``overrides`` (dotted keys); validated."""
+    overrides = dict(overrides or {})
+    base = OmegaConf.structured(Config)
+    try:
+        user = OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]) if overrides else OmegaConf.create()
+        task = OmegaConf.select(user, "task", default=None) or base.task
+        merged = OmegaConf.merge(base, task_preset(str(task)), user)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        if "not in" in str(err).split("\n")[0]:
+            raise _unknown_key_error(str(key)) from None
+        raise ConfigError(f"bad value for '{key}': {str(err).splitlines()[0]}") from None
+    assert isinstance(cfg, Config)
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), as written to ``config.yaml``."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def load_config(path: str) -> Config:
+    """Read a ``config.yaml`` written by :func:`config_to_dict` back into a Config."""
+    with open(path) as fh:
+        data = yaml.safe_load(fh)
+    merged = OmegaConf.merge(OmegaConf.structured(Config), data)
+    cfg = OmegaConf.to_object(merged)
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError for values that cannot make a run, before any work starts."""
+    from pql.envs import known_tasks  # local: envs import torch
+
+    a, n = cfg.algo, cfg.noise
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    need(cfg.task in known_tasks(), f"unknown task '{cfg.task}'; known: {', '.join(known_tasks())}")
+    need(a.name in ALGOS, f"unknown algo '{a.name}'; known: {', '.join(ALGOS)}")
+    need(cfg.mode in MODES, f"mode must be one of {', '.join(MODES)}, got '{cfg.mode}'")
+    need(n.kind in NOISE_KINDS, f"noise.kind must be one of {', '.join(NOISE_KINDS)}, got '{n.kind}'")
+    need(cfg.num_envs >= 1, f"num_envs must be >= 1, got {cfg.num_envs}")
+    need(cfg.eval_envs >= 1, f"eval_envs must be >= 1, got {cfg.eval_envs}")
+    need(cfg.eval_every_env_steps >= 1, f"eval_every_env_steps must be >= 1, got {cfg.eval_every_env_steps}")
+    need(n.sigma_min >= 0, f"noise.sigma_min must be >= 0, got {n.sigma_min}")
+    need(n.sigma_min <= n.sigma_max, f"noise.sigma_min ({n.sigma_min}) must not exceed noise.sigma_max ({n.sigma_max})")
+    need(n.sigma >= 0, f"noise.sigma must be >= 0, got {n.sigma}")
+    need(a.batch_size >= 1, f"algo.batch_size must be >= 1, got {a.batch_size}")
+    need(a.buffer_size >= 1, f"algo.buffer_size must be >= 1, got {a.buffer_size}")
+    need(a.batch_size <= a.buffer_size,
+         f"algo.batch_size ({a.batch_size}) is larger than algo.buffer_size ({a.buffer_size})")
+    need(a.nstep >= 1, f"algo.nstep must be >= 1, got {a.nstep}")
+    need(0 < a.gamma <= 1, f"algo.gamma must be in (0, 1], got {a.gamma}")
+    need(0 < a.tau <= 1, f"algo.tau must be in (0, 1], got {a.tau}")
+    for key in ("actor_lr", "critic_lr", "critic_sample_ratio", "critic_actor_ratio", "reward_scale"):
+        value = getattr(a, key)
+        need(math.isfinite(value) and value > 0, f"algo.{key} must be a finite number > 0, got {value}")
+    need(a.max_grad_norm >= 0, f"algo.max_grad_norm must be >= 0, got {a.max_grad_norm}")
+    need(a.warmup_steps >= 0, f"algo.warmup_steps must be >= 0, got {a.warmup_steps}")
+    need(all(h >= 1 for h in a.actor_hidden + a.critic_hidden), "hidden layer widths must be >= 1")
+    need(a.num_atoms >= 2, f"algo.num_atoms must be >= 2, got {a.num_atoms}")
+    need(a.v_min < a.v_max, f"algo.v_min ({a.v_min}) must be below algo.v_max ({a.v_max})")
+    need(cfg.max_time_s is None or cfg.max_time_s > 0, f"max_time_s must be > 0, got {cfg.max_time_s}")
+    need(cfg.max_env_steps is None or cfg.max_env_steps >= 1, f"max_env_steps must be >= 1, got {cfg.max_env_steps}")
+    need(cfg.max_time_s is not None or cfg.max_env_steps is not None or cfg.resume is not None,
+         "set a budget: max_time_s=SECONDS and/or max_env_steps=STEPS")

@@ -1,0 +1,47 @@
+"""The vectorised environment contract every backend implements.
+
+All tensors live on ``env.device``. N = ``num_envs``, D = ``obs_dim``,
+A = ``act_dim``; float tensors have dtype ``env.dtype`` (float32 unless asked).
+
+- ``reset() -> obs``: obs ``[N, D]`` float. Starts every environment afresh.
+- ``step(actions) -> (obs, reward, terminated, truncated, info)``:
+  actions ``[N, A]`` float in the environment's own units (``action_low`` ..
+  ``action_high``, each ``[A]``); obs ``[N, D]`` float, the observation to act on
+  next (already the first observation of a new episode where one ended);
+  reward ``[N]`` float; terminated ``[N]`` bool, the episode reached a terminal
+  state (no bootstrapping); truncated ``[N]`` bool, the time limit cut the episode
+  (bootstrapping continues; may coincide with terminated, which then wins);
+  info ``{"final_obs": [N, D]}``, the true observation reached by this step:
+  the episode's last observation where terminated | truncated, else equal to obs.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+
+StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]
+
+
+class VecEnv(abc.ABC):
+    """A batch of N environments stepped together; see the module docstring for shapes."""
+
+    num_envs: int
+    obs_dim: int
+    act_dim: int
+    device: torch.device
+    dtype: torch.dtype
+    action_low: torch.Tensor  # [A]
+    action_high: torch.Tensor  # [A]
+    max_episode_steps: int | None
+
+    @abc.abstractmethod
+    def reset(self) -> torch.Tensor:
+        """Reset all environments; returns obs ``[N, D]``."""
+
+    @abc.abstractmethod
+    def step(self, actions: torch.Tensor) -> StepResult:
+        """Advance every environment by one step with ``actions [N, A]``; auto-resets finished ones."""
+

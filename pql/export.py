@@ -1,0 +1,53 @@
+"""Export a trained policy as a self-contained TorchScript module (``policy.pt``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pql.config import load_config
+from pql.envs import make_env
+from pql.nets import Actor
+from pql.normalizer import RunningNormalizer
+from pql.run_dir import RunDir
+
+
+class DeployedPolicy(nn.Module):
+    """Raw observations ``[B, D]`` -> actions ``[B, A]`` in the environment's own units."""
+
+    def __init__(self, normalizer: RunningNormalizer, actor: Actor, low: torch.Tensor, high: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", normalizer.mean.clone())
+        self.register_buffer("std", torch.sqrt(normalizer.var + normalizer.eps))
+        self.register_buffer("low", low.clone().float())
+        self.register_buffer("high", high.clone().float())
+        self.clip = float(normalizer.clip)
+        self.normalize = bool(normalizer.enabled)
+        self.net = actor.net
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.to(self.mean.dtype)
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        x = x.clamp(-self.clip, self.clip)
+        return self.low + (self.net(x) + 1.0) * 0.5 * (self.high - self.low)
+
+
+def export_policy(run_path: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``policy.pt`` (TorchScript, CPU) from the run's checkpoint; returns its path."""
+    run = RunDir(run_path)
+    if not run.checkpoint_path.exists():
+        raise FileNotFoundError(f"{run.path}: no checkpoint.pt to export from")
+    cfg = load_config(str(run.path / "config.yaml"))
+    env = make_env(cfg.task, 1, device="cpu")
+    state = run.load_checkpoint("cpu")
+    actor = Actor(env.obs_dim, env.act_dim, cfg.algo.actor_hidden)
+    actor.load_state_dict(state["policy"])
+    normalizer = RunningNormalizer(env.obs_dim, cfg.algo.obs_clip, enabled=cfg.algo.normalize_obs)
+    normalizer.load_state_dict(state["normalizer"])
+    module = torch.jit.script(DeployedPolicy(normalizer, actor, env.action_low, env.action_high).eval())
+    path = Path(out) if out is not None else run.path / "policy.pt"
+    module.save(str(path))
+    return path

@@ -1,0 +1,68 @@
+"""Networks: deterministic tanh policy, twin Q critics (scalar or categorical). No env knowledge."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def mlp(sizes: list[int], out_act: nn.Module | None = None) -> nn.Sequential:
+    """Linear layers of ``sizes`` with ELU between them and ``out_act`` after the last."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ELU())
+    if out_act is not None:
+        layers.append(out_act)
+    return nn.Sequential(*layers)
+
+
+class Actor(nn.Module):
+    """Deterministic policy: normalised obs ``[B, D]`` -> action ``[B, A]`` in [-1, 1]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.net = mlp([obs_dim, *hidden, act_dim], nn.Tanh())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers applied as one batched matmul: ``[E, B, in] -> [E, B, out]``."""
+
+    def __init__(self, ensemble: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(ensemble, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(ensemble, 1, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.expand(self.weight.shape[0], *x.shape)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class TwinCritic(nn.Module):
+    """Two Q networks on concat(obs, action), stacked: ``(obs [B, D], act [B, A]) -> [2, B, out]``.
+
+    ``out`` is 1 for the scalar critic (squeezed to ``[2, B]``) or the number of atoms
+    for the categorical one (logits).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], out: int = 1) -> None:
+        super().__init__()
+        sizes = [obs_dim + act_dim, *hidden, out]
+        self.layers = nn.ModuleList(EnsembleLinear(2, sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1))
+        self.out = out
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat((obs, act), dim=-1)
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = nn.functional.elu(x)
+        return x.squeeze(-1) if self.out == 1 else x

@@ -1,0 +1,164 @@
+"""The three PQL workers and the evaluator, as plain classes with ``step()`` / ``update()``.
+
+They share nothing but what the trainer hands them: each owns its networks and
+buffer on its own device. Actions inside the workers are in [-1, 1]; only the
+environments see their own units.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from pql.algos.critic_heads import CategoricalHead, ScalarHead
+from pql.buffers import NStepWindow, RingBuffer, Transitions
+from pql.config import AlgoConfig
+from pql.envs import VecEnv
+from pql.normalizer import RunningNormalizer
+
+
+def to_env_units(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Map ``action [B, A]`` from [-1, 1] to ``[low, high]`` (each ``[A]``)."""
+    return low + (action + 1.0) * 0.5 * (high - low)
+
+
+def exploration_std(kind: str, num_envs: int, sigma_min: float, sigma_max: float, sigma: float,
+                    device: torch.device | str) -> torch.Tensor:
+    """Per-env noise std ``[N]``: linspace(sigma_min, sigma_max, N) for 'mixed', sigma everywhere for 'fixed'."""
+    if kind == "mixed":
+        return torch.linspace(sigma_min, sigma_max, num_envs, device=device)
+    return torch.full((num_envs,), sigma, device=device)
+
+
+def _clip_and_step(optimizer: torch.optim.Optimizer, module: nn.Module, max_norm: float) -> None:
+    if max_norm > 0:
+        nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    optimizer.step()
+
+
+class ActorWorker:
+    """Steps all N environments with the policy plus per-env Gaussian noise and emits n-step transitions."""
+
+    def __init__(self, env: VecEnv, policy: nn.Module, normalizer: RunningNormalizer, noise_std: torch.Tensor,
+                 window: NStepWindow, reward_scale: float, generator: torch.Generator) -> None:
+        self.env, self.policy, self.normalizer = env, policy, normalizer
+        self.noise_std = noise_std[:, None]  # [N, 1]
+        self.window, self.reward_scale, self.generator = window, reward_scale, generator
+        self.obs = env.reset()
+        n = env.num_envs
+        self.episode_return = torch.zeros(n, device=env.device, dtype=env.dtype)
+        self.finished_sum = torch.zeros((), device=env.device, dtype=torch.float64)
+        self.finished_count = torch.zeros((), device=env.device, dtype=torch.long)
+
+    @torch.no_grad()
+    def step(self, random: bool = False) -> Transitions | None:
+        """One step of every env; ``random`` draws uniform actions (warm-up). Returns n-step transitions or None."""
+        env = self.env
+        self.normalizer.update(self.obs)
+        shape = (env.num_envs, env.act_dim)
+        if random:
+            action = torch.rand(shape, generator=self.generator, device=env.device) * 2 - 1
+        else:
+            noise = torch.randn(shape, generator=self.generator, device=env.device) * self.noise_std
+            action = (self.policy(self.normalizer(self.obs)) + noise).clamp(-1.0, 1.0)
+        next_obs, reward, terminated, truncated, info = env.step(to_env_units(action, env.action_low, env.action_high))
+        done = terminated | truncated
+        self.episode_return += reward
+        self.finished_sum += (self.episode_return * done).sum()
+        self.finished_count += done.sum()
+        self.episode_return.masked_fill_(done, 0.0)
+        out = self.window.push(self.obs, action, reward * self.reward_scale, info["final_obs"], terminated, truncated)
+        self.obs = next_obs
+        return out
+
+    def take_train_return(self) -> float:
+        """Mean return of the episodes finished since the last call (NaN if none); resets the tally."""
+        count = int(self.finished_count)
+        mean = float(self.finished_sum) / count if count else float("nan")
+        self.finished_sum.zero_()
+        self.finished_count.zero_()
+        return mean
+
+
+class VLearner:
+    """Owns the transition buffer and the twin critic; one ``update()`` is one critic gradient step."""
+
+    def __init__(self, critic: nn.Module, head: ScalarHead | CategoricalHead, policy: nn.Module,
+                 normalizer: RunningNormalizer, buffer: RingBuffer, cfg: AlgoConfig,
+                 generator: torch.Generator) -> None:
+        self.critic, self.head, self.policy, self.normalizer = critic, head, policy, normalizer
+        self.target = copy.deepcopy(critic).requires_grad_(False)
+        self.buffer, self.cfg, self.generator = buffer, cfg, generator
+        self.optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr)
+        self._params = list(critic.parameters())
+        self._target_params = list(self.target.parameters())
+
+    def add(self, t: Transitions) -> None:
+        self.buffer.add(obs=t.obs, action=t.action, ret=t.ret, next_obs=t.next_obs, discount=t.discount)
+
+    def update(self) -> torch.Tensor:
+        """One critic step on a sampled batch; returns the (detached) loss."""
+        cfg = self.cfg
+        batch = self.buffer.sample(cfg.batch_size, self.generator)
+        obs, next_obs = self.normalizer(batch["obs"]), self.normalizer(batch["next_obs"])
+        with torch.no_grad():
+            next_action = self.policy(next_obs)
+            noise = torch.randn(next_action.shape, generator=self.generator, device=next_action.device)
+            noise = (noise * cfg.target_noise_std).clamp(-cfg.target_noise_clip, cfg.target_noise_clip)
+            target_out = self.target(next_obs, (next_action + noise).clamp(-1.0, 1.0))
+        loss = self.head.critic_loss(self.critic(obs, batch["action"]), target_out, batch["ret"], batch["discount"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _clip_and_step(self.optimizer, self.critic, cfg.max_grad_norm)
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target_params, self._params, cfg.tau)
+        return loss.detach()
+
+
+class PLearner:
+    """Owns the observation buffer and the policy; ``update()`` maximises min(Q1, Q2) of its critic copy."""
+
+    def __init__(self, policy: nn.Module, head: ScalarHead | CategoricalHead, critic: nn.Module,
+                 normalizer: RunningNormalizer, buffer: RingBuffer, cfg: AlgoConfig,
+                 generator: torch.Generator) -> None:
+        self.policy, self.head, self.normalizer = policy, head, normalizer
+        self.critic = critic.requires_grad_(False)
+        self.buffer, self.cfg, self.generator = buffer, cfg, generator
+        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.actor_lr)
+
+    def add(self, obs: torch.Tensor) -> None:
+        self.buffer.add(obs=obs)
+
+    def update(self) -> torch.Tensor:
+        """One policy step on a sampled batch of observations; returns the (detached) loss."""
+        obs = self.normalizer(self.buffer.sample(self.cfg.batch_size, self.generator)["obs"])
+        q = self.head.q_values(self.critic(obs, self.policy(obs)))
+        loss = -q.min(0).values.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _clip_and_step(self.optimizer, self.policy, self.cfg.max_grad_norm)
+        return loss.detach()
+
+
+class Evaluator:
+    """Runs the deterministic policy (no noise) for one full episode on separate environments."""
+
+    def __init__(self, env: VecEnv, policy: nn.Module, normalizer: RunningNormalizer, max_steps: int = 10_000) -> None:
+        self.env, self.policy, self.normalizer = env, policy, normalizer
+        self.max_steps = env.max_episode_steps or max_steps
+
+    @torch.no_grad()
+    def run(self) -> float:
+        """Mean undiscounted return of the first episode of every evaluation env."""
+        env = self.env
+        obs = env.reset()
+        returns = torch.zeros(env.num_envs, device=env.device, dtype=torch.float64)
+        active = torch.ones(env.num_envs, device=env.device, dtype=torch.bool)
+        for _ in range(self.max_steps):
+            action = to_env_units(self.policy(self.normalizer(obs)), env.action_low, env.action_high)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            returns += reward * active
+            active &= ~(terminated | truncated)
+        return float(returns.mean())
