@@ -1,0 +1,238 @@
+"""Micro-benchmarks: classic-env throughput and the V-learner's overhead over a bare critic step.
+
+Run ``python -m pql.bench`` (``--help`` for the options). It prints two tables:
+
+1. env-steps/s of the batched classic tasks stepped with fixed random actions;
+2. ``Trainer.v_update()`` updates/s against a bare TD step of copies of the same
+   networks on a fixed, pre-normalised batch of the same size, timed in
+   alternating blocks; the overhead is ``t_trainer / t_bare - 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from pql.config import build_config
+from pql.envs import make_env
+from pql.run_dir import RunDir
+from pql.trainer import Trainer
+
+ENV_TASKS = ("classic/pendulum", "classic/mountaincar")
+V_TASK = "classic/pendulum"
+# (row name, overrides on top of the task preset)
+V_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("pendulum preset", {}),
+    ("paper default", {"algo.actor_hidden": "[512,256,128]", "algo.critic_hidden": "[512,256,128]",
+                       "algo.batch_size": 8192}),
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``name`` as a torch device; 'auto' is cuda if available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued kernels on ``device`` (no-op on cpu)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], n: int, device: torch.device) -> float:
+    """Wall-clock seconds of ``n`` calls of ``fn``, with the device synchronised before and after."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def calibrate(fn: Callable[[], object], device: torch.device, target_s: float) -> int:
+    """Number of calls of ``fn`` that take about ``target_s``: one warm-up call, then a doubling probe."""
+    timed(fn, 1, device)
+    probe_s = min(0.25, target_s / 4)
+    n = 1
+    while (elapsed := timed(fn, n, device)) < probe_s:
+        n *= 2
+    return max(1, round(n * target_s / elapsed))
+
+
+def env_throughput(task: str, num_envs: int, device: torch.device, seconds: float,
+                   warmup: int = 5) -> tuple[int, float]:
+    """(steps timed, env-steps/s) of ``task`` with ``num_envs`` float32 envs and one fixed random action batch."""
+    env = make_env(task, num_envs, device=device, seed=0)
+    env.reset()
+    gen = torch.Generator(device=device).manual_seed(0)
+    u = torch.rand(num_envs, env.act_dim, generator=gen, device=device)
+    actions = env.action_low + u * (env.action_high - env.action_low)  # env units
+
+    def step() -> None:
+        env.step(actions)
+
+    timed(step, warmup, device)
+    n = calibrate(step, device, seconds)
+    return n, num_envs * n / timed(step, n, device)
+
+
+class BareCriticStep:
+    """The TD step alone, on deep copies of a trainer's V-learner networks and a fixed batch.
+
+    No sampling, normalisation, target noise, clipping, target update or publishing:
+    target = ret + discount * min(Q1', Q2')(next_obs, policy(next_obs)), MSE, AdamW step.
+    """
+
+    def __init__(self, trainer: Trainer, seed: int = 1) -> None:
+        v = trainer.v
+        self.critic = copy.deepcopy(v.critic)
+        self.target = copy.deepcopy(v.target)
+        self.policy = copy.deepcopy(v.policy)
+        self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=v.cfg.critic_lr)
+        device = next(self.critic.parameters()).device
+        with torch.no_grad():
+            batch = v.buffer.sample(v.cfg.batch_size, torch.Generator(device=device).manual_seed(seed))
+            self.obs, self.next_obs = v.normalizer(batch["obs"]), v.normalizer(batch["next_obs"])
+        self.action, self.ret, self.discount = batch["action"], batch["ret"], batch["discount"]
+
+    def __call__(self) -> None:
+        with torch.no_grad():
+            next_action = self.policy(self.next_obs).clamp(-1.0, 1.0)
+            y = self.ret + self.discount * self.target(self.next_obs, next_action).min(0).values
+        pred = self.critic(self.obs, self.action)
+        loss = F.mse_loss(pred, y.expand_as(pred))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, seconds: float,
+                blocks: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in alternating blocks of about ``seconds / blocks``.
+
+    The order flips every block (A B, B A, ...) so neither side always runs first.
+    """
+    counts = {name: calibrate(fn, device, seconds / blocks) for name, fn in fns.items()}
+    per_call: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for b in range(blocks):
+        for name in names if b % 2 == 0 else reversed(names):
+            per_call[name].append(timed(fns[name], counts[name], device) / counts[name])
+    return {name: statistics.median(ts) for name, ts in per_call.items()}
+
+
+def build_trainer(overrides: dict[str, Any], device: torch.device, num_envs: int, out: str) -> Trainer:
+    """A real Trainer for ``V_TASK`` with its preset plus ``overrides``, every part on ``device``."""
+    dev = str(device)
+    cfg = build_config({"task": V_TASK, "num_envs": num_envs, "max_time_s": 1, "progress": False, "out": out,
+                        "device.sim": dev, "device.v_learner": dev, "device.p_learner": dev, **overrides})
+    return Trainer(cfg, RunDir(out))
+
+
+def v_overhead(overrides: dict[str, Any], device: torch.device, num_envs: int, fill_steps: int,
+               seconds: float, blocks: int) -> dict[str, Any]:
+    """Trainer vs bare per-update seconds for one network configuration, plus its sizes."""
+    with tempfile.TemporaryDirectory(prefix="pql-bench-") as out:
+        trainer = build_trainer(overrides, device, num_envs, out)
+        for _ in range(fill_steps):
+            trainer.actor_step()
+        bare = BareCriticStep(trainer)
+        t = interleaved({"trainer": trainer.v_update, "bare": bare}, device, seconds, blocks)
+        algo, d, a = trainer.cfg.algo, trainer.env.obs_dim, trainer.env.act_dim
+        return {"batch": algo.batch_size, "buffer": trainer.v.buffer.size,
+                "actor": "-".join(map(str, (d, *algo.actor_hidden, a))),
+                "critic": "2x " + "-".join(map(str, (d + a, *algo.critic_hidden, 1))), **t}
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Plain-text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pql.bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Benchmark classic-env throughput (env-steps/s) and the V-learner overhead: "
+                    "Trainer.v_update() against a bare critic TD step of the same networks and batch size.")
+    p.add_argument("--device", default="cpu",
+                   help="device of envs, trainer and bare step: cpu, cuda, cuda:N, or auto (cuda if available)")
+    p.add_argument("--envs", default="256,4096,65536",
+                   help="comma-separated numbers of parallel envs for the env-throughput table")
+    p.add_argument("--seconds", type=float, default=2.0,
+                   help="target duration of each measurement: one env row, or each side (trainer / bare) "
+                        "of a V row summed over its blocks; step counts come from a short timed probe")
+    p.add_argument("--blocks", type=int, default=5,
+                   help="alternating timing blocks per side in the V-learner table; the median is reported")
+    p.add_argument("--v-envs", type=int, default=1024, help="num_envs of the trainer built for the V-learner table")
+    p.add_argument("--fill-steps", type=int, default=64,
+                   help="trainer.actor_step() calls (warm-up included) that fill the buffers before timing")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op CPU threads (torch.set_num_threads); 0 keeps torch's default. On a small, "
+                        "shared CPU, 1 avoids threads stalling each other when another process competes for cores")
+    p.add_argument("--only", choices=("env", "v"), default=None, help="run only one of the two tables")
+    args = p.parse_args(argv)
+    args.env_counts = [int(x) for x in args.envs.split(",") if x.strip()]
+    if (args.seconds <= 0 or args.threads < 0 or min(args.blocks, args.v_envs, args.fill_steps) < 1
+            or not args.env_counts or min(args.env_counts) < 1):
+        p.error("need --seconds > 0, --threads >= 0, and --blocks, --v-envs, --fill-steps, every --envs >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    print(f"pql.bench: torch {torch.__version__}, device {device}, {torch.get_num_threads()} torch threads, "
+          f"python {platform.python_version()}, ~{args.seconds:g} s per measurement, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus\n")
+
+    if args.only in (None, "env"):
+        rows = []
+        for task in ENV_TASKS:
+            for n in args.env_counts:
+                steps, rate = env_throughput(task, n, device, args.seconds)
+                rows.append([task, f"{n:,}", f"{steps:,}", f"{rate:,.0f}", f"{n / rate * 1e3:.3f}"])
+                print(f"  {task} x{n}: {rate:,.0f} env-steps/s", flush=True)
+        print("\nEnv throughput (float32, fixed random actions in env units)")
+        print(format_table(["task", "envs", "steps timed", "env-steps/s", "ms/step"], rows) + "\n")
+
+    if args.only in (None, "v"):
+        rows = []
+        for name, overrides in V_ROWS:
+            r = v_overhead(overrides, device, args.v_envs, args.fill_steps, args.seconds, args.blocks)
+            overhead = (r["trainer"] / r["bare"] - 1) * 100
+            rows.append([name, r["actor"], r["critic"], f"{r['batch']:,}", f"{1 / r['trainer']:,.1f}",
+                         f"{1 / r['bare']:,.1f}", f"{overhead:+.1f}%"])
+            print(f"  {name}: trainer {1 / r['trainer']:.1f} upd/s, bare {1 / r['bare']:.1f} upd/s", flush=True)
+        print(f"\nV-learner overhead ({V_TASK}, {args.v_envs} envs, {args.fill_steps} fill steps, "
+              f"median of {args.blocks} alternating blocks per side)")
+        print(format_table(["config", "actor", "critic", "batch", "trainer upd/s", "bare upd/s", "overhead"], rows))
+        print("trainer = Trainer.v_update(): slot pulls, buffer sample, normalisation, target with noise, loss,\n"
+              "backward, grad clip, AdamW step, soft target update, publish. bare = fixed pre-normalised batch,\n"
+              "target without noise, MSE, backward, AdamW step. overhead = t_trainer / t_bare - 1.\n")
+
+    print(f"total {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

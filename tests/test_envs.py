@@ -1,0 +1,94 @@
+"""The env contract on every classic task, and equivalence with gymnasium's own implementations."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from pql.envs import known_tasks, make_env
+from pql.envs.classic import MountainCarContinuous, Pendulum
+
+
+@pytest.mark.parametrize("task", known_tasks())
+def test_contract_shapes_dtypes_and_auto_reset(task):
+    n = 8
+    env = make_env(task, n, device="cpu", seed=3)
+    obs = env.reset()
+    assert obs.shape == (n, env.obs_dim) and obs.dtype == env.dtype and obs.device == env.device
+    assert env.action_low.shape == (env.act_dim,) and torch.all(env.action_low < env.action_high)
+    g = torch.Generator().manual_seed(0)
+    steps = env.max_episode_steps
+    for t in range(steps):
+        actions = env.action_low + (env.action_high - env.action_low) * torch.rand(n, env.act_dim, generator=g)
+        obs, reward, term, trunc, info = env.step(actions)
+        assert obs.shape == (n, env.obs_dim) and reward.shape == (n,) and reward.dtype == env.dtype
+        assert term.dtype == torch.bool and trunc.dtype == torch.bool and term.shape == trunc.shape == (n,)
+        final = info["final_obs"]
+        assert final.shape == obs.shape
+        done = term | trunc
+        assert torch.equal(final[~done], obs[~done])  # not done: the final obs is the next obs
+    assert trunc.all(), "every env reaches the time limit on the last step"
+    assert not torch.equal(final, obs), "auto-reset replaced the final obs by a fresh one"
+
+
+def test_seeded_resets_are_reproducible():
+    a, b = make_env("classic/pendulum", 4, seed=7), make_env("classic/pendulum", 4, seed=7)
+    assert torch.equal(a.reset(), b.reset())
+    assert not torch.equal(a.reset(), make_env("classic/pendulum", 4, seed=8).reset())
+
+
+def _gym_envs(gym_id, n):
+    envs = [gym.make(gym_id) for _ in range(n)]
+    for i, e in enumerate(envs):
+        e.reset(seed=i)
+    return envs
+
+
+def test_pendulum_matches_gymnasium():
+    n = 16
+    envs = _gym_envs("Pendulum-v1", n)
+    port = Pendulum(n, dtype=torch.float64)
+    port.state = tuple(torch.tensor([float(e.unwrapped.state[k]) for e in envs], dtype=torch.float64)
+                       for k in range(2))
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        actions = rng.uniform(-2.5, 2.5, size=(n, 1)).astype(np.float32)  # also beyond the torque limit
+        _, reward, term, trunc, info = port.step(torch.from_numpy(actions))
+        for i, e in enumerate(envs):
+            g_obs, g_rew, g_term, g_trunc, _ = e.step(actions[i])
+            state = np.array(e.unwrapped.state)
+            assert abs(g_rew - reward[i].item()) < 1e-9
+            np.testing.assert_allclose(info["final_obs"][i].numpy().astype(np.float32), g_obs, rtol=0, atol=1e-6)
+            assert (g_term, g_trunc) == (term[i].item(), trunc[i].item())
+            if not trunc[i]:  # full-precision states, while no reset replaced the port's
+                np.testing.assert_allclose(torch.stack(port.state, -1)[i].numpy(), state, rtol=0, atol=1e-9)
+    assert trunc.all() and not term.any()
+
+
+def test_mountaincar_matches_gymnasium_including_termination():
+    n = 8
+    envs = _gym_envs("MountainCarContinuous-v0", n)
+    port = MountainCarContinuous(n, dtype=torch.float64)
+    port.state = tuple(torch.tensor([float(e.unwrapped.state[k]) for e in envs], dtype=torch.float64)
+                       for k in range(2))
+    active = np.ones(n, dtype=bool)
+    terminations = 0
+    for _ in range(999):
+        velocity = port.state[1].numpy()
+        # push along the velocity (a policy that reaches the goal), 1.5 exceeds the force limit
+        actions = (1.5 * np.where(velocity >= 0, 1.0, -1.0)).astype(np.float32)[:, None]
+        _, reward, term, trunc, info = port.step(torch.from_numpy(actions))
+        for i, e in enumerate(envs):
+            if not active[i]:
+                continue
+            g_obs, g_rew, g_term, g_trunc, _ = e.step(actions[i])
+            # gymnasium stores the state as float32 after every step: agreement to float32 precision
+            assert abs(g_rew - reward[i].item()) < 1e-4
+            np.testing.assert_allclose(info["final_obs"][i].numpy(), g_obs, rtol=0, atol=1e-5)
+            assert (g_term, g_trunc) == (term[i].item(), trunc[i].item())
+            if g_term or g_trunc:
+                active[i] = False
+                terminations += g_term
+        if not active.any():
+            break
+    assert terminations == n, "every car reached the goal, so termination was compared"

@@ -1,0 +1,143 @@
+"""End-to-end runs of the trainer: files, determinism, resume, export, failures, both modes."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from pql.envs import register
+from pql.envs.classic import Pendulum
+from pql.export import export_policy
+from pql.run_dir import METRIC_COLUMNS
+from pql.train import resolve, train
+from pql.workers import exploration_std
+
+
+def read_rows(run):
+    with open(run / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_sync_run_writes_config_metrics_status_checkpoint(tiny):
+    run = train(tiny).path
+    assert (run / "config.yaml").exists() and (run / "checkpoint.pt").exists()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "done" and status["env_steps"] == 2560
+    rows = read_rows(run)
+    assert list(rows[0]) == list(METRIC_COLUMNS)
+    steps = [int(r["env_steps"]) for r in rows]
+    assert steps == [0, 640, 1280, 1920, 2560]
+    last = rows[-1]
+    # 80 actor steps, 8 of them warm-up: 72 counted, 8 V-updates each, one P-update per 2 V-updates
+    assert int(last["actor_steps"]) == 80 and int(last["v_updates"]) == 72 * 8 and int(last["p_updates"]) == 72 * 4
+    assert float(last["critic_loss"]) > 0 and float(last["env_steps_per_s"]) > 0
+    assert all(float(a["wall_s"]) <= float(b["wall_s"]) for a, b in zip(rows, rows[1:], strict=False))
+
+
+def test_sync_runs_are_bit_for_bit_deterministic(tiny, tmp_path):
+    a = train({**tiny, "out": str(tmp_path / "a")}).path
+    b = train({**tiny, "out": str(tmp_path / "b")}).path
+    c = train({**tiny, "out": str(tmp_path / "c"), "seed": "1"}).path
+    keys = ("env_steps", "train_return", "eval_return", "critic_loss", "actor_loss")
+    pick = lambda run: [[r[k] for k in keys] for r in read_rows(run)]  # noqa: E731
+    assert pick(a) == pick(b)
+    assert pick(a) != pick(c)
+    sa, sb = torch.load(a / "checkpoint.pt", weights_only=False), torch.load(b / "checkpoint.pt", weights_only=False)
+    for part in ("policy", "critic", "critic_target", "normalizer"):
+        for key, value in sa[part].items():
+            assert torch.equal(value, sb[part][key]), f"{part}.{key}"
+
+
+def test_resume_continues_the_same_curve_without_duplicate_rows(tiny):
+    run = train({**tiny, "max_env_steps": "1280"}).path
+    first = read_rows(run)
+    assert int(first[-1]["env_steps"]) == 1280
+    cfg = resolve({"resume": str(run), "max_env_steps": "2560"})
+    assert cfg.out == str(run) and cfg.num_envs == 32 and cfg.max_env_steps == 2560
+    train({"resume": str(run), "max_env_steps": "2560"})
+    rows = read_rows(run)
+    steps = [int(r["env_steps"]) for r in rows]
+    assert steps == [0, 640, 1280, 1920, 2560], "no duplicates, continuing from the checkpoint"
+    assert rows[:3] == first
+    assert float(rows[3]["wall_s"]) >= float(rows[2]["wall_s"])
+    assert int(rows[-1]["v_updates"]) > int(first[-1]["v_updates"])
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+
+
+def test_resume_refuses_to_change_the_experiment(tiny):
+    run = train({**tiny, "max_env_steps": "640"}).path
+    from pql.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot change algo.batch_size"):
+        resolve({"resume": str(run), "algo.batch_size": "32"})
+    with pytest.raises(ConfigError, match="no config.yaml"):
+        resolve({"resume": str(run / "nope")})
+
+
+def test_export_maps_raw_obs_to_env_units(tiny):
+    run = train(tiny).path
+    path = export_policy(run)
+    module = torch.jit.load(str(path))
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    from pql.nets import Actor
+    from pql.normalizer import RunningNormalizer
+
+    actor = Actor(3, 1, (16, 16))
+    actor.load_state_dict(state["policy"])
+    norm = RunningNormalizer(3)
+    norm.load_state_dict(state["normalizer"])
+    obs = Pendulum(64, seed=5).reset()
+    expected = -2.0 + (actor(norm(obs)) + 1.0) * 2.0  # Pendulum's torque range is [-2, 2]
+    actions = module(obs)
+    assert actions.shape == (64, 1)
+    assert torch.allclose(actions, expected, atol=1e-5)
+    assert actions.abs().max() <= 2.0
+
+
+def _nan_after(steps: int):
+    class NaNPendulum(Pendulum):
+        def step(self, actions):
+            obs, reward, term, trunc, info = super().step(actions)
+            self.count = getattr(self, "count", 0) + 1
+            if self.count > steps:
+                reward = torch.full_like(reward, float("nan"))
+            return obs, reward, term, trunc, info
+
+    return NaNPendulum
+
+
+def test_nan_loss_fails_the_run_and_keeps_rows(tiny):
+    register("test/nan-pendulum", _nan_after(30))
+    with pytest.raises(RuntimeError, match="non-finite loss"):
+        train({**tiny, "task": "test/nan-pendulum"})
+    run = tiny["out"]
+    status = json.loads(open(f"{run}/status.json").read())
+    assert status["state"] == "failed" and "non-finite" in status["error"]
+    assert status["env_steps"] > 30 * 32 and "critic_loss" in status["losses"]
+    rows = read_rows(__import__("pathlib").Path(run))
+    assert [int(r["env_steps"]) for r in rows] == [0, 640], "rows written before the failure are kept"
+
+
+def test_pql_d_runs_on_one_device(tiny):
+    run = train({**tiny, "algo.name": "pql-d"}).path
+    rows = read_rows(run)
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    assert 0 < float(rows[-1]["critic_loss"]) < 10  # a cross-entropy over 51 atoms
+
+
+def test_async_mode_runs_concurrent_workers_at_the_ratios(tiny):
+    run = train({**tiny, "mode": "async", "max_env_steps": "6400", "eval_every_env_steps": "3200"}).path
+    last = read_rows(run)[-1]
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    counted = int(last["actor_steps"]) - 8  # warm-up steps are not counted by the controller
+    v, p = int(last["v_updates"]), int(last["p_updates"])
+    assert v > 0 and p > 0
+    assert abs(v - 8 * counted) <= 8 * 3, "the V-learner stays within a few actor steps of beta_a:v"
+    assert p <= v / 2 + 1
+
+
+def test_mixed_and_fixed_exploration_std():
+    assert torch.allclose(exploration_std("mixed", 5, 0.05, 0.85, 0.3, "cpu"),
+                          torch.tensor([0.05, 0.25, 0.45, 0.65, 0.85]))
+    assert torch.equal(exploration_std("fixed", 3, 0.05, 0.8, 0.3, "cpu"), torch.full((3,), 0.3))
