@@ -45,6 +45,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def busy_cpus(interval_s: float = 0.3) -> float | None:
+    """CPUs kept busy by other processes while this one sleeps ``interval_s`` (Linux /proc/stat; else None)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            ticks = [int(x) for x in fh.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval_s)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(1, total1 - total0))
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued kernels on ``device`` (no-op on cpu)."""
     if device.type == "cuda":
@@ -201,10 +218,14 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    busy = busy_cpus()
     start = time.perf_counter()
     print(f"pql.bench: torch {torch.__version__}, device {device}, {torch.get_num_threads()} torch threads, "
           f"python {platform.python_version()}, ~{args.seconds:g} s per measurement, "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus\n")
+          f"{os.cpu_count()} cpus, {'?' if busy is None else f'{busy:.1f}'} of them busy with other processes\n")
+    if device.type == "cpu" and torch.get_num_threads() > 1 and busy is not None and busy > 0.25:
+        print("note: other processes are using the CPU; multi-threaded torch ops can then stall for whole\n"
+              "scheduler slices (10-100x slower). Compare with --threads 1 before trusting these numbers.\n")
 
     if args.only in (None, "env"):
         rows = []

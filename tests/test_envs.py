@@ -18,7 +18,7 @@ def test_contract_shapes_dtypes_and_auto_reset(task):
     assert env.action_low.shape == (env.act_dim,) and torch.all(env.action_low < env.action_high)
     g = torch.Generator().manual_seed(0)
     steps = env.max_episode_steps
-    for t in range(steps):
+    for _t in range(steps):
         actions = env.action_low + (env.action_high - env.action_low) * torch.rand(n, env.act_dim, generator=g)
         obs, reward, term, trunc, info = env.step(actions)
         assert obs.shape == (n, env.obs_dim) and reward.shape == (n,) and reward.dtype == env.dtype

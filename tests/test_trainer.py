@@ -1,6 +1,7 @@
 """End-to-end runs of the trainer: files, determinism, resume, export, failures, both modes."""
 
 import csv
+import itertools
 import json
 
 import pytest
@@ -32,7 +33,7 @@ def test_sync_run_writes_config_metrics_status_checkpoint(tiny):
     # 80 actor steps, 8 of them warm-up: 72 counted, 8 V-updates each, one P-update per 2 V-updates
     assert int(last["actor_steps"]) == 80 and int(last["v_updates"]) == 72 * 8 and int(last["p_updates"]) == 72 * 4
     assert float(last["critic_loss"]) > 0 and float(last["env_steps_per_s"]) > 0
-    assert all(float(a["wall_s"]) <= float(b["wall_s"]) for a, b in zip(rows, rows[1:], strict=False))
+    assert all(float(a["wall_s"]) <= float(b["wall_s"]) for a, b in itertools.pairwise(rows))
 
 
 def test_sync_runs_are_bit_for_bit_deterministic(tiny, tmp_path):
@@ -69,9 +70,9 @@ def test_resume_refuses_to_change_the_experiment(tiny):
     run = train({**tiny, "max_env_steps": "640"}).path
     from pql.config import ConfigError
 
-    with pytest.raises(ConfigError, match="cannot change algo.batch_size"):
+    with pytest.raises(ConfigError, match=r"cannot change algo\.batch_size"):
         resolve({"resume": str(run), "algo.batch_size": "32"})
-    with pytest.raises(ConfigError, match="no config.yaml"):
+    with pytest.raises(ConfigError, match=r"no config\.yaml"):
         resolve({"resume": str(run / "nope")})
 
 
@@ -141,3 +142,21 @@ def test_mixed_and_fixed_exploration_std():
     assert torch.allclose(exploration_std("mixed", 5, 0.05, 0.85, 0.3, "cpu"),
                           torch.tensor([0.05, 0.25, 0.45, 0.65, 0.85]))
     assert torch.equal(exploration_std("fixed", 3, 0.05, 0.8, 0.3, "cpu"), torch.full((3,), 0.3))
+
+
+def test_tensorboard_writer_records_every_row(tiny):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train({**tiny, "tensorboard": "true"}).path
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    evals = events.Scalars("eval_return")
+    rows = read_rows(run)
+    assert [e.step for e in evals] == [int(r["env_steps"]) for r in rows]
+    assert [round(e.value, 3) for e in evals] == [round(float(r["eval_return"]), 3) for r in rows]
+
+
+def test_progress_bar_shows_return_and_throughput(tiny, capsys):
+    train({**tiny, "progress": "true"})
+    err = capsys.readouterr().err
+    assert "classic/pendulum pql" in err and "eval " in err and "env-steps/s" in err
