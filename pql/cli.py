@@ -1,4 +1,4 @@
-"""The ``pql`` command: ``pql train KEY=VALUE ...`` and ``pql export RUN_DIR``."""
+"""The ``pql`` command: ``train``, ``export``, ``ablate`` and ``status``."""
 
 from __future__ import annotations
 
@@ -33,7 +33,39 @@ def build_parser() -> argparse.ArgumentParser:
                                         "in the environment's own units, as TorchScript.")
     export.add_argument("run_dir", help="a run directory with checkpoint.pt")
     export.add_argument("--out", default=None, help="output path (default RUN_DIR/policy.pt)")
+
+    ablate = sub.add_parser("ablate", help="run a study's matrix of cells (idempotent)",
+                            description="Expand a study spec (ablations/*.yaml) into cells x seeds and run what is "
+                                        "missing: finished runs are kept, interrupted ones resume from their "
+                                        "checkpoint, corrupt ones are redone, failed ones only with --retry-failed.")
+    _study_args(ablate)
+    ablate.add_argument("--launcher", choices=("local", "slurm", "debug"), default="local",
+                        help="local: a pool of processes here; slurm: a submitit job array per study; "
+                             "debug: in this process (default: local)")
+    ablate.add_argument("--jobs", type=int, default=1,
+                        help="local launcher: runs at once; each gets cpus/jobs torch threads. Keep 1 for "
+                             "wall-clock studies on a small machine (default: 1)")
+    ablate.add_argument("--cluster", default="ablations/clusters/default.yaml",
+                        help="slurm launcher: cluster profile YAML (partition, time, gres per gpu model)")
+    ablate.add_argument("--wait", action="store_true", help="slurm launcher: block until every task ended")
+    ablate.add_argument("--dry-run", action="store_true", help="print the cells and what would run, run nothing")
+    ablate.add_argument("--retry-failed", action="store_true", help="run failed cells again, from scratch")
+    ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ablate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every cell")
+
+    status = sub.add_parser("status", help="done / running / failed / pending counts of a study",
+                            description="Read a study's run directories and report their states and the errors "
+                                        "of failed runs.")
+    _study_args(status)
     return parser
+
+
+def _study_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="study spec, e.g. ablations/envs.yaml")
+    parser.add_argument("--profile", default="quick",
+                        help="profile of the spec: quick (embedded simulator, minutes on a CPU), paper (the "
+                             "paper's tasks and budgets, for GPUs), ... (default: quick)")
+    parser.add_argument("--results", default="results", help="results root (default: results)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = resolve(parse_overrides(args.overrides))
             run_dir = run_training(cfg)
             print(f"run finished: {run_dir.path}")
+        elif args.command in ("ablate", "status"):
+            return _study_command(args)
         elif args.command == "export":
             from pql.export import export_policy
 
@@ -62,6 +96,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pql: run failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _study_command(args: argparse.Namespace) -> int:
+    from pql.ablate.launchers import ClusterProfile, DebugLauncher, LocalLauncher, SlurmLauncher
+    from pql.ablate.runner import describe_plan, plan_study, run_study, status_report
+
+    overrides = parse_overrides(getattr(args, "overrides", []))
+    slurm = getattr(args, "launcher", None) == "slurm"
+    plan = plan_study(args.spec, args.profile, overrides, args.results,
+                      retry_failed=getattr(args, "retry_failed", False), check_local_gpu=not slurm)
+    if args.command == "status":
+        print(status_report(plan.study, plan.store, plan.skipped))
+        return 0
+    print(describe_plan(plan))
+    if args.dry_run:
+        return 0
+    if args.launcher == "slurm":
+        launcher: LocalLauncher | DebugLauncher | SlurmLauncher = SlurmLauncher(
+            ClusterProfile.load(args.cluster), plan.store.path / "slurm", f"pql-{plan.study.name}", wait=args.wait)
+    elif args.launcher == "debug":
+        launcher = DebugLauncher()
+    else:
+        launcher = LocalLauncher(args.jobs)
+    problems = run_study(plan, launcher, progress=not args.no_progress)
+    print(status_report(plan.study, plan.store, plan.skipped))
+    for line in problems:
+        print(f"pql: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ class Config:
     resume: str | None = _opt(None, "continue the run in this directory from its checkpoint")
     noise: NoiseConfig = _opt(NoiseConfig(), "exploration noise")
     device: DeviceConfig = _opt(DeviceConfig(), "devices")
+    gpu_model: str | None = _opt(None, "GPU model the run must get (e.g. A100, H100, RTX4090); null: any device")
     eval_envs: int = _opt(16, "separate environments for deterministic evaluation")
     eval_every_env_steps: int = _opt(100_000, "evaluate and write a metrics row every this many env steps")
     checkpoint_every_s: float = _opt(60.0, "write a checkpoint at most this often (and at the end)")

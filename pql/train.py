@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pql.config import Config, ConfigError, build_config, config_to_dict, load_config
 from pql.run_dir import RunDir
-from pql.trainer import NonFiniteLoss, Trainer
+from pql.trainer import NonFiniteLoss, Trainer, device_name, gpu_mismatch, resolve_devices
 
 # Keys a resumed run may change: they alter the budget or the display, not the experiment.
 RESUMABLE_KEYS = {"resume", "max_time_s", "max_env_steps", "progress", "tensorboard", "checkpoint_every_s",
                   "device.sim", "device.v_learner", "device.p_learner"}
+
+
+class WrongHardware(ConfigError):
+    """The run asks for a GPU model this machine does not have."""
 
 
 def default_out(cfg: Config) -> str:
@@ -109,12 +116,16 @@ class TensorBoardSink:
         self.writer.close()
 
 
-def run_training(cfg: Config) -> RunDir:
+def run_training(cfg: Config, on_start: Callable[[Trainer], None] | None = None) -> RunDir:
     """Train ``cfg`` (new or resumed) in its run directory; the directory's status tells how it ended.
 
-    Raises the run's error after recording it in ``status.json``.
+    Raises the run's error after recording it in ``status.json``. ``on_start`` receives the
+    trainer before training begins (a scheduler's preemption handler uses it to checkpoint).
     """
     assert cfg.out is not None
+    mismatch = gpu_mismatch(cfg.gpu_model, resolve_devices(cfg))
+    if mismatch is not None:
+        raise WrongHardware(mismatch)
     run_dir = RunDir(cfg.out)
     sinks: list[Any] = [ProgressDisplay(cfg, cfg.progress)]
     if cfg.tensorboard:
@@ -131,26 +142,35 @@ def run_training(cfg: Config) -> RunDir:
         run_dir.truncate_metrics(state["progress"]["env_steps"])
     else:
         run_dir.write_config(config_to_dict(cfg))
-    run_dir.write_status("running", env_steps=trainer.progress.env_steps)
+    host = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "devices": {name: device_name(d) for name, d in zip(("sim", "v_learner", "p_learner"), trainer.devices,
+                                                                   strict=True)}}
+    run_dir.write_status("running", env_steps=trainer.progress.env_steps, **host)
+    if on_start is not None:
+        on_start(trainer)
     try:
         progress = trainer.run()
     except NonFiniteLoss as err:
-        run_dir.write_status("failed", error=str(err), env_steps=err.env_steps, losses=err.losses)
+        run_dir.write_status("failed", error=str(err), env_steps=err.env_steps, losses=err.losses, **host)
+        raise
+    except SystemExit:  # a scheduler's preemption/timeout handler checkpointed and exits for a requeue
+        run_dir.write_status("running", note="exited for a requeue; resumes from its checkpoint",
+                             env_steps=trainer.progress.env_steps, **host)
         raise
     except KeyboardInterrupt:
         trainer.checkpoint()
         run_dir.write_status("failed", error="interrupted; resume with pql train resume=" + str(run_dir.path),
-                             env_steps=trainer.progress.env_steps)
+                             env_steps=trainer.progress.env_steps, **host)
         raise
     except BaseException as err:
         run_dir.write_status("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
-                             env_steps=trainer.progress.env_steps)
+                             env_steps=trainer.progress.env_steps, **host)
         raise
     finally:
         for sink in sinks:
             sink.close()
     run_dir.write_status("done", env_steps=progress.env_steps, wall_s=round(progress.wall_s, 3),
-                         losses=progress.losses)
+                         losses=progress.losses, **host)
     return run_dir
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import platform
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,24 @@ def resolve_devices(cfg: Config) -> tuple[torch.device, torch.device, torch.devi
     v = cfg.device.v_learner if cfg.device.v_learner != "auto" else ("cuda:1" if gpus >= 2 else sim)
     p = cfg.device.p_learner if cfg.device.p_learner != "auto" else v
     return torch.device(sim), torch.device(v), torch.device(p)
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the hardware behind ``device`` (the GPU model for CUDA devices)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()})"
+
+
+def gpu_mismatch(gpu_model: str | None, devices: tuple[torch.device, ...]) -> str | None:
+    """Why ``devices`` do not satisfy ``gpu_model`` (None when they do or when any device will do)."""
+    if gpu_model is None:
+        return None
+    want = gpu_model.lower().replace(" ", "").replace("-", "")
+    names = [device_name(d) for d in devices]
+    if all(want in n.lower().replace(" ", "").replace("-", "") for n in names):
+        return None
+    return f"gpu_model={gpu_model} asked for, but this machine offers {', '.join(sorted(set(names)))}"
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:

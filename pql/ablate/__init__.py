@@ -1,0 +1,1 @@
+"""Ablation studies: spec -> job matrix -> launcher -> results store."""

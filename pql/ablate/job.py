@@ -1,0 +1,61 @@
+"""What a launched job runs: one cell's training, resumed from its checkpoint when one exists.
+
+``run_cell`` is the whole job for the local and debug launchers; on SLURM it runs
+inside :class:`CellJob`, whose ``checkpoint`` (called by submitit on preemption
+or timeout) saves the live trainer's state and asks for a requeue.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pql.ablate.store import CELL_FILE
+from pql.train import resolve, run_training
+from pql.trainer import Trainer
+
+_live: dict[str, Trainer] = {}
+
+
+def cell_overrides(run: Path) -> dict[str, Any]:
+    """The overrides that (re)start the cell in ``run``: resume if it holds a checkpoint, else a fresh run."""
+    if (run / "checkpoint.pt").exists() and (run / "config.yaml").exists():
+        return {"resume": str(run), "progress": "false"}
+    cell = json.loads((run / CELL_FILE).read_text())
+    return {**cell["overrides"], "out": str(run), "progress": "false"}
+
+
+def run_cell(run_path: str) -> dict[str, Any]:
+    """Train the cell whose ``cell.json`` is in ``run_path``; returns its final ``status.json``."""
+    run = Path(run_path)
+    run_training(resolve(cell_overrides(run)), on_start=lambda trainer: _live.__setitem__("trainer", trainer))
+    return json.loads((run / "status.json").read_text())
+
+
+try:
+    from submitit.helpers import Checkpointable, DelayedSubmission
+except ImportError:  # submitit is needed only by the SLURM launcher
+    Checkpointable = object  # type: ignore[assignment,misc]
+
+
+class CellJob(Checkpointable):  # type: ignore[misc,valid-type]
+    """A submitit job for one cell that checkpoints and requeues itself when preempted."""
+
+    def __call__(self, run_path: str) -> dict[str, Any]:
+        return run_cell(run_path)
+
+    def checkpoint(self, run_path: str) -> DelayedSubmission:
+        trainer = _live.get("trainer")
+        if trainer is not None:
+            trainer.checkpoint()
+        return DelayedSubmission(self, run_path)
+
+
+if __name__ == "__main__":  # the local launcher's subprocess: python -m pql.ablate.job RUN_DIR
+    try:
+        run_cell(sys.argv[1])
+    except Exception as err:  # noqa: BLE001 - the run's status.json holds the traceback
+        print(f"run failed: {type(err).__name__}: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,140 @@
+"""Study specs: a YAML file expands into a matrix of cells, each a complete, validated run config.
+
+A spec has ``study`` (its name), ``description``, a ``base`` config, ``axes``
+(config key -> list of values; a dict value is merged under that key, so
+``noise: [{kind: fixed, sigma: 0.2}]`` sets two keys at once), ``seeds`` and
+``profiles`` (``quick``, ``paper``, ...), each of which may replace ``base``
+entries, ``axes`` and ``seeds``. Cells are the cartesian product of the axes
+times the seeds; each cell's run id is a stable hash of its resolved config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pql.config import Config, ConfigError, build_config, config_to_dict
+
+SPEC_KEYS = {"study", "description", "base", "axes", "seeds", "profiles", "figure"}
+PROFILE_KEYS = {"base", "axes", "seeds", "description"}
+# Keys that do not change what a run computes, left out of its id.
+NOT_IN_RUN_ID = {"out", "resume", "progress", "tensorboard", "checkpoint_every_s"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a study: its axis values, seed, overrides and resolved config."""
+
+    study: str
+    profile: str
+    axis_values: dict[str, Any]
+    seed: int
+    overrides: dict[str, str]
+    config: Config = field(repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.config)
+
+    @property
+    def label(self) -> str:
+        """The axis values as ``key=value`` text, e.g. ``num_envs=1024``."""
+        return ", ".join(f"{k}={_text(v)}" for k, v in self.axis_values.items()) or "base"
+
+
+@dataclass(frozen=True)
+class Study:
+    """A spec with one profile chosen and expanded."""
+
+    name: str
+    profile: str
+    description: str
+    axes: dict[str, list[Any]]
+    cells: list[Cell]
+    figure: dict[str, Any]
+
+
+def run_id(cfg: Config) -> str:
+    """12 hex digits of the SHA-256 of the resolved config, without keys that do not change the run."""
+    body = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_IN_RUN_ID}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    return "null" if value is None else str(value)
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, str]:
+    """Dotted ``KEY=VALUE`` overrides for ``value`` placed at ``prefix`` (dicts are merged key by key)."""
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(_flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    key = "algo.name" if prefix == "algo" else prefix
+    return {key: _text(value)}
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    """Read a spec file and check its top-level shape."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"no study spec at {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown spec key(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(sorted(SPEC_KEYS))}")
+    if "study" not in spec:
+        raise ConfigError(f"{path}: the spec needs a 'study' name")
+    for name, profile in (spec.get("profiles") or {}).items():
+        bad = set(profile or {}) - PROFILE_KEYS
+        if bad:
+            raise ConfigError(f"{path}: profile '{name}' has unknown key(s) {', '.join(sorted(bad))}")
+    return spec
+
+
+def expand(spec: dict[str, Any], profile: str, overrides: dict[str, str] | None = None) -> Study:
+    """The cells of ``spec`` under ``profile``; ``overrides`` (dotted keys) apply to every cell.
+
+    Every cell is validated against the config schema here, before anything runs.
+    """
+    profiles = spec.get("profiles") or {}
+    if profile not in profiles:
+        raise ConfigError(f"study '{spec['study']}' has no profile '{profile}'; "
+                          f"it has: {', '.join(profiles) or 'none'}")
+    chosen = profiles[profile] or {}
+    base = {**(spec.get("base") or {}), **(chosen.get("base") or {})}
+    axes: dict[str, list[Any]] = {**(spec.get("axes") or {}), **(chosen.get("axes") or {})}
+    seeds = chosen.get("seeds", spec.get("seeds", [0]))
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"axis '{key}' must be a non-empty list of values")
+    base_overrides = _flatten("", base)
+    cells = []
+    names = list(axes)
+    for combo in itertools.product(*(axes[k] for k in names)):
+        axis_values = dict(zip(names, combo, strict=True))
+        for seed in seeds:
+            cell_overrides = dict(base_overrides)
+            for key, value in axis_values.items():
+                cell_overrides.update(_flatten(key, value))
+            cell_overrides.update(overrides or {})
+            cell_overrides["seed"] = str(seed)
+            try:
+                cfg = build_config(cell_overrides)
+            except ConfigError as err:
+                raise ConfigError(f"study '{spec['study']}', cell {axis_values or 'base'}: {err}") from None
+            cells.append(Cell(spec["study"], profile, axis_values, int(seed), cell_overrides, cfg))
+    return Study(spec["study"], profile, chosen.get("description", spec.get("description", "")), axes, cells,
+                 spec.get("figure") or {})

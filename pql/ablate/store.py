@@ -1,0 +1,148 @@
+"""The results store: ``results/<study>/<run_id>/`` per run, plus a study index.
+
+A run directory is written only by its own job; the index only by the launcher,
+atomically. A run's state is read from its files, never trusted blindly: a
+``done`` run whose metrics do not parse or stop short of its status is corrupt,
+and is moved aside and redone rather than aggregated.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from pql.ablate.spec import Cell, Study
+from pql.run_dir import METRIC_COLUMNS, atomic_write
+
+CELL_FILE = "cell.json"
+STATES = ("done", "running", "failed", "pending", "skipped")
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What the store knows of one cell's run: ``state`` in STATES, plus why (error or skip reason)."""
+
+    state: str
+    detail: str = ""
+    resumable: bool = False
+    corrupt: bool = False
+
+
+def metrics_problem(path: Path, expected_steps: int | None) -> str | None:
+    """Why ``metrics.csv`` at ``path`` cannot be trusted, or None if it reads whole."""
+    if not path.exists():
+        return "metrics.csv is missing"
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            if tuple(reader.fieldnames or ()) != METRIC_COLUMNS:
+                return f"metrics.csv has columns {reader.fieldnames}, expected {list(METRIC_COLUMNS)}"
+            rows = list(reader)
+        steps = [int(float(r["env_steps"])) for r in rows]
+        for r in rows:
+            float(r["wall_s"])
+            if None in r.values():
+                return "metrics.csv has a truncated row"
+    except (ValueError, TypeError, KeyError, csv.Error) as err:
+        return f"metrics.csv does not parse: {err}"
+    if not rows:
+        return "metrics.csv has no rows"
+    if any(b < a for a, b in itertools.pairwise(steps)):
+        return "metrics.csv env_steps go backwards"
+    if expected_steps is not None and steps[-1] != expected_steps:
+        return f"metrics.csv ends at {steps[-1]} env steps but status.json says {expected_steps}"
+    return None
+
+
+def _alive(status: dict[str, Any]) -> bool:
+    """Whether the process that wrote a 'running' status still runs (conservative where unknown)."""
+    job = status.get("slurm_job_id")
+    if job:
+        try:
+            out = subprocess.run(["squeue", "-h", "-j", str(job)], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return True
+        return bool(out.stdout.strip())
+    if status.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(status["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ResultsStore:
+    """Run directories and the index of one study under ``root/<study>``."""
+
+    def __init__(self, root: str | Path, study: str) -> None:
+        self.path = Path(root) / study
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def run_path(self, cell: Cell) -> Path:
+        return self.path / cell.run_id
+
+    def state(self, cell: Cell) -> RunState:
+        """The state of ``cell``'s run as its files tell it."""
+        run = self.run_path(cell)
+        has_checkpoint = (run / "checkpoint.pt").exists()
+        try:
+            status = json.loads((run / "status.json").read_text())
+        except FileNotFoundError:
+            return RunState("pending", "checkpoint, no status" if has_checkpoint else "", resumable=has_checkpoint)
+        except (json.JSONDecodeError, OSError) as err:
+            return RunState("pending", f"status.json unreadable ({err}); redo", corrupt=True)
+        state = status.get("state")
+        if state == "done":
+            problem = metrics_problem(run / "metrics.csv", status.get("env_steps"))
+            if problem:
+                return RunState("pending", f"corrupt result: {problem}; redo", corrupt=True)
+            return RunState("done")
+        if state == "failed":
+            return RunState("failed", status.get("error", ""), resumable=has_checkpoint)
+        if state == "running":
+            if _alive(status):
+                return RunState("running", f"pid {status.get('pid')} on {status.get('host')}")
+            return RunState("pending", "interrupted; resumes from its checkpoint" if has_checkpoint else "interrupted",
+                            resumable=has_checkpoint)
+        return RunState("pending", f"unknown state {state!r}; redo", corrupt=True)
+
+    def prepare(self, cell: Cell) -> Path:
+        """Get ``cell``'s directory ready to run: corrupt results moved aside, a failed or unresumable
+        run's files cleared (an interrupted run keeps its checkpoint to resume), ``cell.json`` written."""
+        run = self.run_path(cell)
+        current = self.state(cell)
+        if current.corrupt and run.exists():
+            run.rename(run.with_name(f"{run.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"))
+        elif current.state == "failed" or not current.resumable:  # start afresh
+            for name in ("metrics.csv", "status.json", "config.yaml", "checkpoint.pt"):
+                (run / name).unlink(missing_ok=True)
+        run.mkdir(parents=True, exist_ok=True)
+        body = {"study": cell.study, "profile": cell.profile, "run_id": cell.run_id, "seed": cell.seed,
+                "axis_values": cell.axis_values, "overrides": cell.overrides, "gpu_model": cell.config.gpu_model}
+        atomic_write(run / CELL_FILE, json.dumps(body, indent=2, default=str).encode())
+        return run
+
+    def write_index(self, study: Study, known: dict[str, RunState]) -> None:
+        """Rewrite ``index-PROFILE.csv``: one row per cell with its run id, axis values, seed and state
+        (``known`` states by run id, e.g. skips, else read from the run's files)."""
+        header = ["run_id", "profile", "seed", "label", "axis_values", "state", "detail"]
+        lines = [header]
+        for cell in study.cells:
+            st = known.get(cell.run_id) or self.state(cell)
+            lines.append([cell.run_id, cell.profile, str(cell.seed), cell.label,
+                          json.dumps(cell.axis_values, sort_keys=True, default=str), st.state, st.detail])
+        buf = StringIO()
+        csv.writer(buf).writerows(lines)
+        atomic_write(self.path / f"index-{study.profile}.csv", buf.getvalue().encode())
