@@ -2,12 +2,18 @@
 #   make test     ruff + the default test suite (what CI runs)
 #   make bench    env-steps/s of the classic tasks and the V-learner's overhead
 #   make train    one PQL run on classic/pendulum (ARGS="KEY=VALUE ..." to change it)
+#   make ablate-envs (noise, batch, ratios, buffer, gpus), make compare: a study, PROFILE=quick LAUNCHER=local,
+#                 then its figures and report under plots/<study>/
+#   make figures  figures and reports of every study with results
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+PROFILE ?= quick
+LAUNCHER ?= local
+STUDIES := envs noise batch ratios buffer gpus
 
-.PHONY: install test test-all bench train lint clean
+.PHONY: install test test-all bench train lint clean compare figures $(addprefix ablate-,$(STUDIES))
 
 install: $(VENV)/.installed
 
@@ -31,6 +37,18 @@ bench: install
 
 train: install
 	$(VENV)/bin/pql train task=classic/pendulum $(ARGS)
+
+$(addprefix ablate-,$(STUDIES)): ablate-%: install
+	$(VENV)/bin/pql ablate ablations/$*.yaml --profile $(PROFILE) --launcher $(LAUNCHER) $(ARGS)
+	$(VENV)/bin/pql report ablations/$*.yaml --profile $(PROFILE) $(ARGS)
+
+compare: install
+	$(VENV)/bin/pql ablate ablations/algorithms.yaml --profile $(PROFILE) --launcher $(LAUNCHER) $(ARGS)
+	$(VENV)/bin/pql report ablations/algorithms.yaml --profile $(PROFILE) $(ARGS)
+
+# Figures and reports of every study that has results (a study without any is named and skipped).
+figures: install
+	@for spec in ablations/*.yaml; do $(VENV)/bin/pql report $$spec --profile $(PROFILE) || true; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .tox

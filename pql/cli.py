@@ -1,4 +1,4 @@
-"""The ``pql`` command: ``train``, ``export``, ``ablate`` and ``status``."""
+"""The ``pql`` command: ``train``, ``export``, ``ablate``, ``status`` and ``report``."""
 
 from __future__ import annotations
 
@@ -51,12 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--dry-run", action="store_true", help="print the cells and what would run, run nothing")
     ablate.add_argument("--retry-failed", action="store_true", help="run failed cells again, from scratch")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ablate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every cell")
 
     status = sub.add_parser("status", help="done / running / failed / pending counts of a study",
                             description="Read a study's run directories and report their states and the errors "
                                         "of failed runs.")
     _study_args(status)
+
+    report = sub.add_parser("report", help="summary table, figures and markdown report of a study",
+                            description="Aggregate a study's finished runs (curves on common wall-clock and "
+                                        "env-step grids; mean, median, IQM, 95%% bootstrap intervals over seeds; "
+                                        "time and steps to a return threshold) into results/STUDY/summary.csv, "
+                                        "figures plots/STUDY/*.png|pdf and plots/STUDY/README.md.")
+    _study_args(report)
+    report.add_argument("--plots", default="plots", help="figures root (default: plots)")
+    report.add_argument("--threshold", type=float, default=None,
+                        help="return counted as solved for time-to-threshold (default: the spec's "
+                             "figure.threshold, else a per-task default such as -250 for classic/pendulum)")
     return parser
 
 
@@ -66,10 +76,18 @@ def _study_args(parser: argparse.ArgumentParser) -> None:
                         help="profile of the spec: quick (embedded simulator, minutes on a CPU), paper (the "
                              "paper's tasks and budgets, for GPUs), ... (default: quick)")
     parser.add_argument("--results", default="results", help="results root (default: results)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides applied to every cell (give the same ones to status as to ablate)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # KEY=VALUE words may follow options
+    stray = [word for word in extra if word.startswith("-") or "=" not in word or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         if args.command == "train":
             from pql.train import resolve, run_training
@@ -77,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = resolve(parse_overrides(args.overrides))
             run_dir = run_training(cfg)
             print(f"run finished: {run_dir.path}")
+        elif args.command == "report":
+            return _report_command(args)
         elif args.command in ("ablate", "status"):
             return _study_command(args)
         elif args.command == "export":
@@ -98,11 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _report_command(args: argparse.Namespace) -> int:
+    from pql.report.study import report_study
+
+    report = report_study(args.spec, args.profile, args.results, args.plots, parse_overrides(args.overrides),
+                          args.threshold)
+    for path in [*report.figures, report.markdown]:
+        print(f"wrote {path}")
+    print(f"wrote {args.results}/{report.markdown.parent.name}/summary.csv")
+    if report.missing:
+        print(f"{len(report.missing)} runs missing or failed (listed in {report.markdown})")
+    return 0
+
+
 def _study_command(args: argparse.Namespace) -> int:
     from pql.ablate.launchers import ClusterProfile, DebugLauncher, LocalLauncher, SlurmLauncher
     from pql.ablate.runner import describe_plan, plan_study, run_study, status_report
 
-    overrides = parse_overrides(getattr(args, "overrides", []))
+    overrides = parse_overrides(args.overrides)
     slurm = getattr(args, "launcher", None) == "slurm"
     plan = plan_study(args.spec, args.profile, overrides, args.results,
                       retry_failed=getattr(args, "retry_failed", False), check_local_gpu=not slurm)

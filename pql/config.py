@@ -164,6 +164,8 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
 def build_config(overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the task's preset, then ``overrides`` (dotted keys); validated."""
     overrides = dict(overrides or {})
+    if "algo" in overrides:  # the shorthand algo=NAME
+        overrides["algo.name"] = overrides.pop("algo")
     base = OmegaConf.structured(Config)
     try:
         user = OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]) if overrides else OmegaConf.create()

@@ -1,13 +1,16 @@
 """A private single-node SLURM cluster on localhost, for tests that need a real scheduler.
 
 Everything (configuration, state, spool, logs, pid files, the MariaDB data directory, the munge
-key and socket) lives under one state directory; nothing is written to ``/etc/slurm``. It needs
-root and the Debian packages ``slurmctld slurmd slurm-client munge slurmdbd mariadb-server``.
-See ``/work/shared/notes/slurm-local.md`` for why each setting is there.
+key and socket) lives under one state directory; nothing is written to ``/etc/slurm``. Only when
+that directory's path is too long for Unix sockets (over ~70 characters) do the sockets, pid files and
+slurmd's spool go to a short temporary folder, removed by ``stop()``. It needs root and the Debian
+packages ``slurmctld slurmd slurm-client munge slurmdbd mariadb-server``.
+The settings follow the measured recipe in the design notes (shared/notes/slurm-local.md).
 
-    with LocalSlurmCluster(tmp_path / "slurm") as cluster:
-        monkeypatch.setattr(os, "environ", {**os.environ, **cluster.env})
-        ...  # sbatch, submitit, sacct all talk to this cluster
+    with LocalSlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        for name, value in cluster.env.items():
+            monkeypatch.setenv(name, value)
+        ...  # sbatch, submitit, sacct and the jobs all talk to this cluster
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from types import TracebackType
 BINARIES = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadb-install-db", "sacctmgr", "sbatch", "squeue",
             "sacct", "scontrol", "scancel", "sinfo")
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/local/sbin"])
-_MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes
+# AF_UNIX paths are limited to 107 bytes; the longest socket is spool/localhost_<job id>.<step id>
+_MAX_SOCKET_ROOT = 107 - len("/spool/localhost_67043328.4294967294")
 
 
 def _which(name: str) -> str | None:
@@ -58,8 +62,7 @@ class LocalSlurmCluster:
         self.first_job_id = random.randint(1000, 900000)  # a reused folder never sees an old job id
         self.etc, self.log = self.state_dir / "etc", self.state_dir / "log"
         self.mysql = self.state_dir / "mysql"
-        self.run_dir = self.state_dir / "run"
-        self._short_run_dir: Path | None = None  # used when run_dir is too long for a socket path
+        self._socket_root = self.state_dir  # holds run/ and spool/ (sockets); a short temp folder if too long
         self._procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}  # name -> (process, its log file)
 
     @staticmethod
@@ -81,14 +84,24 @@ class LocalSlurmCluster:
         return self.etc / "slurm.conf"
 
     @property
+    def run_dir(self) -> Path:
+        """Sockets and pid files."""
+        return self._socket_root / "run"
+
+    @property
+    def spool_dir(self) -> Path:
+        """slurmd's spool folder (it holds one socket per job step)."""
+        return self._socket_root / "spool"
+
+    @property
     def munge_socket(self) -> Path:
         """The munge socket all daemons and clients use."""
-        return (self._short_run_dir or self.run_dir) / "munge.socket.2"
+        return self.run_dir / "munge.socket.2"
 
     @property
     def mysql_socket(self) -> Path:
         """The MariaDB socket slurmdbd connects through (MariaDB listens on no TCP port)."""
-        return (self._short_run_dir or self.run_dir) / "mysqld.sock"
+        return self.run_dir / "mysqld.sock"
 
     @property
     def env(self) -> dict[str, str]:
@@ -111,6 +124,8 @@ class LocalSlurmCluster:
         """
         if reason := self.available():
             raise RuntimeError(f"cannot start a local SLURM cluster: {reason}")
+        if self._procs:
+            raise RuntimeError("the local SLURM cluster is already started")
         try:
             self._write_config()
             self._start_munge()
@@ -146,16 +161,16 @@ class LocalSlurmCluster:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(10)
-        if self._short_run_dir is not None:
-            shutil.rmtree(self._short_run_dir, ignore_errors=True)
-            self._short_run_dir = None
+        if self._socket_root != self.state_dir:
+            shutil.rmtree(self._socket_root, ignore_errors=True)
+            self._socket_root = self.state_dir
 
     def _write_config(self) -> None:
         """Create the folders, slurm.conf and slurmdbd.conf (mode 0600, as slurmdbd demands)."""
-        for folder in (self.etc, self.log, self.run_dir, self.state_dir / "ctld", self.state_dir / "spool"):
+        if len(str(self.state_dir)) > _MAX_SOCKET_ROOT:
+            self._socket_root = Path(tempfile.mkdtemp(prefix="slurm-"))
+        for folder in (self.etc, self.log, self.run_dir, self.spool_dir, self.state_dir / "ctld"):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if len(str(self.run_dir / "munge.socket.2.lock")) > _MAX_SOCKET_PATH:
-            self._short_run_dir = Path(tempfile.mkdtemp(prefix="slurm-run-"))
         auth_info = f"AuthInfo=socket={self.munge_socket},cred_expire=10"
         s, log, run = self.state_dir, self.log, self.run_dir
         self.slurm_conf.write_text(f"""\
@@ -187,7 +202,7 @@ ReturnToService=2
 MailProg=/bin/true
 FirstJobId={self.first_job_id}
 StateSaveLocation={s / "ctld"}
-SlurmdSpoolDir={s / "spool"}
+SlurmdSpoolDir={self.spool_dir}
 SlurmctldPidFile={run / "slurmctld.pid"}
 SlurmdPidFile={run / "slurmd.pid"}
 SlurmctldLogFile={log / "slurmctld.log"}
@@ -231,7 +246,7 @@ PidFile={run / "slurmdbd.pid"}
             result = subprocess.run(
                 [_which("mariadb-install-db"), "--no-defaults", "--user=root", f"--datadir={self.mysql}",
                  "--auth-root-authentication-method=socket", "--skip-test-db"],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=self.timeout_s, check=False)
             if result.returncode:
                 raise RuntimeError(f"mariadb-install-db failed:\n{result.stdout.decode(errors='replace')[-3000:]}")
         self._spawn("mariadbd", [_which("mariadbd") or _which("mysqld"), "--no-defaults", "--user=root",

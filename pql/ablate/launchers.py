@@ -171,24 +171,37 @@ class SlurmLauncher(Launcher):
         self.jobs: list[Any] = []
 
     def launch(self, cells: list[Cell], run_paths: list[Path], progress: bool = True) -> list[str]:
-        try:
-            import submitit
-        except ImportError as err:
-            raise ConfigError("--launcher slurm needs submitit: pip install submitit") from err
         from pql.ablate.job import CellJob
 
         groups: dict[str | None, list[Path]] = {}
         for cell, path in zip(cells, run_paths, strict=True):
             groups.setdefault(cell.config.gpu_model, []).append(path)
         for gpu_model, paths in groups.items():
-            executor = submitit.AutoExecutor(folder=self.folder / "%A_%a", cluster="slurm")
-            executor.update_parameters(name=self.job_name, **self.profile.parameters(gpu_model))
-            jobs = executor.map_array(CellJob(), [str(p) for p in paths])
+            jobs = self.executor(gpu_model).map_array(CellJob(), [str(p) for p in paths])
             self.jobs.extend(jobs)
             if progress:
                 print(f"submitted array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks"
                       f"{', gpu_model=' + gpu_model if gpu_model else ''})", flush=True)
         return self._wait() if self.wait else []
+
+    def executor(self, gpu_model: str | None) -> Any:
+        """A submitit executor configured for the tasks of one GPU model."""
+        try:
+            import submitit
+        except ImportError as err:
+            raise ConfigError("--launcher slurm needs submitit: pip install submitit") from err
+        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
+        executor.update_parameters(name=self.job_name, **self.profile.parameters(gpu_model))
+        return executor
+
+    def sbatch_script(self, gpu_model: str | None, num_tasks: int) -> str:
+        """The sbatch script submitit writes for an array of ``num_tasks`` tasks of ``gpu_model``."""
+        slurm = self.executor(gpu_model)._executor
+        params = {**slurm.parameters, "map_count": num_tasks}
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        return _make_sbatch_string(command="python -u -m submitit.core._submit FOLDER", folder=slurm.folder,
+                                   **params)
 
     def _wait(self) -> list[str]:
         problems = []

@@ -121,6 +121,10 @@ def expand(spec: dict[str, Any], profile: str, overrides: dict[str, str] | None 
         if not isinstance(values, list) or not values:
             raise ConfigError(f"axis '{key}' must be a non-empty list of values")
     base_overrides = _flatten("", base)
+    axis_keys = {k for key, values in axes.items() for v in values for k in _flatten(key, v)}
+    clash = sorted(axis_keys & set(overrides or {}))
+    if clash:
+        raise ConfigError(f"{', '.join(clash)} is an axis of study '{spec['study']}'; change the spec, not the cells")
     cells = []
     names = list(axes)
     for combo in itertools.product(*(axes[k] for k in names)):

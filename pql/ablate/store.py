@@ -75,12 +75,14 @@ def _alive(status: dict[str, Any]) -> bool:
     if status.get("host") != socket.gethostname():
         return True
     try:
-        os.kill(int(status["pid"]), 0)
+        pid = int(status["pid"])
+        os.kill(pid, 0)
     except (ProcessLookupError, KeyError, ValueError, TypeError):
         return False
     except PermissionError:
         return True
-    return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")  # a zombie is dead
 
 
 class ResultsStore:

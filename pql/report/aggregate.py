@@ -1,0 +1,123 @@
+"""Aggregation as pure functions over tidy frames and score arrays (no plotting, no files).
+
+A *runs frame* is tidy: one row per metrics row of one run, with at least the
+columns ``run_id``, ``cell`` (the cell's label), ``task``, ``env_steps``,
+``wall_s`` and ``eval_return``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+Statistic = Callable[[np.ndarray], float]
+
+
+def iqm(values: Sequence[float] | np.ndarray) -> float:
+    """Interquartile mean: the mean of the values left after trimming 25% from each end."""
+    x = np.sort(np.asarray(values, dtype=float))
+    if x.size == 0:
+        return math.nan
+    k = int(0.25 * x.size)
+    return float(x[k : x.size - k].mean())
+
+
+STATISTICS: dict[str, Statistic] = {
+    "mean": lambda x: float(np.mean(x)),
+    "median": lambda x: float(np.median(x)),
+    "iqm": iqm,
+}
+
+
+def stratified_bootstrap_ci(values: np.ndarray, strata: np.ndarray | None = None, statistic: Statistic = iqm,
+                            reps: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic``; runs are resampled with replacement within each stratum.
+
+    ``values [R]`` are per-run scores, ``strata [R]`` their groups (e.g. tasks; one group if None).
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return math.nan, math.nan
+    strata = np.zeros(values.size, dtype=int) if strata is None else np.asarray(strata)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    stats = np.empty(reps)
+    for r in range(reps):
+        picks = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups])
+        stats[r] = statistic(values[picks])
+    alpha = (1.0 - confidence) / 2
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def curve_on_grid(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """``y`` linearly interpolated at ``grid``; NaN outside [x[0], x[-1]] (no extrapolation past a run's end)."""
+    x, y, grid = np.asarray(x, float), np.asarray(y, float), np.asarray(grid, float)
+    out = np.interp(grid, x, y)
+    out[(grid < x[0]) | (grid > x[-1])] = math.nan
+    return out
+
+
+def common_grid(runs: pd.DataFrame, x: str, points: int = 60) -> np.ndarray:
+    """``points`` evenly spaced values of ``x`` from 0 to the longest run's end."""
+    end = float(runs.groupby("run_id")[x].max().max())
+    return np.linspace(0.0, end, points)
+
+
+def curves(runs: pd.DataFrame, x: str, grid: np.ndarray, y: str = "eval_return", reps: int = 1000,
+           seed: int = 0) -> pd.DataFrame:
+    """Per cell and grid point: mean, median, IQM and a 95% bootstrap interval (of the mean) over the
+    runs that reach that point, with their count ``n``. Columns: cell, x, n, mean, median, iqm, ci_lo, ci_hi."""
+    rows = []
+    for cell, frame in runs.groupby("cell", sort=False):
+        per_run = np.stack([curve_on_grid(r[x].to_numpy(), r[y].to_numpy(), grid)
+                            for _, r in frame.sort_values(x).groupby("run_id", sort=False)])  # [R, G]
+        tasks = frame.groupby("run_id", sort=False)["task"].first().to_numpy()
+        for j, point in enumerate(grid):
+            have = ~np.isnan(per_run[:, j])
+            vals = per_run[have, j]
+            if vals.size == 0:
+                continue
+            lo, hi = stratified_bootstrap_ci(vals, tasks[have], STATISTICS["mean"], reps=reps, seed=seed)
+            rows.append({"cell": cell, "x": point, "n": int(vals.size), "mean": float(vals.mean()),
+                         "median": float(np.median(vals)), "iqm": iqm(vals), "ci_lo": lo, "ci_hi": hi})
+    return pd.DataFrame(rows, columns=["cell", "x", "n", "mean", "median", "iqm", "ci_lo", "ci_hi"])
+
+
+def first_crossing(x: np.ndarray, y: np.ndarray, threshold: float) -> float:
+    """The first logged ``x`` at which ``y >= threshold``; +inf if the run never got there."""
+    hits = np.flatnonzero(np.asarray(y, float) >= threshold)
+    return float(np.asarray(x, float)[hits[0]]) if hits.size else math.inf
+
+
+def per_run(runs: pd.DataFrame, threshold: float, y: str = "eval_return") -> pd.DataFrame:
+    """One row per run: cell, task, final return, time and env steps to ``threshold`` (inf: never reached)."""
+    rows = []
+    for run_id, r in runs.sort_values("env_steps").groupby("run_id", sort=False):
+        rows.append({"run_id": run_id, "cell": r["cell"].iloc[0], "task": r["task"].iloc[0],
+                     "final_return": float(r[y].iloc[-1]),
+                     "time_to_threshold": first_crossing(r["wall_s"].to_numpy(), r[y].to_numpy(), threshold),
+                     "steps_to_threshold": first_crossing(r["env_steps"].to_numpy(), r[y].to_numpy(), threshold)})
+    return pd.DataFrame(rows)
+
+
+def summarize(run_table: pd.DataFrame, threshold: float, reps: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per cell: final-return mean / median / IQM with a 95% stratified-bootstrap interval of the IQM,
+    and time / steps to ``threshold``: the median over all runs (a run that never reached it counts
+    as +inf, so the median is inf when half or more never did) and how many reached it."""
+    rows = []
+    for cell, frame in run_table.groupby("cell", sort=False):
+        final = frame["final_return"].to_numpy()
+        lo, hi = stratified_bootstrap_ci(final, frame["task"].to_numpy(), iqm, reps=reps, seed=seed)
+        reached = np.isfinite(frame["time_to_threshold"].to_numpy())
+        rows.append({
+            "cell": cell, "runs": len(frame), "final_mean": float(final.mean()),
+            "final_median": float(np.median(final)), "final_iqm": iqm(final), "final_iqm_ci_lo": lo,
+            "final_iqm_ci_hi": hi, "threshold": threshold, "reached": int(reached.sum()),
+            "time_to_threshold_median": float(np.median(frame["time_to_threshold"])),
+            "steps_to_threshold_median": float(np.median(frame["steps_to_threshold"])),
+        })
+    return pd.DataFrame(rows)

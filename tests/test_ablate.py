@@ -1,0 +1,185 @@
+"""Study specs, the results store and the local/debug launchers (no SLURM needed)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pql.ablate.launchers import ClusterProfile, DebugLauncher, SlurmLauncher
+from pql.ablate.runner import plan_study, run_study, status_report
+from pql.ablate.spec import expand, load_spec
+from pql.config import ConfigError
+
+HERE = Path(__file__).parent
+TINY = HERE / "data" / "tiny_study.yaml"
+UPDATE = os.environ.get("PQL_UPDATE_GOLDEN") == "1"
+
+
+def golden(name: str, text: str) -> None:
+    path = HERE / "golden" / name
+    if UPDATE:
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed; rerun with PQL_UPDATE_GOLDEN=1 if intended"
+
+
+def test_matrix_expansion_matches_golden_file():
+    study = expand(load_spec(TINY), "quick")
+    rows = [{"run_id": c.run_id, "label": c.label, "seed": c.seed, "overrides": c.overrides} for c in study.cells]
+    assert len(rows) == 2 * 2 * 2
+    golden("tiny_matrix.json", json.dumps(rows, indent=1, sort_keys=True) + "\n")
+
+
+def test_axis_dicts_profiles_and_overrides():
+    cells = expand(load_spec(TINY), "quick", {"num_envs": "32"}).cells
+    fixed = [c for c in cells if c.axis_values["noise"]["kind"] == "fixed"]
+    assert all(c.config.noise.kind == "fixed" and c.config.noise.sigma == 0.3 for c in fixed)
+    assert {c.config.algo.name for c in cells} == {"pql", "pql-d"}
+    assert all(c.config.num_envs == 32 for c in cells), "KEY=VALUE overrides every cell"
+    one = expand(load_spec(TINY), "one").cells
+    assert len(one) == 1 and one[0].config.algo.name == "pql"
+
+
+def test_run_ids_are_stable_and_ignore_display_keys():
+    a = expand(load_spec(TINY), "quick").cells
+    b = expand(load_spec(TINY), "quick", {"progress": "false", "tensorboard": "true"}).cells
+    assert [c.run_id for c in a] == [c.run_id for c in b]
+    assert len({c.run_id for c in a}) == len(a)
+
+
+def test_spec_errors_name_the_bad_key_or_value(tmp_path):
+    bad_axis = tmp_path / "bad_axis.yaml"
+    bad_axis.write_text("study: s\naxes: {num_env: [1]}\nprofiles: {quick: {}}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'num_env'.*num_envs"):
+        expand(load_spec(bad_axis), "quick", {"max_env_steps": "10"})
+    bad_value = tmp_path / "bad_value.yaml"
+    bad_value.write_text("study: s\nbase: {max_env_steps: 10}\naxes: {num_envs: [4, 0]}\nprofiles: {quick: {}}\n")
+    with pytest.raises(ConfigError, match=r"cell \{'num_envs': 0\}: num_envs must be >= 1"):
+        expand(load_spec(bad_value), "quick")
+    with pytest.raises(ConfigError, match="no profile 'paperz'"):
+        expand(load_spec(TINY), "paperz")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("study: s\naxis: {}\n")
+    with pytest.raises(ConfigError, match=r"unknown spec key.*axis"):
+        load_spec(typo)
+
+
+@pytest.mark.parametrize("spec", sorted((HERE.parent / "ablations").glob("*.yaml")))
+def test_shipped_specs_expand_in_their_quick_profile(spec):
+    study = expand(load_spec(spec), "quick")
+    assert study.cells and study.description
+    assert all(c.config.task.startswith("classic/") for c in study.cells)
+
+
+def test_sbatch_script_matches_golden_file():
+    launcher = SlurmLauncher(ClusterProfile.load(HERE.parent / "ablations" / "clusters" / "default.yaml"),
+                             Path("/RESULTS/envs/slurm"), "pql-envs")
+    golden("sbatch_a100.sh", launcher.sbatch_script("A100", 6))
+    golden("sbatch_rtx4090.sh", launcher.sbatch_script("RTX4090", 3))
+    with pytest.raises(ConfigError, match="gpu_model=V100 has no entry"):
+        launcher.sbatch_script("V100", 1)
+
+
+def test_cluster_profile_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("partition: gpu\ntimeout: 5\n")
+    with pytest.raises(ConfigError, match=r"unknown cluster key.*timeout"):
+        ClusterProfile.load(path)
+
+
+def _run(results: Path, profile: str = "quick", retry_failed: bool = False, **overrides):
+    plan = plan_study(TINY, profile, {k: str(v) for k, v in overrides.items()}, results, retry_failed)
+    problems = run_study(plan, DebugLauncher(), progress=False)
+    return plan, problems
+
+
+def test_rerun_runs_only_what_is_missing(tmp_path):
+    plan, problems = _run(tmp_path, "one")
+    assert problems == [] and len(plan.to_run) == 1
+    run = plan.store.run_path(plan.to_run[0])
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    assert (run / "cell.json").exists() and (plan.store.path / "index-one.csv").exists()
+    mtime = (run / "metrics.csv").stat().st_mtime_ns
+    again, _ = _run(tmp_path, "one")
+    assert again.to_run == [], "a finished run is never rerun"
+    assert (run / "metrics.csv").stat().st_mtime_ns == mtime
+
+
+def test_corrupt_result_is_detected_and_redone(tmp_path):
+    plan, _ = _run(tmp_path, "one")
+    run = plan.store.run_path(plan.to_run[0])
+    text = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text(text[: len(text) // 2])  # truncated mid-file
+    state = plan.store.state(plan.to_run[0])
+    assert state.state == "pending" and state.corrupt and "corrupt result" in state.detail
+    again, problems = _run(tmp_path, "one")
+    assert len(again.to_run) == 1 and problems == []
+    assert plan.store.state(plan.to_run[0]).state == "done"
+    assert list(plan.store.path.glob(f"{run.name}.corrupt-*")), "the corrupt files are kept aside, not aggregated"
+
+
+def test_failed_cell_is_reported_and_retried_only_when_asked(tmp_path):
+    plan, problems = _run(tmp_path, "one", **{"algo.gamma": "1.0", "algo.reward_scale": "1e39"})
+    assert len(problems) == 1 and "non-finite loss" in problems[0]
+    report = status_report(plan.study, plan.store)
+    assert "failed 1" in report and "non-finite loss" in report
+    again, _ = _run(tmp_path, "one", **{"algo.gamma": "1.0", "algo.reward_scale": "1e39"})
+    assert again.to_run == []
+    retry, _ = _run(tmp_path, "one", retry_failed=True, **{"algo.gamma": "1.0", "algo.reward_scale": "1e39"})
+    assert len(retry.to_run) == 1
+
+
+def test_cell_asking_for_an_absent_gpu_is_skipped(tmp_path):
+    plan = plan_study(TINY, "one", {"gpu_model": "H100"}, tmp_path)
+    assert plan.to_run == []
+    (reason,) = plan.skipped.values()
+    assert "gpu_model=H100 asked for" in reason
+    assert "skipped 1" in status_report(plan.study, plan.store, plan.skipped)
+
+
+def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
+    args = [sys.executable, "-m", "pql", "ablate", str(TINY), "--profile", "one", "--results", str(tmp_path),
+            "--no-progress", "max_env_steps=40000", "eval_every_env_steps=800", "checkpoint_every_s=0"]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    study_dir = tmp_path / "tiny"
+    deadline = time.monotonic() + 120
+    run = None
+    while time.monotonic() < deadline:
+        runs = [p for p in study_dir.glob("*") if p.is_dir()] if study_dir.exists() else []
+        if runs and (runs[0] / "checkpoint.pt").exists() and (runs[0] / "metrics.csv").exists() \
+                and len((runs[0] / "metrics.csv").read_text().splitlines()) >= 4:
+            run = runs[0]
+            break
+        time.sleep(0.1)
+    assert run is not None, "the run wrote a checkpoint and rows"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "running"
+    before = (run / "metrics.csv").read_text().splitlines()
+    checkpoint_steps = __import__("torch").load(run / "checkpoint.pt", weights_only=False)["progress"]["env_steps"]
+    plan, problems = _run(tmp_path, "one", max_env_steps=40000, eval_every_env_steps=800, checkpoint_every_s=0)
+    assert problems == [] and len(plan.to_run) == 1
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    rows = (run / "metrics.csv").read_text().splitlines()
+    steps = [int(r.split(",")[0]) for r in rows[1:]]
+    assert steps == sorted(set(steps)) and steps[-1] == 40000, "continued, no duplicate rows"
+    kept = [r for r in before[1:] if int(r.split(",")[0]) <= checkpoint_steps]
+    assert rows[1 : 1 + len(kept)] == kept, "rows up to the checkpoint are kept as they were"
+    assert steps[0] == 0 and len(kept) >= 2, "resumed, not restarted"
+
+
+def test_status_cli_counts(tmp_path):
+    _run(tmp_path, "one")
+    out = subprocess.run([sys.executable, "-m", "pql", "status", str(TINY), "--profile", "one", "--results",
+                          str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert "done 1  running 0  failed 0  pending 0" in out
+    shutil.rmtree(tmp_path / "tiny")
+    out = subprocess.run([sys.executable, "-m", "pql", "status", str(TINY), "--results", str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "done 0  running 0  failed 0  pending 8" in out

@@ -1,0 +1,168 @@
+"""Aggregation on hand-made frames, figures read back, and the report of a small real study."""
+
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pql.ablate.launchers import DebugLauncher
+from pql.ablate.runner import plan_study, run_study
+from pql.cli import main
+from pql.report.aggregate import (
+    common_grid,
+    curve_on_grid,
+    curves,
+    first_crossing,
+    iqm,
+    per_run,
+    stratified_bootstrap_ci,
+    summarize,
+)
+from pql.report.figures import study_figure
+from pql.report.study import EmptyStudy, report_study
+
+from .test_ablate import TINY
+
+
+def runs_frame(spec: dict[str, list[tuple[float, float, float]]]) -> pd.DataFrame:
+    """{run_id: [(env_steps, wall_s, eval_return), ...]} with cell = the run id's prefix before ':'."""
+    rows = []
+    for run_id, points in spec.items():
+        for steps, wall, ret in points:
+            rows.append({"run_id": run_id, "cell": run_id.split(":")[0], "task": "t", "env_steps": steps,
+                         "wall_s": wall, "eval_return": ret})
+    return pd.DataFrame(rows)
+
+
+def test_iqm_by_hand():
+    assert iqm([1, 2, 3, 4]) == 2.5  # drops 1 and 4
+    assert iqm([100, 1, 3, 2, 4]) == 3.0  # drops 1 and 100: mean of 2, 3, 4
+    assert iqm([7]) == 7.0
+    assert iqm(list(range(8))) == 3.5  # drops 0, 1 and 6, 7
+    assert math.isnan(iqm([]))
+
+
+def test_curve_on_grid_interpolates_and_never_extrapolates():
+    out = curve_on_grid(np.array([0, 10, 20]), np.array([0, 10, 40]), np.array([0, 5, 15, 20, 25]))
+    assert out[:4].tolist() == [0, 5, 25, 40] and math.isnan(out[4])
+
+
+def test_first_crossing_and_never():
+    x, y = np.array([0, 10, 20, 30]), np.array([-1000, -300, -200, -100])
+    assert first_crossing(x, y, -250) == 20
+    assert first_crossing(x, y, 0) == math.inf
+
+
+def test_curves_average_only_runs_that_reach_the_point():
+    frame = runs_frame({"A:1": [(0, 0, 0), (10, 10, 10)], "A:2": [(0, 0, 10), (20, 20, 30)]})
+    out = curves(frame, "env_steps", np.array([0.0, 10.0, 20.0]), reps=200)
+    assert out["mean"].tolist() == [5.0, 15.0, 30.0]
+    assert out["n"].tolist() == [2, 2, 1]
+    assert (out["ci_lo"] <= out["mean"]).all() and (out["mean"] <= out["ci_hi"]).all()
+    assert out.iloc[2]["ci_lo"] == out.iloc[2]["ci_hi"] == 30.0  # one run: no spread
+    assert common_grid(frame, "env_steps", points=3).tolist() == [0.0, 10.0, 20.0]
+
+
+def test_bootstrap_interval_properties():
+    rng = np.random.default_rng(1)
+    small, large = rng.normal(0, 1, 5), rng.normal(0, 1, 200)
+    lo_s, hi_s = stratified_bootstrap_ci(small, statistic=np.mean)
+    lo_l, hi_l = stratified_bootstrap_ci(large, statistic=np.mean)
+    assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
+    assert hi_l - lo_l < hi_s - lo_s, "more seeds, narrower interval"
+    assert stratified_bootstrap_ci(np.full(6, 3.0)) == (3.0, 3.0)
+    # Stratified: each task keeps its number of runs, so the mean of {0,0,0} and {10,10,10} never moves.
+    values, tasks = np.array([0.0, 0, 0, 10, 10, 10]), np.array([0, 0, 0, 1, 1, 1])
+    assert stratified_bootstrap_ci(values, tasks, np.mean) == (5.0, 5.0)
+    lo, hi = stratified_bootstrap_ci(values, None, np.mean)
+    assert lo < 5.0 < hi
+
+
+def test_time_to_threshold_counts_runs_that_never_reached_it():
+    frame = runs_frame({
+        "A:1": [(0, 0, -900), (100, 5, -200)],
+        "A:2": [(0, 0, -900), (100, 10, -240), (200, 20, -100)],
+        "A:3": [(0, 0, -900), (100, 10, -800)],  # never reached
+        "B:1": [(0, 0, -900), (100, 10, -600)],
+        "B:2": [(0, 0, -900), (100, 4, -100)],
+    })
+    table = per_run(frame, -250)
+    assert table.set_index("run_id").loc["A:2", "time_to_threshold"] == 10
+    assert table.set_index("run_id").loc["A:2", "steps_to_threshold"] == 100
+    assert math.isinf(table.set_index("run_id").loc["A:3", "time_to_threshold"])
+    summary = summarize(table, -250, reps=200).set_index("cell")
+    assert summary.loc["A", "runs"] == 3 and summary.loc["A", "reached"] == 2
+    assert summary.loc["A", "time_to_threshold_median"] == 10  # of 5, 10, never
+    assert math.isinf(summary.loc["B", "time_to_threshold_median"])  # of 4, never: half never got there
+    assert summary.loc["A", "final_mean"] == pytest.approx((-200 - 100 - 800) / 3)
+    assert summary.loc["A", "final_iqm"] == pytest.approx((-200 - 100 - 800) / 3)  # 3 runs: nothing trimmed
+    assert summary.loc["A", "final_iqm_ci_lo"] <= summary.loc["A", "final_iqm"] <= summary.loc["A", "final_iqm_ci_hi"]
+
+
+def test_figure_draws_exactly_the_aggregated_table():
+    frame = runs_frame({"A:1": [(0, 0, 0), (10, 1, 10)], "A:2": [(0, 0, 2), (10, 2, 14)],
+                        "B:1": [(0, 0, -5), (10, 1, -1)]})
+    tables = {x: curves(frame, x, common_grid(frame, x, points=5), reps=100) for x in ("wall_s", "env_steps")}
+    labels = {"A": "N = 256", "B": "N = 4096"}
+    fig = study_figure(tables, labels, "envs: classic/pendulum, PQL")
+    assert fig._suptitle.get_text() == "envs: classic/pendulum, PQL"
+    for ax, (x, table) in zip(fig.axes, tables.items(), strict=True):
+        assert ax.get_xlabel() == {"wall_s": "wall-clock time (s)", "env_steps": "environment steps"}[x]
+        assert [line.get_label() for line in ax.get_lines()] == ["N = 256", "N = 4096"]
+        for line, cell in zip(ax.get_lines(), ["A", "B"], strict=True):
+            expected = table[table["cell"] == cell]
+            np.testing.assert_allclose(line.get_xdata(), expected["x"])
+            np.testing.assert_allclose(line.get_ydata(), expected["mean"])
+        assert len(ax.collections) == 2, "one interval band per line"
+    assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == ["N = 256", "N = 4096"]
+
+
+def test_algorithm_colours_are_the_same_in_every_figure():
+    frame = runs_frame({"A:1": [(0, 0, 0), (10, 1, 1)], "B:1": [(0, 0, 0), (10, 1, 2)]})
+    tables = {"wall_s": curves(frame, "wall_s", np.array([0.0, 1.0]), reps=10)}
+    one = study_figure(tables, {"A": "PQL", "B": "PQL-D"}, "t", {"A": "pql", "B": "pql-d"})
+    two = study_figure(tables, {"B": "PQL-D", "A": "PQL"}, "t", {"A": "pql", "B": "pql-d"})
+    colour = lambda fig: {ln.get_label(): ln.get_color() for ln in fig.axes[0].get_lines()}  # noqa: E731
+    assert colour(one) == colour(two) and colour(one)["PQL"] != colour(one)["PQL-D"]
+
+
+def _finish_tiny_study(results):
+    plan = plan_study(TINY, "quick", {"max_env_steps": "960"}, results)
+    assert run_study(plan, DebugLauncher(), progress=False) == []
+    return plan
+
+
+def test_report_of_a_real_small_study(tmp_path):
+    results, plots = tmp_path / "results", tmp_path / "plots"
+    plan = _finish_tiny_study(results)
+    report = report_study(TINY, "quick", results, plots, {"max_env_steps": "960"}, reps=100)
+    assert [p.name for p in report.figures] == ["tiny-classic-pendulum.png", "tiny-classic-pendulum.pdf"]
+    assert all(p.stat().st_size > 1000 for p in report.figures)
+    summary = pd.read_csv(results / "tiny" / "summary.csv")
+    assert sorted(summary["cell"]) == sorted({c.label for c in plan.study.cells}) and len(summary) == 4
+    assert (summary["runs"] == 2).all() and (summary["threshold"] == -250).all()
+    text = report.markdown.read_text()
+    assert "tiny-classic-pendulum.png" in text and "every run of the study finished" in text
+    # A partial study renders with what exists and names what is missing.
+    shutil.rmtree(plan.store.run_path(plan.to_run[0]))
+    partial = report_study(TINY, "quick", results, plots, {"max_env_steps": "960"}, reps=100)
+    assert len(partial.missing) == 1 and plan.to_run[0].run_id in partial.markdown.read_text()
+
+
+def test_empty_study_says_so(tmp_path, capsys):
+    with pytest.raises(EmptyStudy, match="no finished runs"):
+        report_study(TINY, "quick", tmp_path / "results", tmp_path / "plots")
+    code = main(["report", str(TINY), "--results", str(tmp_path / "results"), "--plots", str(tmp_path / "plots")])
+    assert code == 2 and "no finished runs" in capsys.readouterr().err
+
+
+def test_legend_names_the_axis_values():
+    from pql.ablate.spec import expand, load_spec
+    from pql.report.study import legend_label
+
+    cells = expand(load_spec(TINY), "quick").cells
+    texts = {legend_label(c, None, []) for c in cells}
+    assert "PQL, mixed sigma in [0.05, 0.8]" in texts and "PQL-D, fixed sigma = 0.3" in texts
+    assert legend_label(cells[0], "{algo} with noise", []) == "pql with noise"
