@@ -144,6 +144,25 @@ def _unknown_key_error(key: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint}")
 
 
+def value_text(value: Any) -> str:
+    """A value as the text of a ``KEY=VALUE`` override (YAML flow style)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {value_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(value_text(v) for v in value) + "]"
+    return "null" if value is None else str(value)
+
+
+def dotted_overrides(value: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted ``KEY=VALUE`` overrides for a nested ``value`` placed at ``prefix`` (``algo: X`` means algo.name)."""
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(dotted_overrides(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {"algo.name" if prefix == "algo" else prefix: value_text(value)}
+
+
 def parse_overrides(args: list[str]) -> dict[str, str]:
     """Split ``KEY=VALUE`` words into a dict, expanding ``algo=X`` to ``algo.name=X``."""
     out: dict[str, str] = {}

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pql.config import Config, ConfigError, build_config, config_to_dict, load_config
+from pql.config import Config, ConfigError, build_config, config_to_dict, dotted_overrides, load_config
 from pql.run_dir import RunDir
 from pql.trainer import NonFiniteLoss, Trainer, device_name, gpu_mismatch, resolve_devices
 
@@ -43,28 +43,9 @@ def resolve(overrides: dict[str, Any]) -> Config:
     changed = sorted(set(overrides) - RESUMABLE_KEYS)
     if changed:
         raise ConfigError(f"cannot change {', '.join(changed)} when resuming; only {', '.join(sorted(RESUMABLE_KEYS))}")
-    saved = config_to_dict(load_config(str(run / "config.yaml")))
-    flat = {k: v for k, v in _flatten(saved).items() if k not in overrides}
-    cfg = build_config({**{k: _yaml_value(v) for k, v in flat.items()}, **overrides})
+    saved = dotted_overrides(config_to_dict(load_config(str(run / "config.yaml"))))
+    cfg = build_config({**saved, **overrides})
     return replace(cfg, out=str(run), resume=str(run))
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def _yaml_value(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(str(x) for x in v) + "]"
-    return str(v)
 
 
 class ProgressDisplay:

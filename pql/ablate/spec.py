@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from pql.config import Config, ConfigError, build_config, config_to_dict
+from pql.config import Config, ConfigError, build_config, config_to_dict, dotted_overrides, value_text
 
 SPEC_KEYS = {"study", "description", "base", "axes", "seeds", "profiles", "figure"}
 PROFILE_KEYS = {"base", "axes", "seeds", "description"}
@@ -45,7 +45,7 @@ class Cell:
     @property
     def label(self) -> str:
         """The axis values as ``key=value`` text, e.g. ``num_envs=1024``."""
-        return ", ".join(f"{k}={_text(v)}" for k, v in self.axis_values.items()) or "base"
+        return ", ".join(f"{k}={value_text(v)}" for k, v in self.axis_values.items()) or "base"
 
 
 @dataclass(frozen=True)
@@ -64,25 +64,6 @@ def run_id(cfg: Config) -> str:
     """12 hex digits of the SHA-256 of the resolved config, without keys that do not change the run."""
     body = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_IN_RUN_ID}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_text(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_text(v) for v in value) + "]"
-    return "null" if value is None else str(value)
-
-
-def _flatten(prefix: str, value: Any) -> dict[str, str]:
-    """Dotted ``KEY=VALUE`` overrides for ``value`` placed at ``prefix`` (dicts are merged key by key)."""
-    if isinstance(value, dict):
-        out: dict[str, str] = {}
-        for k, v in value.items():
-            out.update(_flatten(f"{prefix}.{k}" if prefix else str(k), v))
-        return out
-    key = "algo.name" if prefix == "algo" else prefix
-    return {key: _text(value)}
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:
@@ -120,8 +101,8 @@ def expand(spec: dict[str, Any], profile: str, overrides: dict[str, str] | None 
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"axis '{key}' must be a non-empty list of values")
-    base_overrides = _flatten("", base)
-    axis_keys = {k for key, values in axes.items() for v in values for k in _flatten(key, v)}
+    base_overrides = dotted_overrides(base)
+    axis_keys = {k for key, values in axes.items() for v in values for k in dotted_overrides(v, key)}
     clash = sorted(axis_keys & set(overrides or {}))
     if clash:
         raise ConfigError(f"{', '.join(clash)} is an axis of study '{spec['study']}'; change the spec, not the cells")
@@ -132,7 +113,7 @@ def expand(spec: dict[str, Any], profile: str, overrides: dict[str, str] | None 
         for seed in seeds:
             cell_overrides = dict(base_overrides)
             for key, value in axis_values.items():
-                cell_overrides.update(_flatten(key, value))
+                cell_overrides.update(dotted_overrides(value, key))
             cell_overrides.update(overrides or {})
             cell_overrides["seed"] = str(seed)
             try:
