@@ -143,6 +143,8 @@ def test_report_of_a_real_small_study(tmp_path):
     summary = pd.read_csv(results / "tiny" / "summary.csv")
     assert sorted(summary["cell"]) == sorted({c.label for c in plan.study.cells}) and len(summary) == 4
     assert (summary["runs"] == 2).all() and (summary["threshold"] == -250).all()
+    runs = pd.read_csv(results / "tiny" / "per_run.csv")
+    assert len(runs) == 8 and {"time_to_threshold", "steps_to_threshold", "final_return"} <= set(runs.columns)
     text = report.markdown.read_text()
     assert "tiny-classic-pendulum.png" in text and "every run of the study finished" in text
     # A partial study renders with what exists and names what is missing.

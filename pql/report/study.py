@@ -1,4 +1,9 @@
-"""``pql report SPEC``: from a study's raw run files to its summary table, figures and markdown report."""
+"""``pql report SPEC``: from a study's raw run files to its tables, figures and markdown report.
+
+Writes ``results/<study>/summary.csv`` (per cell), ``results/<study>/per_run.csv``
+(final return and time / steps to threshold of every run), ``plots/<study>/``
+figures (PNG and PDF, one per task) and ``plots/<study>/README.md``.
+"""
 
 from __future__ import annotations
 
@@ -116,12 +121,14 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
     cells = {c.label: c for c in unique_cells(study)}
     template = study.figure.get("legend")
     out_dir = Path(plots) / study.name
-    tables, figures = [], []
+    tables, run_tables, figures = [], [], []
     for task, task_runs in runs.groupby("task", sort=False):
         thr = threshold if threshold is not None else study.figure.get("threshold", DEFAULT_THRESHOLDS.get(task))
         thr = math.nan if thr is None else float(thr)
         curve_frames = {x: curves(task_runs, x, common_grid(task_runs, x), reps=reps) for x in ("wall_s", "env_steps")}
-        table = summarize(per_run(task_runs, thr), thr, reps=reps)
+        runs_of_task = per_run(task_runs, thr)
+        run_tables.append(runs_of_task)
+        table = summarize(runs_of_task, thr, reps=reps)
         table.insert(0, "task", task)
         tables.append(table)
         present = [label for label in cells if label in set(task_runs["cell"])]
@@ -132,6 +139,7 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
         figures += save_figure(fig, out_dir, f"{study.name}-{task.replace('/', '-')}")
     summary = pd.concat(tables, ignore_index=True)
     summary.to_csv(store.path / "summary.csv", index=False)
+    pd.concat(run_tables, ignore_index=True).to_csv(store.path / "per_run.csv", index=False)
     markdown = write_markdown(study, summary, figures, missing, out_dir)
     return Report(summary, figures, markdown, missing)
 
