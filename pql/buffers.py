@@ -90,11 +90,13 @@ class NStepWindow:
 
 
 class RingBuffer:
-    """Fixed-capacity FIFO of named tensors with uniform sampling (with replacement).
+    """Fixed-capacity FIFO of named fields with uniform sampling (with replacement).
 
-    Each field has shape ``[C, *field_shape]``; ``add`` writes a batch of rows at
-    the write pointer, wrapping around the end; ``sample`` draws B random rows.
-    Both hold a lock, so a writer thread and a sampling thread can share the buffer.
+    Fields are scalars (shape ``()``) or vectors (``(k,)``), stored side by side in
+    one ``[C, W]`` tensor so that a sample is a single gather; ``data[name]`` is a
+    ``[C, *field_shape]`` view. ``add`` writes rows at the write pointer, wrapping
+    around the end; ``sample`` draws B random rows. Both hold a lock, so a writer
+    thread and a sampling thread can share the buffer.
     """
 
     def __init__(self, capacity: int, fields: dict[str, tuple[int, ...]], device: torch.device | str,
@@ -102,19 +104,30 @@ class RingBuffer:
         self.capacity = capacity
         self.ptr = 0
         self.size = 0
-        self.data = {name: torch.zeros(capacity, *shape, device=device, dtype=dtype) for name, shape in fields.items()}
+        self.columns: dict[str, tuple[int, int, bool]] = {}  # name -> (start, stop, scalar)
+        width = 0
+        for name, shape in fields.items():
+            if len(shape) > 1:
+                raise ValueError(f"field '{name}': only scalar or vector fields, got shape {shape}")
+            size = shape[0] if shape else 1
+            self.columns[name] = (width, width + size, not shape)
+            width += size
+        self.storage = torch.zeros(capacity, width, device=device, dtype=dtype)
+        self.data = self._split(self.storage)
         self._lock = threading.Lock()
+
+    def _split(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: rows[:, a] if scalar else rows[:, a:b] for name, (a, b, scalar) in self.columns.items()}
 
     def add(self, **rows: torch.Tensor) -> None:
         """Append rows: each named field ``[R, *field_shape]`` with the same R."""
-        count = next(iter(rows.values())).shape[0]
-        if count > self.capacity:  # only the newest rows fit
-            rows = {k: v[-self.capacity:] for k, v in rows.items()}
-            count = self.capacity
+        packed = torch.cat([rows[name].reshape(rows[name].shape[0], -1).to(self.storage) for name in self.columns], 1)
+        if packed.shape[0] > self.capacity:  # only the newest rows fit
+            packed = packed[-self.capacity:]
+        count = packed.shape[0]
         with self._lock:
-            idx = (self.ptr + torch.arange(count, device=self.data[next(iter(rows))].device)) % self.capacity
-            for name, value in rows.items():
-                self.data[name].index_copy_(0, idx, value.to(self.data[name].device, self.data[name].dtype))
+            idx = (self.ptr + torch.arange(count, device=self.storage.device)) % self.capacity
+            self.storage.index_copy_(0, idx, packed)
             self.ptr = (self.ptr + count) % self.capacity
             self.size = min(self.size + count, self.capacity)
 
@@ -122,10 +135,9 @@ class RingBuffer:
         """B rows drawn uniformly from the filled part: ``{name: [B, *field_shape]}``."""
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty buffer")
-        device = next(iter(self.data.values())).device
         with self._lock:
-            idx = torch.randint(self.size, (batch_size,), generator=generator, device=device)
-            return {name: value[idx] for name, value in self.data.items()}
+            idx = torch.randint(self.size, (batch_size,), generator=generator, device=self.storage.device)
+            return self._split(self.storage[idx])
 
 
 def transition_buffer(capacity: int, obs_dim: int, act_dim: int, device: torch.device | str) -> RingBuffer:

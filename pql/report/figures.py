@@ -55,7 +55,7 @@ def save_figure(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
     """Write ``name``.png and ``name``.pdf into ``out_dir``; closes the figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=120)
+    for path in paths:  # no creation date: the same data gives the same file
+        fig.savefig(path, dpi=120, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
