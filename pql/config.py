@@ -18,7 +18,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-ALGOS = ("pql", "pql-d")
+ALGOS = ("pql", "pql-d", "ddpg", "sac")
+SEQUENTIAL_ALGOS = ("ddpg", "sac")  # baselines: one process, one update after another
 MODES = ("sync", "async")
 NOISE_KINDS = ("mixed", "fixed")
 
@@ -48,7 +49,8 @@ class NoiseConfig:
 class AlgoConfig:
     """Learning hyper-parameters (defaults: the reference code's)."""
 
-    name: str = _opt("pql", "algorithm: pql (double-Q critic) or pql-d (C51 distributional critic)")
+    name: str = _opt("pql", "algorithm: pql (double-Q critic), pql-d (C51 critic), or the sequential baselines "
+                            "ddpg (DDPG(n)) and sac (SAC(n))")
     batch_size: int = _opt(8192, "transitions per learner update")
     buffer_size: int = _opt(5_000_000, "replay capacity in transitions (V-learner) and observations (P-learner)")
     nstep: int = _opt(3, "n of the n-step return")
@@ -67,6 +69,8 @@ class AlgoConfig:
     actor_hidden: tuple[int, ...] = _opt((512, 256, 128), "hidden layer widths of the policy MLP (ELU)")
     critic_hidden: tuple[int, ...] = _opt((512, 256, 128), "hidden layer widths of each Q MLP (ELU)")
     reward_scale: float = _opt(1.0, "rewards are multiplied by this before learning (metrics stay unscaled)")
+    init_temperature: float = _opt(1.0, "sac: initial entropy temperature alpha (learned; target entropy -|A|)")
+    alpha_lr: float = _opt(5e-4, "sac: AdamW learning rate of log(alpha)")
     num_atoms: int = _opt(51, "pql-d: atoms of the categorical value distribution")
     v_min: float = _opt(-10.0, "pql-d: smallest atom")
     v_max: float = _opt(10.0, "pql-d: largest atom")
@@ -109,9 +113,11 @@ def _preset_table() -> dict[str, dict[str, Any]]:
     return yaml.safe_load(text) or {}
 
 
-def task_preset(task: str) -> dict[str, Any]:
-    """The preset overrides (nested dict) shipped for ``task``, or {} if none."""
-    return _preset_table().get(task, {})
+def presets(task: str, algo: str) -> list[dict[str, Any]]:
+    """The preset layers (nested dicts) for ``task`` and ``algo``, lowest precedence first:
+    the algorithm's, then the task's."""
+    table = _preset_table()
+    return [table.get("algos", {}).get(algo, {}), table.get("tasks", {}).get(task, {})]
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -189,7 +195,8 @@ def build_config(overrides: dict[str, Any] | None = None) -> Config:
     try:
         user = OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]) if overrides else OmegaConf.create()
         task = OmegaConf.select(user, "task", default=None) or base.task
-        merged = OmegaConf.merge(base, task_preset(str(task)), user)
+        algo = OmegaConf.select(user, "algo.name", default=None) or base.algo.name
+        merged = OmegaConf.merge(base, *presets(str(task), str(algo)), user)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or ""
@@ -229,6 +236,8 @@ def validate(cfg: Config) -> None:
     need(cfg.task in known_tasks(), f"unknown task '{cfg.task}'; known: {', '.join(known_tasks())}")
     need(a.name in ALGOS, f"unknown algo '{a.name}'; known: {', '.join(ALGOS)}")
     need(cfg.mode in MODES, f"mode must be one of {', '.join(MODES)}, got '{cfg.mode}'")
+    need(cfg.mode == "sync" or a.name not in SEQUENTIAL_ALGOS,
+         f"algo={a.name} is a sequential baseline: it runs with mode=sync only")
     need(n.kind in NOISE_KINDS, f"noise.kind must be one of {', '.join(NOISE_KINDS)}, got '{n.kind}'")
     need(cfg.num_envs >= 1, f"num_envs must be >= 1, got {cfg.num_envs}")
     need(cfg.eval_envs >= 1, f"eval_envs must be >= 1, got {cfg.eval_envs}")
@@ -243,7 +252,8 @@ def validate(cfg: Config) -> None:
     need(a.nstep >= 1, f"algo.nstep must be >= 1, got {a.nstep}")
     need(0 < a.gamma <= 1, f"algo.gamma must be in (0, 1], got {a.gamma}")
     need(0 < a.tau <= 1, f"algo.tau must be in (0, 1], got {a.tau}")
-    for key in ("actor_lr", "critic_lr", "critic_sample_ratio", "critic_actor_ratio", "reward_scale"):
+    for key in ("actor_lr", "critic_lr", "alpha_lr", "init_temperature", "critic_sample_ratio", "critic_actor_ratio",
+                "reward_scale"):
         value = getattr(a, key)
         need(math.isfinite(value) and value > 0, f"algo.{key} must be a finite number > 0, got {value}")
     need(a.max_grad_norm >= 0, f"algo.max_grad_norm must be >= 0, got {a.max_grad_norm}")

@@ -21,7 +21,7 @@ def mlp(sizes: list[int], out_act: nn.Module | None = None) -> nn.Sequential:
 
 
 class Actor(nn.Module):
-    """Deterministic policy: normalised obs ``[B, D]`` -> action ``[B, A]`` in [-1, 1]."""
+    """Deterministic policy: normalised obs ``[B, D]`` -> action ``[B, A]`` in [-1, 1] (PQL, PQL-D, DDPG(n))."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> None:
         super().__init__()
@@ -29,6 +29,75 @@ class Actor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs)
+
+    def explore(self, obs: torch.Tensor, noise_std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Exploration actions ``[B, A]``: the policy's plus Gaussian noise of per-row std ``noise_std [B, 1]``."""
+        action = self(obs)
+        noise = torch.randn(action.shape, generator=generator, device=action.device) * noise_std
+        return (action + noise).clamp(-1.0, 1.0)
+
+    def target_action(self, obs: torch.Tensor, generator: torch.Generator, noise_std: float,
+                      noise_clip: float) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """Target policy smoothing: action plus clipped noise, and no entropy bonus (0)."""
+        action = self(obs)
+        noise = torch.randn(action.shape, generator=generator, device=action.device) * noise_std
+        return (action + noise.clamp(-noise_clip, noise_clip)).clamp(-1.0, 1.0), 0.0
+
+
+class GaussianActor(nn.Module):
+    """SAC's tanh-squashed Gaussian policy with its learned temperature ``log_alpha``.
+
+    ``forward`` is the deterministic action tanh(mean) ``[B, A]`` (evaluation, export);
+    ``sample`` draws reparameterised actions with their log-probabilities ``[B]``.
+    """
+
+    log_std_min, log_std_max = -5.0, 2.0
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], init_temperature: float = 1.0) -> None:
+        super().__init__()
+        self.act_dim = act_dim
+        self.net = mlp([obs_dim, *hidden, 2 * act_dim])
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """The network's parameters, without the temperature."""
+        return list(self.net.parameters())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        mean, _ = self.net(obs).chunk(2, dim=-1)
+        return torch.tanh(mean)
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action ``[B, A]`` in (-1, 1), log pi(action | obs) ``[B]``), differentiable in the network."""
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        log_std = log_std.clamp(self.log_std_min, self.log_std_max)
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device)
+        u = mean + eps * log_std.exp()
+        gaussian = -0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)
+        # log|d tanh(u)/du| = log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|
+        squash = 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u))
+        return torch.tanh(u), (gaussian - squash).sum(-1)
+
+    def explore(self, obs: torch.Tensor, noise_std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Sampled actions; SAC explores through its own entropy, so ``noise_std`` is not used."""
+        return self.sample(obs, generator)[0]
+
+    def target_action(self, obs: torch.Tensor, generator: torch.Generator, noise_std: float,
+                      noise_clip: float) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """A sampled next action and its entropy bonus -alpha * log pi ``[B]``."""
+        action, log_prob = self.sample(obs, generator)
+        return action, -self.log_alpha.exp() * log_prob
+
+
+Policy = Actor | GaussianActor
+
+
+def make_policy(algo: str, obs_dim: int, act_dim: int, hidden: tuple[int, ...],
+                init_temperature: float = 1.0) -> Policy:
+    """SAC's Gaussian policy for ``algo='sac'``, the deterministic one for every other algorithm."""
+    if algo == "sac":
+        return GaussianActor(obs_dim, act_dim, hidden, init_temperature)
+    return Actor(obs_dim, act_dim, hidden)
 
 
 class EnsembleLinear(nn.Module):

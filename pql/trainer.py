@@ -25,7 +25,7 @@ from pql.buffers import NStepWindow, observation_buffer, transition_buffer
 from pql.config import Config, config_to_dict
 from pql.envs import make_env
 from pql.exchange import ModuleSlot
-from pql.nets import Actor, TwinCritic
+from pql.nets import TwinCritic, make_policy
 from pql.normalizer import RunningNormalizer
 from pql.run_dir import RunDir
 from pql.workers import ActorWorker, Evaluator, PLearner, VLearner, exploration_std
@@ -99,7 +99,7 @@ class Trainer:
         d, a = self.env.obs_dim, self.env.act_dim
         head_v, head_p = make_head(algo, vdev), make_head(algo, pdev)
 
-        policy = Actor(d, a, algo.actor_hidden).to(pdev)
+        policy = make_policy(algo.name, d, a, algo.actor_hidden, algo.init_temperature).to(pdev)
         critic = TwinCritic(d, a, algo.critic_hidden, head_v.out_features).to(vdev)
         normalizer = RunningNormalizer(d, algo.obs_clip, enabled=algo.normalize_obs).to(sim)
         self.policy_slot, self.critic_slot = ModuleSlot(policy), ModuleSlot(critic)

@@ -16,6 +16,7 @@ from pql.algos.critic_heads import CategoricalHead, ScalarHead
 from pql.buffers import NStepWindow, RingBuffer, Transitions
 from pql.config import AlgoConfig
 from pql.envs import VecEnv
+from pql.nets import GaussianActor, Policy
 from pql.normalizer import RunningNormalizer
 
 
@@ -32,16 +33,10 @@ def exploration_std(kind: str, num_envs: int, sigma_min: float, sigma_max: float
     return torch.full((num_envs,), sigma, device=device)
 
 
-def _clip_and_step(optimizer: torch.optim.Optimizer, module: nn.Module, max_norm: float) -> None:
-    if max_norm > 0:
-        nn.utils.clip_grad_norm_(module.parameters(), max_norm)
-    optimizer.step()
-
-
 class ActorWorker:
     """Steps all N environments with the policy plus per-env Gaussian noise and emits n-step transitions."""
 
-    def __init__(self, env: VecEnv, policy: nn.Module, normalizer: RunningNormalizer, noise_std: torch.Tensor,
+    def __init__(self, env: VecEnv, policy: Policy, normalizer: RunningNormalizer, noise_std: torch.Tensor,
                  window: NStepWindow, reward_scale: float, generator: torch.Generator) -> None:
         self.env, self.policy, self.normalizer = env, policy, normalizer
         self.noise_std = noise_std[:, None]  # [N, 1]
@@ -61,8 +56,7 @@ class ActorWorker:
         if random:
             action = torch.rand(shape, generator=self.generator, device=env.device) * 2 - 1
         else:
-            noise = torch.randn(shape, generator=self.generator, device=env.device) * self.noise_std
-            action = (self.policy(self.normalizer(self.obs)) + noise).clamp(-1.0, 1.0)
+            action = self.policy.explore(self.normalizer(self.obs), self.noise_std, self.generator)
         next_obs, reward, terminated, truncated, info = env.step(to_env_units(action, env.action_low, env.action_high))
         done = terminated | truncated
         self.episode_return += reward
@@ -85,7 +79,7 @@ class ActorWorker:
 class VLearner:
     """Owns the transition buffer and the twin critic; one ``update()`` is one critic gradient step."""
 
-    def __init__(self, critic: nn.Module, head: ScalarHead | CategoricalHead, policy: nn.Module,
+    def __init__(self, critic: nn.Module, head: ScalarHead | CategoricalHead, policy: Policy,
                  normalizer: RunningNormalizer, buffer: RingBuffer, cfg: AlgoConfig,
                  generator: torch.Generator) -> None:
         self.critic, self.head, self.policy, self.normalizer = critic, head, policy, normalizer
@@ -104,41 +98,63 @@ class VLearner:
         batch = self.buffer.sample(cfg.batch_size, self.generator)
         obs, next_obs = self.normalizer(batch["obs"]), self.normalizer(batch["next_obs"])
         with torch.no_grad():
-            next_action = self.policy(next_obs)
-            noise = torch.randn(next_action.shape, generator=self.generator, device=next_action.device)
-            noise = (noise * cfg.target_noise_std).clamp(-cfg.target_noise_clip, cfg.target_noise_clip)
-            target_out = self.target(next_obs, (next_action + noise).clamp(-1.0, 1.0))
-        loss = self.head.critic_loss(self.critic(obs, batch["action"]), target_out, batch["ret"], batch["discount"])
+            next_action, bonus = self.policy.target_action(next_obs, self.generator, cfg.target_noise_std,
+                                                           cfg.target_noise_clip)
+            target_out = self.target(next_obs, next_action)
+        loss = self.head.critic_loss(self.critic(obs, batch["action"]), target_out, batch["ret"], batch["discount"],
+                                     bonus)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        _clip_and_step(self.optimizer, self.critic, cfg.max_grad_norm)
+        if cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm)
+        self.optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._params, cfg.tau)
         return loss.detach()
 
 
 class PLearner:
-    """Owns the observation buffer and the policy; ``update()`` maximises min(Q1, Q2) of its critic copy."""
+    """Owns the observation buffer and the policy; ``update()`` maximises min(Q1, Q2) of its critic copy.
 
-    def __init__(self, policy: nn.Module, head: ScalarHead | CategoricalHead, critic: nn.Module,
+    For SAC's Gaussian policy the objective is min Q - alpha * log pi, and each update
+    also moves the temperature toward the target entropy ``-|A|``.
+    """
+
+    def __init__(self, policy: Policy, head: ScalarHead | CategoricalHead, critic: nn.Module,
                  normalizer: RunningNormalizer, buffer: RingBuffer, cfg: AlgoConfig,
                  generator: torch.Generator) -> None:
         self.policy, self.head, self.normalizer = policy, head, normalizer
         self.critic = critic.requires_grad_(False)
         self.buffer, self.cfg, self.generator = buffer, cfg, generator
-        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.actor_lr)
+        params = policy.policy_parameters() if isinstance(policy, GaussianActor) else list(policy.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.actor_lr)
+        self._policy_params = params
+        if isinstance(policy, GaussianActor):
+            self.target_entropy = -float(policy.act_dim)
+            self.temperature_optimizer = torch.optim.AdamW([policy.log_alpha], lr=cfg.alpha_lr, weight_decay=0.0)
 
     def add(self, obs: torch.Tensor) -> None:
         self.buffer.add(obs=obs)
 
     def update(self) -> torch.Tensor:
-        """One policy step on a sampled batch of observations; returns the (detached) loss."""
+        """One policy step (and, for SAC, one temperature step) on sampled observations; returns the policy loss."""
         obs = self.normalizer(self.buffer.sample(self.cfg.batch_size, self.generator)["obs"])
-        q = self.head.q_values(self.critic(obs, self.policy(obs)))
-        loss = -q.min(0).values.mean()
+        if isinstance(self.policy, GaussianActor):
+            action, log_prob = self.policy.sample(obs, self.generator)
+            alpha = self.policy.log_alpha.exp().detach()
+            loss = (alpha * log_prob - self.head.q_values(self.critic(obs, action)).min(0).values).mean()
+        else:
+            loss = -self.head.q_values(self.critic(obs, self.policy(obs))).min(0).values.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        _clip_and_step(self.optimizer, self.policy, self.cfg.max_grad_norm)
+        if self.cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self._policy_params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        if isinstance(self.policy, GaussianActor):
+            temperature_loss = -(self.policy.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.temperature_optimizer.zero_grad(set_to_none=True)
+            temperature_loss.backward()
+            self.temperature_optimizer.step()
         return loss.detach()
 
 

@@ -24,10 +24,13 @@ class ScalarHead:
         return out
 
     def critic_loss(self, pred: torch.Tensor, target_out: torch.Tensor, ret: torch.Tensor,
-                    discount: torch.Tensor) -> torch.Tensor:
-        """MSE of both critics ``pred [2, B]`` against the bootstrapped target; summed over critics."""
+                    discount: torch.Tensor, bonus: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """MSE of both critics ``pred [2, B]`` against ret + discount * (min Q' + bonus); summed over critics.
+
+        ``bonus [B]`` is SAC's entropy term -alpha * log pi(a' | s'), 0 otherwise.
+        """
         with torch.no_grad():
-            target = ret + discount * target_out.min(0).values
+            target = ret + discount * (target_out.min(0).values + bonus)
         return F.mse_loss(pred, target.expand_as(pred), reduction="none").mean(-1).sum()
 
 
@@ -57,8 +60,8 @@ class CategoricalHead:
         return target
 
     def critic_loss(self, pred: torch.Tensor, target_out: torch.Tensor, ret: torch.Tensor,
-                    discount: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of both critics' logits ``[2, B, K]`` against the projected target."""
+                    discount: torch.Tensor, bonus: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """Cross-entropy of both critics' logits ``[2, B, K]`` against the projected target (no ``bonus``)."""
         with torch.no_grad():
             probs = target_out.softmax(-1)  # [2, B, K]
             pick = (probs * self.atoms).sum(-1).argmin(0)  # [B]: the pessimistic critic
