@@ -18,8 +18,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-ALGOS = ("pql", "pql-d", "ddpg", "sac")
-SEQUENTIAL_ALGOS = ("ddpg", "sac")  # baselines: one process, one update after another
+ALGOS = ("pql", "pql-d", "ddpg", "sac", "ppo")
+SEQUENTIAL_ALGOS = ("ddpg", "sac", "ppo")  # baselines: one process, one update after another
+LR_SCHEDULES = ("adaptive", "fixed")
 MODES = ("sync", "async")
 NOISE_KINDS = ("mixed", "fixed")
 
@@ -46,11 +47,31 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+class PPOConfig:
+    """PPO (rl_games style) settings; per-task values come from the presets."""
+
+    horizon: int = _opt(16, "steps per environment in each rollout")
+    minibatch_size: int = _opt(32768, "rows per gradient step (the rollout holds horizon x num_envs rows)")
+    epochs: int = _opt(5, "passes over each rollout")
+    lr: float = _opt(3e-4, "Adam learning rate (start value of the adaptive schedule)")
+    lr_schedule: str = _opt("adaptive", "adaptive: divide/multiply lr by 1.5 when KL leaves [kl/2, 2 kl]; fixed")
+    kl_threshold: float = _opt(0.008, "target KL of the adaptive schedule")
+    clip: float = _opt(0.2, "clip range of the surrogate ratio and of the value change")
+    value_clip: bool = _opt(True, "clip the value update around the rollout's values")
+    value_coef: float = _opt(1.0, "weight of the value loss")
+    entropy_coef: float = _opt(0.0, "weight of the entropy bonus (positive: rewards exploration)")
+    gae_lambda: float = _opt(0.95, "lambda of generalised advantage estimation")
+    normalize_value: bool = _opt(True, "learn values of running-normalised returns")
+    normalize_advantage: bool = _opt(True, "standardise advantages in each minibatch")
+    init_log_std: float = _opt(0.0, "initial log std of the Gaussian policy")
+
+
+@dataclass(frozen=True)
 class AlgoConfig:
     """Learning hyper-parameters (defaults: the reference code's)."""
 
-    name: str = _opt("pql", "algorithm: pql (double-Q critic), pql-d (C51 critic), or the sequential baselines "
-                            "ddpg (DDPG(n)) and sac (SAC(n))")
+    name: str = _opt("pql", "algorithm: pql (double-Q critic), pql-d (C51 critic), or the baselines ddpg "
+                            "(DDPG(n)), sac (SAC(n)), ppo")
     batch_size: int = _opt(8192, "transitions per learner update")
     buffer_size: int = _opt(5_000_000, "replay capacity in transitions (V-learner) and observations (P-learner)")
     nstep: int = _opt(3, "n of the n-step return")
@@ -71,6 +92,7 @@ class AlgoConfig:
     reward_scale: float = _opt(1.0, "rewards are multiplied by this before learning (metrics stay unscaled)")
     init_temperature: float = _opt(1.0, "sac: initial entropy temperature alpha (learned; target entropy -|A|)")
     alpha_lr: float = _opt(5e-4, "sac: AdamW learning rate of log(alpha)")
+    ppo: PPOConfig = _opt(PPOConfig(), "ppo only")
     num_atoms: int = _opt(51, "pql-d: atoms of the categorical value distribution")
     v_min: float = _opt(-10.0, "pql-d: smallest atom")
     v_max: float = _opt(10.0, "pql-d: largest atom")
@@ -115,9 +137,11 @@ def _preset_table() -> dict[str, dict[str, Any]]:
 
 def presets(task: str, algo: str) -> list[dict[str, Any]]:
     """The preset layers (nested dicts) for ``task`` and ``algo``, lowest precedence first:
-    the algorithm's, then the task's."""
+    the algorithm's, the task's, then the task's for that algorithm (its ``by_algo`` entry)."""
     table = _preset_table()
-    return [table.get("algos", {}).get(algo, {}), table.get("tasks", {}).get(task, {})]
+    task_layer = dict(table.get("tasks", {}).get(task, {}))
+    by_algo = task_layer.pop("by_algo", {})
+    return [table.get("algos", {}).get(algo, {}), task_layer, by_algo.get(algo, {})]
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -257,6 +281,18 @@ def validate(cfg: Config) -> None:
         value = getattr(a, key)
         need(math.isfinite(value) and value > 0, f"algo.{key} must be a finite number > 0, got {value}")
     need(a.max_grad_norm >= 0, f"algo.max_grad_norm must be >= 0, got {a.max_grad_norm}")
+    ppo = a.ppo
+    need(ppo.lr_schedule in LR_SCHEDULES, f"algo.ppo.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                                          f"got '{ppo.lr_schedule}'")
+    for key in ("horizon", "minibatch_size", "epochs"):
+        need(getattr(ppo, key) >= 1, f"algo.ppo.{key} must be >= 1, got {getattr(ppo, key)}")
+    need(a.name != "ppo" or ppo.minibatch_size <= ppo.horizon * cfg.num_envs,
+         f"algo.ppo.minibatch_size ({ppo.minibatch_size}) is larger than a rollout "
+         f"(algo.ppo.horizon x num_envs = {ppo.horizon * cfg.num_envs})")
+    for key in ("lr", "kl_threshold", "clip"):
+        value = getattr(ppo, key)
+        need(math.isfinite(value) and value > 0, f"algo.ppo.{key} must be a finite number > 0, got {value}")
+    need(0 <= ppo.gae_lambda <= 1, f"algo.ppo.gae_lambda must be in [0, 1], got {ppo.gae_lambda}")
     need(a.warmup_steps >= 0, f"algo.warmup_steps must be >= 0, got {a.warmup_steps}")
     need(all(h >= 1 for h in a.actor_hidden + a.critic_hidden), "hidden layer widths must be >= 1")
     need(a.num_atoms >= 2, f"algo.num_atoms must be >= 2, got {a.num_atoms}")

@@ -9,7 +9,7 @@ from torch import nn
 
 from pql.config import load_config
 from pql.envs import make_env
-from pql.nets import Policy, make_policy
+from pql.nets import make_policy
 from pql.normalizer import RunningNormalizer
 from pql.run_dir import RunDir
 
@@ -17,7 +17,7 @@ from pql.run_dir import RunDir
 class DeployedPolicy(nn.Module):
     """Raw observations ``[B, D]`` -> actions ``[B, A]`` in the environment's own units."""
 
-    def __init__(self, normalizer: RunningNormalizer, actor: Policy, low: torch.Tensor, high: torch.Tensor) -> None:
+    def __init__(self, normalizer: RunningNormalizer, actor: nn.Module, low: torch.Tensor, high: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", normalizer.mean.clone())
         self.register_buffer("std", torch.sqrt(normalizer.var + normalizer.eps))
@@ -43,7 +43,7 @@ def export_policy(run_path: str | Path, out: str | Path | None = None) -> Path:
     cfg = load_config(str(run.path / "config.yaml"))
     env = make_env(cfg.task, 1, device="cpu")
     state = run.load_checkpoint("cpu")
-    actor = make_policy(cfg.algo.name, env.obs_dim, env.act_dim, cfg.algo.actor_hidden)
+    actor = make_policy(cfg.algo, env.obs_dim, env.act_dim)
     actor.load_state_dict(state["policy"])
     normalizer = RunningNormalizer(env.obs_dim, cfg.algo.obs_clip, enabled=cfg.algo.normalize_obs)
     normalizer.load_state_dict(state["normalizer"])

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from pql.config import AlgoConfig
+
 
 def mlp(sizes: list[int], out_act: nn.Module | None = None) -> nn.Sequential:
     """Linear layers of ``sizes`` with ELU between them and ``out_act`` after the last."""
@@ -89,15 +91,34 @@ class GaussianActor(nn.Module):
         return action, -self.log_alpha.exp() * log_prob
 
 
+class PPOPolicy(nn.Module):
+    """PPO's Gaussian policy: mean from an MLP, a state-independent log std; ``forward`` is the
+    deterministic action clamp(mean, -1, 1) ``[B, A]`` (actions are clipped only for the env)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], init_log_std: float = 0.0) -> None:
+        super().__init__()
+        self.net = mlp([obs_dim, *hidden, act_dim])
+        self.log_std = nn.Parameter(torch.full((act_dim,), init_log_std))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).clamp(-1.0, 1.0)
+
+    def distribution(self, obs: torch.Tensor) -> torch.distributions.Normal:
+        """The action distribution, ``[B, A]`` independent Gaussians."""
+        mean = self.net(obs)
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+
+
 Policy = Actor | GaussianActor
 
 
-def make_policy(algo: str, obs_dim: int, act_dim: int, hidden: tuple[int, ...],
-                init_temperature: float = 1.0) -> Policy:
-    """SAC's Gaussian policy for ``algo='sac'``, the deterministic one for every other algorithm."""
-    if algo == "sac":
-        return GaussianActor(obs_dim, act_dim, hidden, init_temperature)
-    return Actor(obs_dim, act_dim, hidden)
+def make_policy(algo: AlgoConfig, obs_dim: int, act_dim: int) -> Policy | PPOPolicy:
+    """The policy network of ``algo.name``: Gaussian for sac and ppo, deterministic otherwise."""
+    if algo.name == "sac":
+        return GaussianActor(obs_dim, act_dim, algo.actor_hidden, algo.init_temperature)
+    if algo.name == "ppo":
+        return PPOPolicy(obs_dim, act_dim, algo.actor_hidden, algo.ppo.init_log_std)
+    return Actor(obs_dim, act_dim, algo.actor_hidden)
 
 
 class EnsembleLinear(nn.Module):

@@ -38,6 +38,12 @@ class RunningNormalizer(nn.Module):
         self.var.copy_(m2 / total)
         self.count.copy_(total)
 
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of the (unclamped) normalisation: ``x * std + mean``."""
+        if not self.enabled:
+            return x
+        return x * torch.sqrt(self.var + self.eps) + self.mean
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised and clamped ``x [..., D]``."""
         if self.enabled:

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from pql.config import Config, ConfigError, build_config, config_to_dict, dotted_overrides, load_config
+from pql.devices import device_name, gpu_mismatch, resolve_devices
+from pql.ppo_trainer import PPOTrainer
 from pql.run_dir import RunDir
-from pql.trainer import NonFiniteLoss, Trainer, device_name, gpu_mismatch, resolve_devices
+from pql.run_loop import NonFiniteLoss, RunLoop
+from pql.trainer import Trainer
 
 # Keys a resumed run may change: they alter the budget or the display, not the experiment.
 RESUMABLE_KEYS = {"resume", "max_time_s", "max_env_steps", "progress", "tensorboard", "checkpoint_every_s",
@@ -97,7 +100,7 @@ class TensorBoardSink:
         self.writer.close()
 
 
-def run_training(cfg: Config, on_start: Callable[[Trainer], None] | None = None) -> RunDir:
+def run_training(cfg: Config, on_start: Callable[[RunLoop], None] | None = None) -> RunDir:
     """Train ``cfg`` (new or resumed) in its run directory; the directory's status tells how it ended.
 
     Raises the run's error after recording it in ``status.json``. ``on_start`` receives the
@@ -116,7 +119,7 @@ def run_training(cfg: Config, on_start: Callable[[Trainer], None] | None = None)
         for sink in sinks:
             sink(row)
 
-    trainer = Trainer(cfg, run_dir, on_row=on_row)
+    trainer = (PPOTrainer if cfg.algo.name == "ppo" else Trainer)(cfg, run_dir, on_row=on_row)
     if cfg.resume:
         state = run_dir.load_checkpoint()
         trainer.load_state_dict(state)

@@ -33,6 +33,30 @@ def exploration_std(kind: str, num_envs: int, sigma_min: float, sigma_max: float
     return torch.full((num_envs,), sigma, device=device)
 
 
+class EpisodeReturns:
+    """Running undiscounted returns of N environments and the tally of finished episodes (no host sync)."""
+
+    def __init__(self, num_envs: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.current = torch.zeros(num_envs, device=device, dtype=dtype)
+        self.finished_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.finished_count = torch.zeros((), device=device, dtype=torch.long)
+
+    def record(self, reward: torch.Tensor, done: torch.Tensor) -> None:
+        """Add one step's ``reward [N]``; close the episodes where ``done [N]``."""
+        self.current += reward
+        self.finished_sum += (self.current * done).sum()
+        self.finished_count += done.sum()
+        self.current.masked_fill_(done, 0.0)
+
+    def take_mean(self) -> float:
+        """Mean return of the episodes finished since the last call (NaN if none); resets the tally."""
+        count = int(self.finished_count)
+        mean = float(self.finished_sum) / count if count else float("nan")
+        self.finished_sum.zero_()
+        self.finished_count.zero_()
+        return mean
+
+
 class ActorWorker:
     """Steps all N environments with the policy plus per-env Gaussian noise and emits n-step transitions."""
 
@@ -42,10 +66,7 @@ class ActorWorker:
         self.noise_std = noise_std[:, None]  # [N, 1]
         self.window, self.reward_scale, self.generator = window, reward_scale, generator
         self.obs = env.reset()
-        n = env.num_envs
-        self.episode_return = torch.zeros(n, device=env.device, dtype=env.dtype)
-        self.finished_sum = torch.zeros((), device=env.device, dtype=torch.float64)
-        self.finished_count = torch.zeros((), device=env.device, dtype=torch.long)
+        self.episodes = EpisodeReturns(env.num_envs, env.device, env.dtype)
 
     @torch.no_grad()
     def step(self, random: bool = False) -> Transitions | None:
@@ -58,22 +79,11 @@ class ActorWorker:
         else:
             action = self.policy.explore(self.normalizer(self.obs), self.noise_std, self.generator)
         next_obs, reward, terminated, truncated, info = env.step(to_env_units(action, env.action_low, env.action_high))
-        done = terminated | truncated
-        self.episode_return += reward
-        self.finished_sum += (self.episode_return * done).sum()
-        self.finished_count += done.sum()
-        self.episode_return.masked_fill_(done, 0.0)
+        self.episodes.record(reward, terminated | truncated)
         out = self.window.push(self.obs, action, reward * self.reward_scale, info["final_obs"], terminated, truncated)
         self.obs = next_obs
         return out
 
-    def take_train_return(self) -> float:
-        """Mean return of the episodes finished since the last call (NaN if none); resets the tally."""
-        count = int(self.finished_count)
-        mean = float(self.finished_sum) / count if count else float("nan")
-        self.finished_sum.zero_()
-        self.finished_count.zero_()
-        return mean
 
 
 class VLearner:
@@ -129,6 +139,7 @@ class PLearner:
         params = policy.policy_parameters() if isinstance(policy, GaussianActor) else list(policy.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=cfg.actor_lr)
         self._policy_params = params
+        self.temperature_optimizer: torch.optim.Optimizer | None = None
         if isinstance(policy, GaussianActor):
             self.target_entropy = -float(policy.act_dim)
             self.temperature_optimizer = torch.optim.AdamW([policy.log_alpha], lr=cfg.alpha_lr, weight_decay=0.0)
@@ -150,7 +161,7 @@ class PLearner:
         if self.cfg.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(self._policy_params, self.cfg.max_grad_norm)
         self.optimizer.step()
-        if isinstance(self.policy, GaussianActor):
+        if self.temperature_optimizer is not None:
             temperature_loss = -(self.policy.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
             self.temperature_optimizer.zero_grad(set_to_none=True)
             temperature_loss.backward()

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pql.ablate.store import CELL_FILE
+from pql.run_loop import RunLoop
 from pql.train import resolve, run_training
-from pql.trainer import Trainer
 
-_live: dict[str, Trainer] = {}
+_live: dict[str, RunLoop] = {}
 
 
 def cell_overrides(run: Path) -> dict[str, Any]:

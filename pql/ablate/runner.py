@@ -15,7 +15,7 @@ from pathlib import Path
 from pql.ablate.launchers import Launcher
 from pql.ablate.spec import Cell, Study, expand, load_spec
 from pql.ablate.store import STATES, ResultsStore, RunState
-from pql.trainer import gpu_mismatch, resolve_devices
+from pql.devices import gpu_mismatch, resolve_devices
 
 
 @dataclass

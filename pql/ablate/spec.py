@@ -61,9 +61,15 @@ class Study:
 
 
 def run_id(cfg: Config) -> str:
-    """12 hex digits of the SHA-256 of the resolved config, without keys that do not change the run."""
-    body = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_IN_RUN_ID}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """12 hex digits of the SHA-256 of the resolved config's values that differ from the defaults.
+
+    Keys that do not change the run are left out, and so are defaults, so that a new config
+    key (with its default) leaves existing run ids, and their results, where they are.
+    """
+    values = dotted_overrides(config_to_dict(cfg))
+    defaults = dotted_overrides(config_to_dict(Config()))
+    body = {k: v for k, v in values.items() if k.split(".")[0] not in NOT_IN_RUN_ID and defaults.get(k) != v}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,83 @@
+"""PPO as Isaac Gym users know it (rl_games style): GAE, the clipped losses, the adaptive learning rate.
+
+Shapes: H horizon steps, N environments, A action size, M minibatch rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+
+class Advantages(NamedTuple):
+    advantages: torch.Tensor  # [H, N]
+    returns: torch.Tensor  # [H, N], the value targets: advantages + values
+
+
+def bootstrap_truncated(rewards: torch.Tensor, truncated: torch.Tensor, terminated: torch.Tensor,
+                        final_values: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Rewards ``[H, N]`` with gamma * V(true final obs) added where the time limit cut an episode
+    (and it did not also terminate): a truncation is not the end of the task, so its value is kept."""
+    return rewards + gamma * final_values * (truncated & ~terminated).to(rewards.dtype)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, next_value: torch.Tensor, done: torch.Tensor,
+        gamma: float, lam: float) -> Advantages:
+    """Generalised advantage estimation over a rollout.
+
+    rewards, values ``[H, N]``; next_value ``[N]`` the value of the observation after the last
+    step; done ``[H, N]`` bool, the episode ended at step t (terminated or truncated; a
+    truncation's value is already in its reward, see :func:`bootstrap_truncated`).
+    """
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(rewards.shape[0])):
+        following = next_value if t == rewards.shape[0] - 1 else values[t + 1]
+        alive = (~done[t]).to(rewards.dtype)
+        delta = rewards[t] + gamma * following * alive - values[t]
+        last = delta + gamma * lam * alive * last
+        advantages[t] = last
+    return Advantages(advantages, advantages + values)
+
+
+class Losses(NamedTuple):
+    policy: torch.Tensor
+    value: torch.Tensor
+    entropy: torch.Tensor
+    total: torch.Tensor
+    kl: torch.Tensor
+
+
+def ppo_losses(dist: torch.distributions.Normal, old_mean: torch.Tensor, old_std: torch.Tensor,
+               actions: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+               values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float,
+               value_clip: bool, value_coef: float, entropy_coef: float) -> Losses:
+    """Clipped surrogate, (clipped) value loss and the entropy bonus on one minibatch of M rows.
+
+    ``total = policy + value_coef * value - entropy_coef * entropy``: a positive
+    ``entropy_coef`` rewards a wider policy (the reference code subtracted a constant instead).
+    """
+    log_prob = dist.log_prob(actions).sum(-1)
+    ratio = torch.exp(log_prob - old_log_prob)
+    policy = torch.max(-advantages * ratio, -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)).mean()
+    if value_clip:
+        clipped = old_values + (values - old_values).clamp(-clip, clip)
+        value = torch.max((values - returns) ** 2, (clipped - returns) ** 2).mean()
+    else:
+        value = ((values - returns) ** 2).mean()
+    entropy = dist.entropy().sum(-1).mean()
+    with torch.no_grad():
+        old = torch.distributions.Normal(old_mean, old_std)
+        kl = torch.distributions.kl_divergence(old, dist).sum(-1).mean()
+    return Losses(policy, value, entropy, policy + value_coef * value - entropy_coef * entropy, kl)
+
+
+def adapt_learning_rate(lr: float, kl: float, threshold: float, low: float = 1e-6, high: float = 1e-2) -> float:
+    """rl_games' adaptive schedule: divide by 1.5 when KL > 2 threshold, multiply when KL < threshold / 2."""
+    if math.isfinite(kl) and kl > 2.0 * threshold:
+        return max(lr / 1.5, low)
+    if math.isfinite(kl) and kl < 0.5 * threshold:
+        return min(lr * 1.5, high)
+    return lr

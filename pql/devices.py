@@ -1,0 +1,43 @@
+"""Devices: which ones a run uses, what hardware they are, seeded generators on them."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from pql.config import Config
+
+
+def resolve_devices(cfg: Config) -> tuple[torch.device, torch.device, torch.device]:
+    """(sim, v_learner, p_learner) devices, with 'auto' filled in from the GPUs present."""
+    gpus = torch.cuda.device_count()
+    sim = cfg.device.sim if cfg.device.sim != "auto" else ("cuda:0" if gpus else "cpu")
+    v = cfg.device.v_learner if cfg.device.v_learner != "auto" else ("cuda:1" if gpus >= 2 else sim)
+    p = cfg.device.p_learner if cfg.device.p_learner != "auto" else v
+    return torch.device(sim), torch.device(v), torch.device(p)
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the hardware behind ``device`` (the GPU model for CUDA devices)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()})"
+
+
+def gpu_mismatch(gpu_model: str | None, devices: tuple[torch.device, ...]) -> str | None:
+    """Why ``devices`` do not satisfy ``gpu_model`` (None when they do or when any device will do)."""
+    if gpu_model is None:
+        return None
+    want = gpu_model.lower().replace(" ", "").replace("-", "")
+    names = [device_name(d) for d in devices]
+    if all(want in n.lower().replace(" ", "").replace("-", "") for n in names):
+        return None
+    return f"gpu_model={gpu_model} asked for, but this machine offers {', '.join(sorted(set(names)))}"
+
+
+def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A torch.Generator on ``device`` seeded with ``seed``."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g

@@ -1,0 +1,182 @@
+"""PPO in the same harness: on-policy rollouts of all N envs, GAE, epochs of clipped minibatch updates.
+
+A sequential baseline: one thread on the simulation device. It shares the env
+contract, observation normalisation, evaluation, metrics, checkpoints and export
+with the PQL trainer (value loss is logged as ``critic_loss``, policy loss as
+``actor_loss``, minibatch steps as ``v_updates`` and ``p_updates``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from pql.algos.ppo import adapt_learning_rate, bootstrap_truncated, gae, ppo_losses
+from pql.config import Config
+from pql.devices import resolve_devices, seeded_generator
+from pql.envs import make_env
+from pql.nets import PPOPolicy, make_policy, mlp
+from pql.normalizer import RunningNormalizer
+from pql.run_dir import RunDir
+from pql.run_loop import EVAL_SEED_OFFSET, Progress, RunLoop
+from pql.workers import EpisodeReturns, Evaluator, to_env_units
+
+
+class Rollout(NamedTuple):
+    """Rows of one rollout, flattened to R = horizon x N: obs ``[R, D]`` (normalised as acted on),
+    actions ``[R, A]``, log_prob, values, advantages, returns ``[R]``, mean and std ``[R, A]``."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    log_prob: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+class PPOTrainer(RunLoop):
+    """One PPO run."""
+
+    def __init__(self, cfg: Config, run_dir: RunDir, on_row: Callable[[dict[str, float]], None] | None = None) -> None:
+        sim = resolve_devices(cfg)[0]
+        self.devices = (sim, sim, sim)
+        super().__init__(cfg, run_dir, on_row, {"critic_loss": sim, "actor_loss": sim})
+        torch.manual_seed(cfg.seed)
+        algo, self.ppo = cfg.algo, cfg.algo.ppo
+        self.env = make_env(cfg.task, cfg.num_envs, device=sim, seed=cfg.seed)
+        self.eval_env = make_env(cfg.task, cfg.eval_envs, device=sim, seed=cfg.seed + EVAL_SEED_OFFSET)
+        d, a = self.env.obs_dim, self.env.act_dim
+        policy = make_policy(algo, d, a).to(sim)
+        assert isinstance(policy, PPOPolicy)
+        self.policy = policy
+        self.value = mlp([d, *algo.critic_hidden, 1]).to(sim)
+        self.normalizer = RunningNormalizer(d, algo.obs_clip, enabled=algo.normalize_obs).to(sim)
+        self.value_normalizer = RunningNormalizer(1, clip=float("inf"), enabled=self.ppo.normalize_value).to(sim)
+        self.params = [*self.policy.parameters(), *self.value.parameters()]
+        self.optimizer = torch.optim.Adam(self.params, lr=self.ppo.lr)
+        self.generator = seeded_generator(sim, cfg.seed + 1)
+        self.evaluator = Evaluator(self.eval_env, self.policy, self.normalizer)
+        self.episodes = EpisodeReturns(cfg.num_envs, sim, self.env.dtype)
+        self.obs = self.env.reset()
+        self.updates = 0
+
+    def value_of(self, obs: torch.Tensor) -> torch.Tensor:
+        """Values ``[B]`` in return units of normalised observations ``[B, D]``."""
+        return self.value_normalizer.denormalize(self.value(obs)).squeeze(-1)
+
+    @torch.no_grad()
+    def collect(self) -> Rollout:
+        """Step all N environments ``horizon`` times with sampled actions; advantages by GAE."""
+        env, algo, horizon = self.env, self.cfg.algo, self.ppo.horizon
+        steps: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "actions", "log_prob", "values", "rewards",
+                                                                "terminated", "truncated", "final_values", "mean")}
+        for _ in range(horizon):
+            self.normalizer.update(self.obs)
+            obs = self.normalizer(self.obs)
+            dist = self.policy.distribution(obs)
+            noise = torch.randn(dist.mean.shape, generator=self.generator, device=obs.device)
+            action = dist.mean + dist.stddev * noise
+            next_obs, reward, terminated, truncated, info = env.step(
+                to_env_units(action.clamp(-1.0, 1.0), env.action_low, env.action_high))
+            self.episodes.record(reward, terminated | truncated)
+            for key, value in (("obs", obs), ("actions", action), ("log_prob", dist.log_prob(action).sum(-1)),
+                               ("values", self.value_of(obs)), ("rewards", reward * algo.reward_scale),
+                               ("terminated", terminated), ("truncated", truncated),
+                               ("final_values", self.value_of(self.normalizer(info["final_obs"]))),
+                               ("mean", dist.mean)):
+                steps[key].append(value)
+            self.obs = next_obs
+        t = {k: torch.stack(v) for k, v in steps.items()}  # [H, N, ...]
+        rewards = bootstrap_truncated(t["rewards"], t["truncated"], t["terminated"], t["final_values"], algo.gamma)
+        next_value = self.value_of(self.normalizer(self.obs))
+        adv = gae(rewards, t["values"], next_value, t["terminated"] | t["truncated"], algo.gamma,
+                  self.ppo.gae_lambda)
+        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+        std = self.policy.log_std.exp().expand_as(flat(t["mean"]))
+        return Rollout(flat(t["obs"]), flat(t["actions"]), flat(t["log_prob"]), flat(t["values"]),
+                       flat(adv.advantages), flat(adv.returns), flat(t["mean"]), std.clone())
+
+    def update(self, rollout: Rollout) -> None:
+        """``epochs`` passes of shuffled minibatches over the rollout (a remainder smaller than a minibatch
+        is left out of that pass)."""
+        ppo = self.ppo
+        if ppo.normalize_value:
+            self.value_normalizer.update(rollout.returns[:, None])
+        returns = self.value_normalizer(rollout.returns[:, None]).squeeze(-1)
+        old_values = self.value_normalizer(rollout.values[:, None]).squeeze(-1)
+        rows, size = rollout.obs.shape[0], ppo.minibatch_size
+        for _ in range(ppo.epochs):
+            order = torch.randperm(rows, generator=self.generator, device=rollout.obs.device)
+            for start in range(0, rows - size + 1, size):
+                idx = order[start : start + size]
+                adv = rollout.advantages[idx]
+                if ppo.normalize_advantage:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                obs = rollout.obs[idx]
+                losses = ppo_losses(self.policy.distribution(obs), rollout.mean[idx], rollout.std[idx],
+                                    rollout.actions[idx], rollout.log_prob[idx], adv, self.value(obs).squeeze(-1),
+                                    old_values[idx], returns[idx], ppo.clip, ppo.value_clip, ppo.value_coef,
+                                    ppo.entropy_coef)
+                self.optimizer.zero_grad(set_to_none=True)
+                losses.total.backward()
+                if self.cfg.algo.max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(self.params, self.cfg.algo.max_grad_norm)
+                self.optimizer.step()
+                self.add_loss("critic_loss", losses.value.detach())
+                self.add_loss("actor_loss", losses.policy.detach())
+                self.updates += 1
+                if ppo.lr_schedule == "adaptive":
+                    lr = adapt_learning_rate(self.optimizer.param_groups[0]["lr"], float(losses.kl), ppo.kl_threshold)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+
+    def run(self) -> Progress:
+        """Alternate rollouts and updates until the budget is spent."""
+        pr = self.progress
+        if pr.rows == 0:
+            self.evaluate_and_log()
+        start = time.monotonic() - pr.wall_s
+        while not self.done():
+            self.update(self.collect())
+            pr.actor_steps += self.ppo.horizon
+            pr.env_steps += self.ppo.horizon * self.cfg.num_envs
+            pr.wall_s = time.monotonic() - start
+            start = self.log_if_due(start)
+        return self.finish()
+
+    # -- what the run loop needs ----------------------------------------------------------
+    def evaluate(self) -> float:
+        return self.evaluator.run()
+
+    def take_train_return(self) -> float:
+        return self.episodes.take_mean()
+
+    def update_counts(self) -> tuple[int, int]:
+        return self.updates, self.updates
+
+    def model_state(self) -> dict[str, Any]:
+        return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "normalizer": self.normalizer.state_dict(),
+                "value_normalizer": self.value_normalizer.state_dict(), "updates": self.updates,
+                "rng": {"torch": torch.get_rng_state(), "ppo": self.generator.get_state(),
+                        "env": self.env.generator.get_state(), "eval_env": self.eval_env.generator.get_state()}}
+
+    def load_model_state(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.value.load_state_dict(state["value"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.value_normalizer.load_state_dict(state["value_normalizer"])
+        self.updates = state["updates"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["ppo"])
+        self.env.generator.set_state(rng["env"])
+        self.eval_env.generator.set_state(rng["eval_env"])
+        self.obs = self.env.reset()

@@ -1,0 +1,164 @@
+"""What every trainer shares: the budget, metrics rows, loss checks and checkpoints of a run."""
+
+from __future__ import annotations
+
+import abc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pql.config import Config, config_to_dict
+from pql.run_dir import RunDir
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation environments are seeded apart from the training ones
+
+
+class NonFiniteLoss(RuntimeError):
+    """A learner produced a NaN or infinite loss."""
+
+    def __init__(self, env_steps: int, losses: dict[str, float]) -> None:
+        super().__init__(f"non-finite loss at env step {env_steps}: {losses}")
+        self.env_steps, self.losses = env_steps, losses
+
+
+@dataclass
+class Progress:
+    """Counters of a run; saved in the checkpoint and continued on resume."""
+
+    actor_steps: int = 0
+    env_steps: int = 0
+    wall_s: float = 0.0
+    next_eval: int = 0
+    rows: int = 0
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+class RunLoop(abc.ABC):
+    """The bookkeeping around an algorithm's training loop.
+
+    A subclass builds its workers, calls :meth:`add_loss` after each update, keeps
+    ``progress`` counting, and provides evaluation, the train return, its update
+    counts and its state for checkpoints.
+    """
+
+    def __init__(self, cfg: Config, run_dir: RunDir, on_row: Callable[[dict[str, float]], None] | None,
+                 loss_devices: dict[str, torch.device]) -> None:
+        self.cfg, self.run_dir, self.on_row = cfg, run_dir, on_row
+        self.progress = Progress()
+        self.resumed = False
+        self._loss_sums = {k: torch.zeros((), device=d) for k, d in loss_devices.items()}
+        self._loss_counts = dict.fromkeys(loss_devices, 0)
+        self._last_row_time = 0.0
+        self._last_row_steps = 0
+        self._last_checkpoint = time.monotonic()
+
+    # -- what a subclass provides -------------------------------------------------------
+    @abc.abstractmethod
+    def evaluate(self) -> float:
+        """Mean return of the deterministic policy on the evaluation environments."""
+
+    @abc.abstractmethod
+    def take_train_return(self) -> float:
+        """Mean return of training episodes finished since the last call (NaN if none)."""
+
+    @abc.abstractmethod
+    def update_counts(self) -> tuple[int, int]:
+        """(critic or value updates, policy updates) so far."""
+
+    @abc.abstractmethod
+    def model_state(self) -> dict[str, Any]:
+        """Networks, optimisers, normalisers and RNG states for the checkpoint."""
+
+    @abc.abstractmethod
+    def load_model_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`model_state` saved."""
+
+    # -- shared -------------------------------------------------------------------------
+    def add_loss(self, name: str, loss: torch.Tensor) -> None:
+        """Tally a (detached) loss for the next metrics row, without a host sync."""
+        self._loss_sums[name] += loss
+        self._loss_counts[name] += 1
+
+    def done(self) -> bool:
+        cfg, pr = self.cfg, self.progress
+        return ((cfg.max_env_steps is not None and pr.env_steps >= cfg.max_env_steps)
+                or (cfg.max_time_s is not None and pr.wall_s >= cfg.max_time_s))
+
+    def take_losses(self) -> dict[str, float]:
+        """Mean losses since the last call (NaN where no update ran); raises NonFiniteLoss on NaN/inf."""
+        losses = {k: float(self._loss_sums[k]) / self._loss_counts[k] if self._loss_counts[k] else float("nan")
+                  for k in self._loss_sums}
+        ran = {k: self._loss_counts[k] > 0 for k in self._loss_sums}
+        for k in self._loss_sums:
+            self._loss_sums[k].zero_()
+            self._loss_counts[k] = 0
+        self.progress.losses = losses
+        if any(ran[k] and not math.isfinite(v) for k, v in losses.items()):
+            raise NonFiniteLoss(self.progress.env_steps, losses)
+        return losses
+
+    def evaluate_and_log(self, losses: dict[str, float] | None = None) -> dict[str, float]:
+        """Evaluate the latest policy and append a metrics row (losses taken now unless given)."""
+        pr = self.progress
+        losses = self.take_losses() if losses is None else losses
+        eval_return = self.evaluate()
+        v_updates, p_updates = self.update_counts()
+        dt = pr.wall_s - self._last_row_time
+        row = {
+            "env_steps": pr.env_steps, "wall_s": round(pr.wall_s, 4), "train_return": self.take_train_return(),
+            "eval_return": eval_return, **losses, "actor_steps": pr.actor_steps,
+            "v_updates": v_updates, "p_updates": p_updates,
+            "env_steps_per_s": (pr.env_steps - self._last_row_steps) / dt if dt > 0 else float("nan"),
+        }
+        self._last_row_time, self._last_row_steps = pr.wall_s, pr.env_steps
+        self.run_dir.append_metrics(row)
+        pr.rows += 1
+        pr.next_eval = pr.env_steps + self.cfg.eval_every_env_steps
+        if self.on_row is not None:
+            self.on_row(row)
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        pr = self.progress
+        return {"config": config_to_dict(self.cfg),
+                "progress": {"actor_steps": pr.actor_steps, "env_steps": pr.env_steps, "wall_s": pr.wall_s,
+                             "next_eval": pr.next_eval, "rows": pr.rows},
+                **self.model_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint: counters, then the subclass's models; marks the run resumed."""
+        pr = state["progress"]
+        self.progress = Progress(pr["actor_steps"], pr["env_steps"], pr["wall_s"], pr["next_eval"], pr["rows"])
+        self._last_row_time, self._last_row_steps = pr["wall_s"], pr["env_steps"]
+        self.load_model_state(state)
+        self.resumed = True
+
+    def checkpoint(self) -> None:
+        self.run_dir.save_checkpoint(self.state_dict())
+        self._last_checkpoint = time.monotonic()
+
+    def checkpoint_due(self) -> bool:
+        return time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint_every_s
+
+    def log_if_due(self, start: float) -> float:
+        """In a single-threaded loop: evaluate, log and checkpoint when due. Returns the loop's clock
+        start moved by the time that took, so evaluation and checkpoints are not training time."""
+        pr = self.progress
+        if pr.env_steps < pr.next_eval or self.done():
+            return start
+        paused = time.monotonic()
+        self.evaluate_and_log()
+        if self.checkpoint_due():
+            self.checkpoint()
+        return start + time.monotonic() - paused
+
+    def finish(self) -> Progress:
+        """The last metrics row (if steps were taken since the previous one) and checkpoint."""
+        if self.progress.env_steps > self._last_row_steps:
+            self.evaluate_and_log()
+        self.checkpoint()
+        return self.progress
