@@ -28,26 +28,20 @@ def test_durations_are_measured_with_the_injected_clock():
     assert ctl.durations["v"] == pytest.approx(0.3)  # EMA with smoothing 0.5
 
 
-def test_sync_schedule_holds_both_ratios_exactly():
-    ctl = RatioController(8, 2)
+@pytest.mark.parametrize(("beta_av", "beta_pv", "expected"), [
+    (8, 2, {"actor": 10, "v": 80, "p": 40}),
+    (8, 1, {"actor": 10, "v": 80, "p": 80}),  # DDPG(n) / SAC(n)
+    (0.5, 3, {"actor": 10, "v": 5, "p": 1}),  # fractional: a V-update every other step
+])
+def test_sync_schedule_holds_both_ratios_exactly(beta_av, beta_pv, expected):
+    ctl = RatioController(beta_av, beta_pv)
     for _ in range(10):
         ctl.counts["actor"] += 1
         while ctl.v_due():
             ctl.counts["v"] += 1
             while ctl.p_due():
                 ctl.counts["p"] += 1
-    assert ctl.counts == {"actor": 10, "v": 80, "p": 40}
-
-
-def test_sync_schedule_with_fractional_ratios():
-    ctl = RatioController(0.5, 3)
-    for _ in range(12):
-        ctl.counts["actor"] += 1
-        while ctl.v_due():
-            ctl.counts["v"] += 1
-            while ctl.p_due():
-                ctl.counts["p"] += 1
-    assert ctl.counts == {"actor": 12, "v": 6, "p": 2}
+    assert ctl.counts == expected
 
 
 def test_waits_are_lead_times_partner_duration():

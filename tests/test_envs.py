@@ -37,19 +37,20 @@ def test_seeded_resets_are_reproducible():
     assert not torch.equal(a.reset(), make_env("classic/pendulum", 4, seed=8).reset())
 
 
-def _gym_envs(gym_id, n):
+def _side_by_side(gym_id, port_cls, n):
+    """n seeded gymnasium envs and a float64 port of the same task started in their states."""
     envs = [gym.make(gym_id) for _ in range(n)]
     for i, e in enumerate(envs):
         e.reset(seed=i)
-    return envs
+    port = port_cls(n, dtype=torch.float64)
+    port.state = tuple(torch.tensor([float(e.unwrapped.state[k]) for e in envs], dtype=torch.float64)
+                       for k in range(2))
+    return envs, port
 
 
 def test_pendulum_matches_gymnasium():
     n = 16
-    envs = _gym_envs("Pendulum-v1", n)
-    port = Pendulum(n, dtype=torch.float64)
-    port.state = tuple(torch.tensor([float(e.unwrapped.state[k]) for e in envs], dtype=torch.float64)
-                       for k in range(2))
+    envs, port = _side_by_side("Pendulum-v1", Pendulum, n)
     rng = np.random.default_rng(0)
     for _ in range(200):
         actions = rng.uniform(-2.5, 2.5, size=(n, 1)).astype(np.float32)  # also beyond the torque limit
@@ -67,10 +68,7 @@ def test_pendulum_matches_gymnasium():
 
 def test_mountaincar_matches_gymnasium_including_termination():
     n = 8
-    envs = _gym_envs("MountainCarContinuous-v0", n)
-    port = MountainCarContinuous(n, dtype=torch.float64)
-    port.state = tuple(torch.tensor([float(e.unwrapped.state[k]) for e in envs], dtype=torch.float64)
-                       for k in range(2))
+    envs, port = _side_by_side("MountainCarContinuous-v0", MountainCarContinuous, n)
     active = np.ones(n, dtype=bool)
     terminations = 0
     for _ in range(999):
