@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from collections import Counter
 
 from pql.config import ConfigError, describe, parse_overrides
 
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--cluster", default="ablations/clusters/default.yaml",
                         help="slurm launcher: cluster profile YAML (partition, time, gres per gpu model)")
     ablate.add_argument("--wait", action="store_true", help="slurm launcher: block until every task ended")
-    ablate.add_argument("--dry-run", action="store_true", help="print the cells and what would run, run nothing")
+    ablate.add_argument("--dry-run", action="store_true",
+                        help="print the cells and what would run (and, for slurm, the sbatch scripts); run nothing")
     ablate.add_argument("--retry-failed", action="store_true", help="run failed cells again, from scratch")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -143,8 +145,6 @@ def _study_command(args: argparse.Namespace) -> int:
         print(status_report(plan.study, plan.store, plan.skipped))
         return 0
     print(describe_plan(plan))
-    if args.dry_run:
-        return 0
     if args.launcher == "slurm":
         launcher: LocalLauncher | DebugLauncher | SlurmLauncher = SlurmLauncher(
             ClusterProfile.load(args.cluster), plan.store.path / "slurm", f"pql-{plan.study.name}", wait=args.wait)
@@ -152,6 +152,12 @@ def _study_command(args: argparse.Namespace) -> int:
         launcher = DebugLauncher()
     else:
         launcher = LocalLauncher(args.jobs)
+    if args.dry_run:
+        if isinstance(launcher, SlurmLauncher):
+            for gpu_model, count in Counter(cell.config.gpu_model for cell in plan.to_run).items():
+                print(f"\n# sbatch script of the array for gpu_model={gpu_model} ({count} tasks)")
+                print(launcher.sbatch_script(gpu_model, count))
+        return 0
     problems = run_study(plan, launcher, progress=not args.no_progress)
     print(status_report(plan.study, plan.store, plan.skipped))
     for line in problems:

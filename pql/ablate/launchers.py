@@ -81,7 +81,6 @@ class LocalLauncher(Launcher):
                     proc = subprocess.Popen([sys.executable, "-m", "pql.ablate.job", str(path)], stdout=log,
                                             stderr=subprocess.STDOUT, env=env)
                     running.append((cell, proc, log))
-                    bar.set_postfix_str(f"running {cell.label}, seed {cell.seed}")
                 time.sleep(0.2)
                 for item in list(running):
                     cell, proc, log = item
@@ -92,6 +91,8 @@ class LocalLauncher(Launcher):
                     bar.update(1)
                     if proc.returncode != 0:
                         problems.append(f"{cell.run_id} ({cell.label}, seed {cell.seed}): exit code {proc.returncode}")
+                    now = ", ".join(f"{c.label} s{c.seed}" for c, _, _ in running)
+                    bar.set_postfix_str(f"failed {len(problems)}" + (f"; running {now}" if now else ""))
         except KeyboardInterrupt:
             for _, proc, _ in running:
                 proc.send_signal(2)  # SIGINT: each run checkpoints and can be resumed by a rerun
