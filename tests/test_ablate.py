@@ -183,3 +183,15 @@ def test_status_cli_counts(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pql", "status", str(TINY), "--results", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
     assert "done 0  running 0  failed 0  pending 8" in out
+
+
+def test_dry_run_shows_cells_and_the_sbatch_script_without_running(tmp_path, capsys):
+    from pql.cli import main
+
+    cluster = HERE.parent / "ablations" / "clusters" / "default.yaml"
+    code = main(["ablate", str(TINY), "--launcher", "slurm", "--cluster", str(cluster), "--dry-run",
+                 "--results", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("  run   pending") == 8
+    assert "#SBATCH --array=0-7%8" in out and "#SBATCH --job-name=pql-tiny" in out
+    assert not list((tmp_path / "tiny").glob("*/cell.json")), "nothing was prepared or submitted"
