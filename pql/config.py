@@ -249,7 +249,7 @@ def load_config(path: str) -> Config:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError for values that cannot make a run, before any work starts."""
-    from pql.envs import known_tasks  # local: envs import torch
+    from pql.envs import task_problem  # local: envs import torch
 
     a, n = cfg.algo, cfg.noise
 
@@ -257,7 +257,8 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
 
-    need(cfg.task in known_tasks(), f"unknown task '{cfg.task}'; known: {', '.join(known_tasks())}")
+    problem = task_problem(cfg.task)
+    need(problem is None, str(problem))
     need(a.name in ALGOS, f"unknown algo '{a.name}'; known: {', '.join(ALGOS)}")
     need(cfg.mode in MODES, f"mode must be one of {', '.join(MODES)}, got '{cfg.mode}'")
     need(cfg.mode == "sync" or a.name not in SEQUENTIAL_ALGOS,

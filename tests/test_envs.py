@@ -8,8 +8,10 @@ import torch
 from pql.envs import known_tasks, make_env
 from pql.envs.classic import MountainCarContinuous, Pendulum
 
+BACKEND_TASKS = [*known_tasks(), "gym/Pendulum-v1", "gym/MountainCarContinuous-v0"]
 
-@pytest.mark.parametrize("task", known_tasks())
+
+@pytest.mark.parametrize("task", BACKEND_TASKS)
 def test_contract_shapes_dtypes_and_auto_reset(task):
     n = 8
     env = make_env(task, n, device="cpu", seed=3)
@@ -31,10 +33,29 @@ def test_contract_shapes_dtypes_and_auto_reset(task):
     assert not torch.equal(final, obs), "auto-reset replaced the final obs by a fresh one"
 
 
-def test_seeded_resets_are_reproducible():
-    a, b = make_env("classic/pendulum", 4, seed=7), make_env("classic/pendulum", 4, seed=7)
+@pytest.mark.parametrize("task", ["classic/pendulum", "gym/Pendulum-v1"])
+def test_seeded_resets_are_reproducible(task):
+    a, b = make_env(task, 4, seed=7), make_env(task, 4, seed=7)
     assert torch.equal(a.reset(), b.reset())
-    assert not torch.equal(a.reset(), make_env("classic/pendulum", 4, seed=8).reset())
+    assert torch.equal(a.reset(), b.reset()), "later resets follow the seed too"
+    assert not torch.equal(a.reset(), make_env(task, 4, seed=8).reset())
+
+
+def test_gym_backend_reports_the_true_final_observation():
+    """The last observation of each episode equals that of a lone gymnasium env replayed from the
+    same seed (the vector env seeds copy i with seed + i), not the next episode's first one."""
+    env = make_env("gym/Pendulum-v1", 3, seed=5)
+    env.reset()
+    for _ in range(200):
+        obs, _, _, trunc, info = env.step(torch.full((3, 1), 0.5))
+    assert trunc.all()
+    for i in range(3):
+        lone = gym.make("Pendulum-v1")
+        lone.reset(seed=5 + i)
+        for _ in range(200):
+            last, *_ = lone.step(np.full(1, 0.5, dtype=np.float32))
+        np.testing.assert_allclose(info["final_obs"][i].numpy(), last, rtol=0, atol=1e-6)
+        assert not np.allclose(obs[i].numpy(), last)
 
 
 def _side_by_side(gym_id, port_cls, n):

@@ -8,12 +8,17 @@ import torch
 
 from pql.envs.classic import MountainCarContinuous, Pendulum
 from pql.envs.contract import StepResult, VecEnv
+from pql.envs.gym_backend import GymVecEnv, gym_task_problem
 
 EnvFactory = Callable[..., VecEnv]
 
 _REGISTRY: dict[str, EnvFactory] = {
     "classic/pendulum": Pendulum,
     "classic/mountaincar": MountainCarContinuous,
+}
+# Families of tasks named PREFIX<name>: (factory(name, num_envs, device=, seed=), why name cannot be made or None).
+_FAMILIES: dict[str, tuple[Callable[..., VecEnv], Callable[[str], str | None]]] = {
+    "gym/": (GymVecEnv, gym_task_problem),
 }
 
 
@@ -23,14 +28,30 @@ def register(task: str, factory: EnvFactory) -> None:
 
 
 def known_tasks() -> list[str]:
+    """The registered task names (families such as gym/<id> are not listed one by one)."""
     return sorted(_REGISTRY)
+
+
+def task_problem(task: str) -> str | None:
+    """Why ``task`` cannot be made here (unknown name, backend not installed), or None if it can."""
+    if task in _REGISTRY:
+        return None
+    for prefix, (_, problem) in _FAMILIES.items():
+        if task.startswith(prefix):
+            return problem(task[len(prefix):])
+    families = ", ".join(f"{p}<name>" for p in _FAMILIES)
+    return f"unknown task '{task}'; known: {', '.join(known_tasks())}, {families}"
 
 
 def make_env(task: str, num_envs: int, device: str | torch.device = "cpu", seed: int = 0) -> VecEnv:
     """Build ``num_envs`` environments of ``task`` on ``device``."""
-    if task not in _REGISTRY:
-        raise KeyError(f"unknown task '{task}'; known: {', '.join(known_tasks())}")
-    return _REGISTRY[task](num_envs, device=device, seed=seed)
+    problem = task_problem(task)
+    if problem is not None:
+        raise KeyError(problem)
+    if task in _REGISTRY:
+        return _REGISTRY[task](num_envs, device=device, seed=seed)
+    prefix = next(p for p in _FAMILIES if task.startswith(p))
+    return _FAMILIES[prefix][0](task[len(prefix):], num_envs, device=device, seed=seed)
 
 
-__all__ = ["StepResult", "VecEnv", "known_tasks", "make_env", "register"]
+__all__ = ["StepResult", "VecEnv", "known_tasks", "make_env", "register", "task_problem"]

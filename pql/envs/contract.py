@@ -13,6 +13,9 @@ A = ``act_dim``; float tensors have dtype ``env.dtype`` (float32 unless asked).
   (bootstrapping continues; may coincide with terminated, which then wins);
   info ``{"final_obs": [N, D]}``, the true observation reached by this step:
   the episode's last observation where terminated | truncated, else equal to obs.
+
+``generator`` is the torch.Generator behind the environments' resets; checkpoints save
+its state so that a resumed run resets as the uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class VecEnv(abc.ABC):
     action_low: torch.Tensor  # [A]
     action_high: torch.Tensor  # [A]
     max_episode_steps: int | None
+    generator: torch.Generator
 
     @abc.abstractmethod
     def reset(self) -> torch.Tensor:
