@@ -65,12 +65,16 @@ def test_sac_temperature_moves_toward_the_target_entropy(log_std_bias, direction
     assert (actor.log_alpha.item() - before) * direction > 0.005
 
 
-def test_ddpg_runs_eight_critic_and_eight_policy_updates_per_step(tiny):
-    run = train({**tiny, "algo": "ddpg"}).path
+def test_ddpg_runs_eight_critic_and_eight_policy_updates_per_step_resumes_and_exports(tiny):
+    run = train({**tiny, "algo": "ddpg", "max_env_steps": "1280"}).path
+    train({"resume": str(run), "max_env_steps": "2560"})
     row = last_row(run)
     counted = int(row["actor_steps"]) - 8  # warm-up steps
+    assert int(row["env_steps"]) == 2560
     assert int(row["v_updates"]) == 8 * counted and int(row["p_updates"]) == 8 * counted
     assert json.loads((run / "status.json").read_text())["state"] == "done"
+    module = torch.jit.load(str(export_policy(run)))
+    assert module(torch.randn(5, 3)).abs().max() <= 2.0
 
 
 def test_sac_trains_resumes_and_exports(tiny):
