@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ class Cell:
     overrides: dict[str, str]
     config: Config = field(repr=False)
 
-    @property
+    @cached_property
     def run_id(self) -> str:
         return run_id(self.config)
 
@@ -60,6 +61,11 @@ class Study:
     figure: dict[str, Any]
 
 
+@cache
+def _default_values() -> dict[str, str]:
+    return dotted_overrides(config_to_dict(Config()))
+
+
 def run_id(cfg: Config) -> str:
     """12 hex digits of the SHA-256 of the resolved config's values that differ from the defaults.
 
@@ -67,7 +73,7 @@ def run_id(cfg: Config) -> str:
     key (with its default) leaves existing run ids, and their results, where they are.
     """
     values = dotted_overrides(config_to_dict(cfg))
-    defaults = dotted_overrides(config_to_dict(Config()))
+    defaults = _default_values()
     body = {k: v for k, v in values.items() if k.split(".")[0] not in NOT_IN_RUN_ID and defaults.get(k) != v}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
