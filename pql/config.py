@@ -111,7 +111,8 @@ class DeviceConfig:
 class Config:
     """Everything one training run needs; saved resolved as ``config.yaml``."""
 
-    task: str = _opt("classic/pendulum", "BACKEND/TASK, e.g. classic/pendulum, classic/mountaincar")
+    task: str = _opt("classic/pendulum", "BACKEND/TASK: classic/pendulum, classic/mountaincar, gym/<gymnasium id>, "
+                          "playground/<Env>, isaacgym/<Task>, isaaclab/<gym id>")
     algo: AlgoConfig = _opt(AlgoConfig(), "algorithm; 'algo=NAME' is short for 'algo.name=NAME'")
     num_envs: int = _opt(4096, "parallel training environments")
     seed: int = _opt(0, "seed of networks, noise, sampling and environments")

@@ -1,4 +1,7 @@
-"""Shared fixtures: a tiny, fast training configuration."""
+"""Shared fixtures: a tiny, fast training configuration; the Isaac simulator fakes."""
+
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,3 +16,24 @@ TINY = {
 def tiny(tmp_path):
     """Overrides for a run of a few seconds in ``tmp_path/run``; update the dict to vary it."""
     return {**TINY, "out": str(tmp_path / "run")}
+
+
+FAKES = Path(__file__).parent / "fakes"
+FAKE_PACKAGES = ("isaacgym", "isaacgymenvs", "isaaclab", "isaaclab_tasks")
+
+
+@pytest.fixture
+def isaac_fakes(monkeypatch):
+    """The Isaac Gym / Isaac Lab fakes (tests/fakes) importable; afterwards their modules are forgotten
+    and Isaac Sim counts as not started."""
+    import gymnasium as gym
+
+    import pql.envs.isaaclab_backend as lab
+
+    monkeypatch.syspath_prepend(str(FAKES))
+    monkeypatch.setattr(lab, "_app", None)
+    yield FAKES
+    for name in list(sys.modules):
+        if name.split(".")[0] in FAKE_PACKAGES:
+            del sys.modules[name]
+    gym.registry.pop("Isaac-Ant-Direct-v0", None)

@@ -9,6 +9,9 @@ import torch
 from pql.envs.classic import MountainCarContinuous, Pendulum
 from pql.envs.contract import StepResult, VecEnv
 from pql.envs.gym_backend import GymVecEnv, gym_task_problem
+from pql.envs.isaacgym_backend import IsaacGymVecEnv, isaacgym_task_problem
+from pql.envs.isaaclab_backend import IsaacLabVecEnv, isaaclab_task_problem
+from pql.envs.playground_backend import PlaygroundVecEnv, playground_task_problem
 
 EnvFactory = Callable[..., VecEnv]
 
@@ -19,6 +22,9 @@ _REGISTRY: dict[str, EnvFactory] = {
 # Families of tasks named PREFIX<name>: (factory(name, num_envs, device=, seed=), why name cannot be made or None).
 _FAMILIES: dict[str, tuple[Callable[..., VecEnv], Callable[[str], str | None]]] = {
     "gym/": (GymVecEnv, gym_task_problem),
+    "playground/": (PlaygroundVecEnv, playground_task_problem),
+    "isaacgym/": (IsaacGymVecEnv, isaacgym_task_problem),
+    "isaaclab/": (IsaacLabVecEnv, isaaclab_task_problem),
 }
 
 

@@ -14,6 +14,10 @@ A = ``act_dim``; float tensors have dtype ``env.dtype`` (float32 unless asked).
   info ``{"final_obs": [N, D]}``, the true observation reached by this step:
   the episode's last observation where terminated | truncated, else equal to obs.
 
+``reset_deferred`` is True for backends that restart a finished environment only during
+the next step (Isaac Gym): there obs equals final_obs on the step that ended an episode,
+and the new episode's first observation comes one step later.
+
 ``generator`` is the torch.Generator behind the environments' resets; checkpoints save
 its state so that a resumed run resets as the uninterrupted one would have.
 """
@@ -40,6 +44,7 @@ class VecEnv(abc.ABC):
     action_high: torch.Tensor  # [A]
     max_episode_steps: int | None
     generator: torch.Generator
+    reset_deferred: bool = False
 
     @abc.abstractmethod
     def reset(self) -> torch.Tensor:

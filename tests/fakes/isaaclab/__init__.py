@@ -1,0 +1,1 @@
+"""Stand-in for the ``isaaclab`` package; see tests/fakes/README.md."""

@@ -1,0 +1,99 @@
+"""The isaacgym/ and isaaclab/ adapters against fakes of IsaacGymEnvs' VecTask and Isaac Lab's DirectRLEnv
+(tests/fakes/README.md says what they keep of the real interfaces)."""
+
+import sys
+
+import pytest
+import torch
+
+from pql.envs import make_env, task_problem
+
+N = 6
+PUSH = torch.ones(N, 8)
+
+
+def _fall_some(env, fall):
+    """Push the envs in ``fall`` until they fall, the others stay still; returns the step results."""
+    actions = torch.zeros(N, env.act_dim)
+    actions[fall] = 1.0
+    for t in range(200):
+        obs, reward, term, trunc, info = env.step(actions)
+        if term.any():
+            return t, obs, reward, term, trunc, info
+    raise AssertionError("no env fell")
+
+
+def test_isaacgym_termination_truncation_and_final_obs(isaac_fakes):
+    env = make_env("isaacgym/Ant", N, device="cpu", seed=0)
+    assert (env.obs_dim, env.act_dim, env.max_episode_steps) == (60, 8, 1000) and env.reset_deferred
+    obs = env.reset()
+    assert obs.abs().sum() > 0, "reset() returns computed observations, not VecTask's zero buffer"
+    assert obs[:, :8].abs().max() <= 0.05 and torch.equal(env.env.progress_buf, torch.zeros(N, dtype=torch.long))
+    t, obs, _, term, trunc, info = _fall_some(env, [0, 2])
+    assert term.tolist() == [True, False, True, False, False, False] and not trunc.any()
+    assert (obs[[0, 2], :8].abs() > 1.0).any(-1).all(), "the step that ends the episode shows its last state"
+    assert torch.equal(info["final_obs"], obs)
+    obs, *_ = env.step(torch.zeros(N, 8))
+    assert obs[[0, 2], :8].abs().max() <= 0.05, "Isaac Gym restarts them during the next step"
+    steps = t + 2  # since reset(), for the envs that never fell
+    while steps < 1000:
+        obs, _, term, trunc, info = env.step(torch.zeros(N, 8))
+        steps += 1
+        if trunc.any():
+            break
+    # VecTask: time_outs where progress_buf >= max_episode_length - 1
+    assert steps == 999 and trunc.tolist() == [False, True, False, True, True, True] and not term.any()
+
+
+def test_isaacgym_tensors_are_copies_of_vectask_buffers(isaac_fakes):
+    env = make_env("isaacgym/Ant", N, device="cpu", seed=0)
+    env.reset()
+    obs, reward, *_ = env.step(PUSH)
+    obs2, reward2, *_ = env.step(PUSH)
+    assert not torch.equal(obs, obs2) and not torch.equal(reward, reward2)
+
+
+def test_isaaclab_recovers_the_final_observation(isaac_fakes):
+    env = make_env("isaaclab/Isaac-Ant-Direct-v0", N, device="cpu", seed=0)
+    from isaaclab.app import launched
+
+    assert launched == [{"headless": True, "device": "cpu"}]
+    assert (env.obs_dim, env.act_dim, env.max_episode_steps) == (36, 8, 900) and not env.reset_deferred
+    assert torch.equal(env.action_low, -torch.ones(8)), "an unbounded action space becomes [-1, 1]"
+    env.reset()
+    _, obs, _, term, trunc, info = _fall_some(env, [1])
+    assert term.tolist() == [False, True, False, False, False, False] and not trunc.any()
+    assert (info["final_obs"][1, :8].abs() > 0.5).any(), "the final observation is the fallen state"
+    assert obs[1, :8].abs().max() <= 0.05, "the returned observation starts the new episode"
+    keep = [0, 2, 3, 4, 5]
+    assert torch.equal(info["final_obs"][keep], obs[keep])
+
+
+def test_isaaclab_time_limit_is_truncation(isaac_fakes):
+    env = make_env("isaaclab/Isaac-Ant-Direct-v0", N, device="cpu", seed=0)
+    env.reset()
+    for t in range(env.max_episode_steps):
+        obs, _, term, trunc, info = env.step(torch.zeros(N, 8))
+        assert bool(trunc.any()) == (t == env.max_episode_steps - 2)  # Isaac Lab: length >= max - 1
+        if trunc.any():
+            break
+    assert trunc.all() and not term.any() and not torch.equal(info["final_obs"], obs)
+
+
+def test_isaaclab_seeded_resets_are_reproducible(isaac_fakes):
+    a = make_env("isaaclab/Isaac-Ant-Direct-v0", N, device="cpu", seed=3)
+    first = a.reset()
+    b = make_env("isaaclab/Isaac-Ant-Direct-v0", N, device="cpu", seed=3)
+    assert torch.equal(first, b.reset())
+
+
+@pytest.mark.parametrize(("task", "needs"), [("isaacgym/Ant", "Isaac Gym Preview 4"),
+                                             ("isaaclab/Isaac-Ant-Direct-v0", "pip install 'isaaclab")])
+def test_missing_simulators_name_their_install(task, needs, monkeypatch):
+    for name in ("isaacgym", "isaacgymenvs", "isaaclab", "isaaclab_tasks"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert needs in task_problem(task)
+
+
+def test_unknown_isaacgym_task_lists_the_known_ones(isaac_fakes):
+    assert "no task 'Antt'" in task_problem("isaacgym/Antt") and "Ant" in task_problem("isaacgym/Antt")
