@@ -8,6 +8,7 @@ import textwrap
 from collections import Counter
 
 from pql.config import ConfigError, describe, parse_overrides
+from pql.preload import preload_simulator
 
 
 def _train_help() -> str:
@@ -92,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         if args.command == "train":
+            overrides = parse_overrides(args.overrides)
+            preload_simulator(str(overrides.get("task", "")))
             from pql.train import resolve, run_training
 
-            cfg = resolve(parse_overrides(args.overrides))
+            cfg = resolve(overrides)
             run_dir = run_training(cfg)
             print(f"run finished: {run_dir.path}")
         elif args.command == "report":

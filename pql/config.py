@@ -124,7 +124,9 @@ class Config:
     noise: NoiseConfig = _opt(NoiseConfig(), "exploration noise")
     device: DeviceConfig = _opt(DeviceConfig(), "devices")
     gpu_model: str | None = _opt(None, "GPU model the run must get (e.g. A100, H100, RTX4090); null: any device")
-    eval_envs: int = _opt(16, "separate environments for deterministic evaluation")
+    eval_envs: int = _opt(16, "separate environments for deterministic evaluation; 0: none (eval_return "
+                                "stays empty, figures use the training return; for simulators with one "
+                                "instance per process, e.g. Isaac Gym)")
     eval_every_env_steps: int = _opt(100_000, "evaluate and write a metrics row every this many env steps")
     checkpoint_every_s: float = _opt(60.0, "write a checkpoint at most this often (and at the end)")
     progress: bool = _opt(True, "show a progress bar with return and env-steps/s")
@@ -266,7 +268,7 @@ def validate(cfg: Config) -> None:
          f"algo={a.name} is a sequential baseline: it runs with mode=sync only")
     need(n.kind in NOISE_KINDS, f"noise.kind must be one of {', '.join(NOISE_KINDS)}, got '{n.kind}'")
     need(cfg.num_envs >= 1, f"num_envs must be >= 1, got {cfg.num_envs}")
-    need(cfg.eval_envs >= 1, f"eval_envs must be >= 1, got {cfg.eval_envs}")
+    need(cfg.eval_envs >= 0, f"eval_envs must be >= 0, got {cfg.eval_envs}")
     need(cfg.eval_every_env_steps >= 1, f"eval_every_env_steps must be >= 1, got {cfg.eval_every_env_steps}")
     need(n.sigma_min >= 0, f"noise.sigma_min must be >= 0, got {n.sigma_min}")
     need(n.sigma_min <= n.sigma_max, f"noise.sigma_min ({n.sigma_min}) must not exceed noise.sigma_max ({n.sigma_max})")

@@ -8,6 +8,7 @@ with the PQL trainer (value loss is logged as ``critic_loss``, policy loss as
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -22,7 +23,7 @@ from pql.envs import make_env
 from pql.nets import PPOPolicy, make_policy, mlp
 from pql.normalizer import RunningNormalizer
 from pql.run_dir import RunDir
-from pql.run_loop import EVAL_SEED_OFFSET, Progress, RunLoop
+from pql.run_loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
 from pql.workers import EpisodeReturns, Evaluator, to_env_units
 
 
@@ -50,7 +51,7 @@ class PPOTrainer(RunLoop):
         torch.manual_seed(cfg.seed)
         algo, self.ppo = cfg.algo, cfg.algo.ppo
         self.env = make_env(cfg.task, cfg.num_envs, device=sim, seed=cfg.seed)
-        self.eval_env = make_env(cfg.task, cfg.eval_envs, device=sim, seed=cfg.seed + EVAL_SEED_OFFSET)
+        self.eval_env = make_eval_env(cfg, sim)
         d, a = self.env.obs_dim, self.env.act_dim
         policy = make_policy(algo, d, a).to(sim)
         assert isinstance(policy, PPOPolicy)
@@ -61,7 +62,7 @@ class PPOTrainer(RunLoop):
         self.params = [*self.policy.parameters(), *self.value.parameters()]
         self.optimizer = torch.optim.Adam(self.params, lr=self.ppo.lr)
         self.generator = seeded_generator(sim, cfg.seed + 1)
-        self.evaluator = Evaluator(self.eval_env, self.policy, self.normalizer)
+        self.evaluator = None if self.eval_env is None else Evaluator(self.eval_env, self.policy, self.normalizer)
         self.episodes = EpisodeReturns(cfg.num_envs, sim, self.env.dtype)
         self.obs = self.env.reset()
         self.updates = 0
@@ -152,7 +153,7 @@ class PPOTrainer(RunLoop):
 
     # -- what the run loop needs ----------------------------------------------------------
     def evaluate(self) -> float:
-        return self.evaluator.run()
+        return math.nan if self.evaluator is None else self.evaluator.run()
 
     def take_train_return(self) -> float:
         return self.episodes.take_mean()
@@ -165,7 +166,7 @@ class PPOTrainer(RunLoop):
                 "optimizer": self.optimizer.state_dict(), "normalizer": self.normalizer.state_dict(),
                 "value_normalizer": self.value_normalizer.state_dict(), "updates": self.updates,
                 "rng": {"torch": torch.get_rng_state(), "ppo": self.generator.get_state(),
-                        "env": self.env.generator.get_state(), "eval_env": self.eval_env.generator.get_state()}}
+                        "env": self.env.generator.get_state(), "eval_env": generator_state(self.eval_env)}}
 
     def load_model_state(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
@@ -178,5 +179,5 @@ class PPOTrainer(RunLoop):
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["ppo"])
         self.env.generator.set_state(rng["env"])
-        self.eval_env.generator.set_state(rng["eval_env"])
+        restore_generator(self.eval_env, rng["eval_env"])
         self.obs = self.env.reset()

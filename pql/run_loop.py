@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from pql.config import Config, config_to_dict
+from pql.envs import VecEnv, make_env
 from pql.run_dir import RunDir
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation environments are seeded apart from the training ones
@@ -23,6 +24,13 @@ class NonFiniteLoss(RuntimeError):
     def __init__(self, env_steps: int, losses: dict[str, float]) -> None:
         super().__init__(f"non-finite loss at env step {env_steps}: {losses}")
         self.env_steps, self.losses = env_steps, losses
+
+
+def make_eval_env(cfg: Config, device: torch.device) -> VecEnv | None:
+    """The separate, separately seeded evaluation environments; None when ``cfg.eval_envs`` is 0."""
+    if cfg.eval_envs == 0:
+        return None
+    return make_env(cfg.task, cfg.eval_envs, device=device, seed=cfg.seed + EVAL_SEED_OFFSET)
 
 
 @dataclass
@@ -162,3 +170,14 @@ class RunLoop(abc.ABC):
             self.evaluate_and_log()
         self.checkpoint()
         return self.progress
+
+
+def generator_state(env: VecEnv | None) -> torch.Tensor | None:
+    """The state of ``env``'s reset generator, for a checkpoint (None without the env)."""
+    return None if env is None else env.generator.get_state()
+
+
+def restore_generator(env: VecEnv | None, state: torch.Tensor | None) -> None:
+    """Undo :func:`generator_state`."""
+    if env is not None and state is not None:
+        env.generator.set_state(state)

@@ -9,6 +9,7 @@ versioned parameter snapshots and share nothing else.
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from pql.exchange import ModuleSlot
 from pql.nets import TwinCritic, make_policy
 from pql.normalizer import RunningNormalizer
 from pql.run_dir import RunDir
-from pql.run_loop import EVAL_SEED_OFFSET, Progress, RunLoop
+from pql.run_loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
 from pql.workers import ActorWorker, Evaluator, PLearner, VLearner, exploration_std
 
 
@@ -39,7 +40,7 @@ class Trainer(RunLoop):
         algo = cfg.algo
         torch.manual_seed(cfg.seed)
         self.env = make_env(cfg.task, cfg.num_envs, device=sim, seed=cfg.seed)
-        self.eval_env = make_env(cfg.task, cfg.eval_envs, device=sim, seed=cfg.seed + EVAL_SEED_OFFSET)
+        self.eval_env = make_eval_env(cfg, sim)
         d, a = self.env.obs_dim, self.env.act_dim
         head_v, head_p = make_head(algo, vdev), make_head(algo, pdev)
 
@@ -58,7 +59,8 @@ class Trainer(RunLoop):
                           transition_buffer(algo.buffer_size, d, a, vdev), algo, seeded_generator(vdev, cfg.seed + 2))
         self.p = PLearner(policy, head_p, copy.deepcopy(critic).to(pdev), copy.deepcopy(normalizer).to(pdev),
                           observation_buffer(algo.buffer_size, d, pdev), algo, seeded_generator(pdev, cfg.seed + 3))
-        self.evaluator = Evaluator(self.eval_env, copy.deepcopy(policy).to(sim), copy.deepcopy(normalizer))
+        self.evaluator = None if self.eval_env is None else \
+            Evaluator(self.eval_env, copy.deepcopy(policy).to(sim), copy.deepcopy(normalizer))
         self.controller = RatioController(algo.critic_sample_ratio, algo.critic_actor_ratio)
         self.seen = {"actor_policy": 0, "eval_policy": 0, "v_policy": 0, "p_critic": 0, "v_norm": 0, "p_norm": 0,
                      "eval_norm": 0}
@@ -93,6 +95,8 @@ class Trainer(RunLoop):
 
     # -- what the run loop needs ----------------------------------------------------------
     def evaluate(self) -> float:
+        if self.evaluator is None:
+            return math.nan
         self.seen["eval_policy"] = self.policy_slot.pull(self.evaluator.policy, self.seen["eval_policy"])
         self.seen["eval_norm"] = self.norm_slot.pull(self.evaluator.normalizer, self.seen["eval_norm"])
         return self.evaluator.run()
@@ -113,7 +117,7 @@ class Trainer(RunLoop):
             else self.p.temperature_optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "actor": self.actor.generator.get_state(),
                     "v": self.v.generator.get_state(), "p": self.p.generator.get_state(),
-                    "env": self.env.generator.get_state(), "eval_env": self.eval_env.generator.get_state()},
+                    "env": self.env.generator.get_state(), "eval_env": generator_state(self.eval_env)},
         }
 
     def load_model_state(self, state: dict[str, Any]) -> None:
@@ -129,8 +133,9 @@ class Trainer(RunLoop):
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         for gen, key in ((self.actor.generator, "actor"), (self.v.generator, "v"), (self.p.generator, "p"),
-                         (self.env.generator, "env"), (self.eval_env.generator, "eval_env")):
+                         (self.env.generator, "env")):
             gen.set_state(rng[key])
+        restore_generator(self.eval_env, rng["eval_env"])
         self.policy_slot.publish(self.p.policy)
         self.critic_slot.publish(self.v.critic)
         self.norm_slot.publish(self.actor.normalizer)

@@ -1,10 +1,14 @@
 """The isaacgym/ and isaaclab/ adapters against fakes of IsaacGymEnvs' VecTask and Isaac Lab's DirectRLEnv
 (tests/fakes/README.md says what they keep of the real interfaces)."""
 
+import csv
+import os
+import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
 
 from pql.envs import make_env, task_problem
 
@@ -97,3 +101,26 @@ def test_missing_simulators_name_their_install(task, needs, monkeypatch):
 
 def test_unknown_isaacgym_task_lists_the_known_ones(isaac_fakes):
     assert "no task 'Antt'" in task_problem("isaacgym/Antt") and "Ant" in task_problem("isaacgym/Antt")
+
+
+def test_pql_train_on_isaacgym_imports_it_before_torch_and_applies_the_task_preset(tmp_path):
+    """Through the CLI in a fresh process whose fake isaacgym, like the real one, refuses to load after torch."""
+    from tests.conftest import FAKES, TINY
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKES), *sys.path]), "PQL_FAKE_ISAACGYM_STRICT": "1"}
+    overrides = {**TINY, "task": "isaacgym/Ant", "out": str(tmp_path / "run"), "max_env_steps": "640"}
+    overrides.pop("eval_envs")
+    done = subprocess.run([sys.executable, "-m", "pql.cli", "train", *(f"{k}={v}" for k, v in overrides.items())],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (config["eval_envs"], config["max_time_s"], config["algo"]["reward_scale"]) == (0, 3600, 0.01)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert rows[-1]["env_steps"] == "640" and rows[-1]["eval_return"] == "nan"
+
+
+def test_entry_points_load_torch_only_after_the_simulator():
+    """``pql train`` and the ablation job module (unpickled by submitit on SLURM) import no torch at import time."""
+    probe = "import sys, pql.cli, pql.ablate.job; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"

@@ -21,7 +21,7 @@ from pql.report.aggregate import (
     summarize,
 )
 from pql.report.figures import study_figure
-from pql.report.study import EmptyStudy, report_study
+from pql.report.study import EmptyStudy, report_study, return_column
 
 from .test_ablate import TINY
 
@@ -47,6 +47,21 @@ def test_iqm_by_hand():
 def test_curve_on_grid_interpolates_and_never_extrapolates():
     out = curve_on_grid(np.array([0, 10, 20]), np.array([0, 10, 40]), np.array([0, 5, 15, 20, 25]))
     assert out[:4].tolist() == [0, 5, 25, 40] and math.isnan(out[4])
+
+
+def test_curve_on_grid_leaves_out_missing_values():
+    """A NaN return (no training episode ended in that interval) is skipped, not spread to its neighbours."""
+    out = curve_on_grid(np.array([0, 10, 20, 30]), np.array([np.nan, 10, np.nan, 30]), np.array([10, 15, 30, 5]))
+    assert out[:3].tolist() == [10, 15, 30] and math.isnan(out[3]), "before the first value: nothing"
+    assert np.isnan(curve_on_grid(np.array([0, 10]), np.array([np.nan, np.nan]), np.array([0, 5]))).all()
+
+
+def test_without_evaluation_the_report_uses_the_training_return():
+    frame = runs_frame({"A:1": [(0, 0, 0), (10, 10, 10)]})
+    assert return_column(frame) == "eval_return"
+    frame["train_return"], frame["eval_return"] = [np.nan, 7.0], np.nan
+    assert return_column(frame) == "train_return"
+    assert per_run(frame, 5.0, y="train_return")["final_return"].tolist() == [7.0]
 
 
 def test_first_crossing_and_never():

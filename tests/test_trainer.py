@@ -66,6 +66,15 @@ def test_resume_continues_the_same_curve_without_duplicate_rows(tiny):
     assert json.loads((run / "status.json").read_text())["state"] == "done"
 
 
+def test_no_evaluation_envs_logs_the_training_return_and_resumes(tiny):
+    run = train({**tiny, "eval_envs": "0", "max_env_steps": "7040"}).path  # Pendulum's episodes end at 200 x 32
+    train({"resume": str(run), "max_env_steps": "8320"})
+    rows = read_rows(run)
+    assert [int(r["env_steps"]) for r in rows] == list(range(0, 8321, 640))
+    assert all(r["eval_return"] == "nan" for r in rows)
+    assert any(r["train_return"] != "nan" for r in rows)
+
+
 def test_resume_refuses_to_change_the_experiment(tiny):
     run = train({**tiny, "max_env_steps": "640"}).path
     from pql.config import ConfigError

@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pql.ablate.store import CELL_FILE
-from pql.run_loop import RunLoop
-from pql.train import resolve, run_training
+from pql.preload import preload_simulator
 
-_live: dict[str, RunLoop] = {}
+CELL_FILE = "cell.json"  # the cell's overrides, in its run directory; this module imports torch only in a job
+_live: dict[str, Any] = {}  # the running trainer (a pql.run_loop.RunLoop), for checkpoint()
 
 
 def cell_overrides(run: Path) -> dict[str, Any]:
@@ -30,6 +29,9 @@ def cell_overrides(run: Path) -> dict[str, Any]:
 def run_cell(run_path: str) -> dict[str, Any]:
     """Train the cell whose ``cell.json`` is in ``run_path``; returns its final ``status.json``."""
     run = Path(run_path)
+    preload_simulator(json.loads((run / CELL_FILE).read_text())["overrides"].get("task", ""))
+    from pql.train import resolve, run_training
+
     run_training(resolve(cell_overrides(run)), on_start=lambda trainer: _live.__setitem__("trainer", trainer))
     return json.loads((run / "status.json").read_text())
 

@@ -20,10 +20,10 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+from pql.ablate.job import CELL_FILE
 from pql.ablate.spec import Cell, Study
 from pql.run_dir import METRIC_COLUMNS, atomic_write
 
-CELL_FILE = "cell.json"
 STATES = ("done", "running", "failed", "pending", "skipped")
 
 

@@ -13,13 +13,12 @@ arrives one step later. ``reset()`` starts every episode afresh by setting
 ``reset_buf`` and stepping with zero actions (``VecTask.reset()`` itself computes no
 observations). Isaac Gym runs one simulation per process (``_create_sim_once``).
 
-Isaac Gym must be imported before torch; ``pql`` does so when the task is an
-``isaacgym/`` one (see :func:`import_before_torch`).
+Isaac Gym must be imported before torch; ``pql train`` and the ablation jobs do so
+for ``isaacgym/`` tasks (:mod:`pql.preload`).
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
@@ -31,15 +30,6 @@ INSTALL = ("Isaac Gym Preview 4 (Python <= 3.8) from https://developer.nvidia.co
            "https://github.com/isaac-sim/IsaacGymEnvs && pip install -e IsaacGymEnvs")
 # The IsaacGymEnvs tasks of the paper (and BallBalance, configured in the reference code).
 PAPER_TASKS = ("Ant", "Humanoid", "Anymal", "ShadowHand", "AllegroHand", "FrankaCubeStack", "BallBalance")
-
-
-def import_before_torch(argv: list[str]) -> None:
-    """Import isaacgym if an ``isaacgym/`` task is asked for in ``argv``, before anything imports torch."""
-    if "torch" not in sys.modules and any("isaacgym/" in arg for arg in argv):
-        try:
-            import isaacgym  # noqa: F401
-        except ImportError:
-            pass  # reported with the install command when the task is validated
 
 
 def _isaacgymenvs() -> Any:

@@ -54,8 +54,13 @@ def stratified_bootstrap_ci(values: np.ndarray, strata: np.ndarray | None = None
 
 
 def curve_on_grid(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """``y`` linearly interpolated at ``grid``; NaN outside [x[0], x[-1]] (no extrapolation past a run's end)."""
+    """``y`` linearly interpolated at ``grid``; NaN outside [x[0], x[-1]] (no extrapolation past a run's end).
+    Points where ``y`` is NaN (e.g. no training episode ended in that interval) are left out."""
     x, y, grid = np.asarray(x, float), np.asarray(y, float), np.asarray(grid, float)
+    keep = ~np.isnan(y)
+    if not keep.any():
+        return np.full(grid.shape, math.nan)
+    x, y = x[keep], y[keep]
     out = np.interp(grid, x, y)
     out[(grid < x[0]) | (grid > x[-1])] = math.nan
     return out
@@ -98,7 +103,7 @@ def per_run(runs: pd.DataFrame, threshold: float, y: str = "eval_return") -> pd.
     rows = []
     for run_id, r in runs.sort_values("env_steps").groupby("run_id", sort=False):
         rows.append({"run_id": run_id, "cell": r["cell"].iloc[0], "task": r["task"].iloc[0],
-                     "final_return": float(r[y].iloc[-1]),
+                     "final_return": float(r[y].dropna().iloc[-1]) if r[y].notna().any() else math.nan,
                      "time_to_threshold": first_crossing(r["wall_s"].to_numpy(), r[y].to_numpy(), threshold),
                      "steps_to_threshold": first_crossing(r["env_steps"].to_numpy(), r[y].to_numpy(), threshold)})
     return pd.DataFrame(rows)

@@ -25,7 +25,7 @@ def cell_colors(cells: list[str], algos: dict[str, str] | None) -> dict[str, str
 
 
 def study_figure(curves: dict[str, pd.DataFrame], labels: dict[str, str], title: str,
-                 algos: dict[str, str] | None = None) -> plt.Figure:
+                 algos: dict[str, str] | None = None, y_label: str = "evaluation return") -> plt.Figure:
     """Return vs each x axis side by side, one line per cell (its mean) with its interval band.
 
     ``curves`` maps an x column (``wall_s``, ``env_steps``) to the frame of
@@ -44,7 +44,7 @@ def study_figure(curves: dict[str, pd.DataFrame], labels: dict[str, str], title:
             ax.plot(data["x"], data["mean"], color=colors[cell], label=labels[cell], linewidth=2)
             ax.fill_between(data["x"], data["ci_lo"], data["ci_hi"], color=colors[cell], alpha=0.2, linewidth=0)
         ax.set_xlabel(AXIS_TITLES.get(x, x))
-        ax.set_ylabel("evaluation return")
+        ax.set_ylabel(y_label)
     axes[0][-1].legend(loc="lower right", fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()

@@ -57,6 +57,9 @@ def _value_text(key: str, value: Any) -> str:
     return f"{key} = {value}"
 
 
+Y_LABELS = {"eval_return": "evaluation return", "train_return": "training return (exploring policy)"}
+
+
 def legend_label(cell: Cell, template: str | None, device_names: list[str]) -> str:
     """Legend text of a cell: the spec's ``figure.legend`` template ({key} replaced), or one phrase per axis.
 
@@ -72,6 +75,11 @@ def legend_label(cell: Cell, template: str | None, device_names: list[str]) -> s
         return text
     parts = [str(v) if k == "gpu_model" else _value_text(k, v) for k, v in values.items()]
     return ", ".join(parts) or "base"
+
+
+def return_column(runs: pd.DataFrame) -> str:
+    """``eval_return``, or ``train_return`` where no run evaluated (``eval_envs=0``, e.g. Isaac Gym)."""
+    return "eval_return" if runs["eval_return"].notna().any() else "train_return"
 
 
 def load_runs(study: Study, store: ResultsStore) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, list[str]]]:
@@ -125,8 +133,10 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
     for task, task_runs in runs.groupby("task", sort=False):
         thr = threshold if threshold is not None else study.figure.get("threshold", DEFAULT_THRESHOLDS.get(task))
         thr = math.nan if thr is None else float(thr)
-        curve_frames = {x: curves(task_runs, x, common_grid(task_runs, x), reps=reps) for x in ("wall_s", "env_steps")}
-        runs_of_task = per_run(task_runs, thr)
+        y = return_column(task_runs)
+        curve_frames = {x: curves(task_runs, x, common_grid(task_runs, x), y=y, reps=reps)
+                        for x in ("wall_s", "env_steps")}
+        runs_of_task = per_run(task_runs, thr, y=y)
         run_tables.append(runs_of_task)
         table = summarize(runs_of_task, thr, reps=reps)
         table.insert(0, "task", task)
@@ -135,7 +145,7 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
         labels = {label: legend_label(cells[label], template, devices.get(label, [])) for label in present}
         algos = {label: cells[label].config.algo.name for label in present}
         algo_names = ", ".join(ALGO_NAMES.get(a, a) for a in dict.fromkeys(algos.values()))
-        fig = study_figure(curve_frames, labels, f"{study.name}: {task}, {algo_names}", algos)
+        fig = study_figure(curve_frames, labels, f"{study.name}: {task}, {algo_names}", algos, Y_LABELS[y])
         figures += save_figure(fig, out_dir, f"{study.name}-{task.replace('/', '-')}")
     summary = pd.concat(tables, ignore_index=True)
     summary.to_csv(store.path / "summary.csv", index=False)
@@ -149,7 +159,8 @@ def write_markdown(study: Study, summary: pd.DataFrame, figures: list[Path], mis
     """``plots/<study>/README.md``: the figures, the summary table, the missing or failed runs."""
     lines = [f"# Study `{study.name}` (profile `{study.profile}`)", "", study.description, ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
-    lines += ["", "Lines: mean evaluation return over seeds; bands: 95% bootstrap interval of the mean. "
+    lines += ["", "Lines: mean evaluation return over seeds (the training episodes' return where the runs had no "
+              "evaluation environments, eval_envs=0); bands: 95% bootstrap interval of the mean. "
               "Final return: last evaluation of each run. Time/steps to threshold: median over runs, "
               "a run that never reached the threshold counting as never.", "", "## Summary", ""]
     lines.append(_markdown_table(summary))

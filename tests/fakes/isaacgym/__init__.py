@@ -1,1 +1,10 @@
-"""Stand-in for the ``isaacgym`` package (its import has no effect here); see tests/fakes/README.md."""
+"""Stand-in for the ``isaacgym`` package; see tests/fakes/README.md.
+
+Like the real one it refuses to load after torch, but only when PQL_FAKE_ISAACGYM_STRICT=1
+(tests that import it in-process have torch loaded already)."""
+
+import os
+import sys
+
+if os.environ.get("PQL_FAKE_ISAACGYM_STRICT") == "1" and "torch" in sys.modules:
+    raise ImportError("PyTorch was imported before isaacgym modules.  Please import torch after isaacgym modules.")
