@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _study_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="study spec, e.g. ablations/envs.yaml")
     parser.add_argument("--profile", default="quick",
-                        help="profile of the spec: quick (embedded simulator, minutes on a CPU), paper (the "
-                             "paper's tasks and budgets, for GPUs), ... (default: quick)")
+                        help="profile of the spec: quick (embedded simulator, minutes on a CPU), playground (MuJoCo "
+                             "Playground physics, CPU or GPU), paper (the paper's Isaac Gym tasks and budgets, "
+                             "for GPUs) (default: quick)")
     parser.add_argument("--results", default="results", help="results root (default: results)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides applied to every cell (give the same ones to status as to ablate)")

@@ -76,6 +76,21 @@ def test_shipped_specs_expand_in_their_quick_profile(spec):
     assert all(c.config.task.startswith("classic/") for c in study.cells)
 
 
+@pytest.mark.parametrize("spec", sorted((HERE.parent / "ablations").glob("*.yaml")))
+def test_shipped_specs_have_a_playground_and_a_paper_profile(spec, isaac_fakes):
+    pytest.importorskip("mujoco_playground", reason="MuJoCo Playground is not installed: pip install playground")
+    playground = expand(load_spec(spec), "playground")
+    assert playground.cells and all(c.config.task == "playground/CartpoleBalance" for c in playground.cells)
+    paper = expand(load_spec(spec), "paper")  # validates against the Isaac Gym fake
+    assert all(c.config.task == "isaacgym/Ant" and c.config.max_time_s == 3600 for c in paper.cells)
+
+
+def test_paper_profile_without_isaac_gym_names_its_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "isaacgym", None)
+    with pytest.raises(ConfigError, match="Isaac Gym Preview 4"):
+        expand(load_spec(HERE.parent / "ablations" / "envs.yaml"), "paper")
+
+
 def test_sbatch_script_matches_golden_file():
     launcher = SlurmLauncher(ClusterProfile.load(HERE.parent / "ablations" / "clusters" / "default.yaml"),
                              Path("/RESULTS/envs/slurm"), "pql-envs")

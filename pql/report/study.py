@@ -23,7 +23,8 @@ from pql.report.aggregate import common_grid, curves, per_run, summarize
 from pql.report.figures import save_figure, study_figure
 
 # Evaluation return that counts as solved, for time-to-threshold (a spec's figure.threshold wins).
-DEFAULT_THRESHOLDS = {"classic/pendulum": -250.0, "classic/mountaincar": 90.0}
+DEFAULT_THRESHOLDS = {"classic/pendulum": -250.0, "gym/Pendulum-v1": -250.0, "classic/mountaincar": 90.0,
+                      "playground/CartpoleBalance": 900.0}
 ALGO_NAMES = {"pql": "PQL", "pql-d": "PQL-D", "ppo": "PPO", "ddpg": "DDPG(n)", "sac": "SAC(n)"}
 
 
