@@ -1,5 +1,6 @@
 """The playground/ adapter against MuJoCo Playground itself: final observations, termination, zero-copy."""
 
+import csv
 import sys
 
 import numpy as np
@@ -52,9 +53,9 @@ def test_a_diverged_env_terminates_alone_with_a_finite_final_observation(cartpol
     env.reset()
     actions = torch.zeros(N, env.act_dim)
     actions[0] = float("nan")  # NaN control -> NaN state -> Playground's done
-    obs, _reward, term, trunc, info = env.step(actions)
+    obs, reward, term, trunc, info = env.step(actions)
     assert term.tolist() == [True, False, False, False] and not trunc.any()
-    assert torch.isfinite(info["final_obs"]).all() and torch.isfinite(obs).all()
+    assert torch.isfinite(info["final_obs"]).all() and torch.isfinite(obs).all() and torch.isfinite(reward).all()
     assert torch.equal(info["final_obs"][1:], obs[1:])
     assert not torch.equal(info["final_obs"][0], obs[0]), "env 0 restarted"
 
@@ -80,3 +81,14 @@ def test_unknown_playground_env_is_named():
 def test_missing_playground_gives_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "mujoco_playground", None)
     assert "pip install playground" in task_problem("playground/CartpoleBalance")
+
+
+@pytest.mark.slow
+def test_pql_learns_cartpole_balance_on_real_physics(tmp_path):
+    """About 3 minutes on 2 CPU cores: PQL with the CPU preset balances the pole (return > 900 of 1000)."""
+    from pql.train import train
+
+    run = train({"task": "playground/CartpoleBalance", "algo": "pql", "seed": "0", "max_time_s": "150",
+                 "out": str(tmp_path / "run"), "progress": "false"}).path
+    returns = [float(r["eval_return"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+    assert returns[0] < 600 and max(returns) > 900, returns

@@ -14,6 +14,9 @@ A = ``act_dim``; float tensors have dtype ``env.dtype`` (float32 unless asked).
   info ``{"final_obs": [N, D]}``, the true observation reached by this step:
   the episode's last observation where terminated | truncated, else equal to obs.
 
+``max_episode_steps`` is the time limit in steps (None: none); Isaac Gym tasks and some
+Isaac Lab tasks truncate at ``max_episode_length - 1`` steps, so for them it is an upper bound.
+
 ``reset_deferred`` is True for backends that restart a finished environment only during
 the next step (Isaac Gym): there obs equals final_obs on the step that ended an episode,
 and the new episode's first observation comes one step later.

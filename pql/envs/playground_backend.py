@@ -112,11 +112,13 @@ class PlaygroundVecEnv(VecEnv):
         terminated = stepped.done > 0
         truncated = steps >= self.max_episode_steps
         done = terminated | truncated
-        # A diverged (NaN) state terminates; its observation must not poison the replay buffer.
+        # A diverged (NaN) state terminates; its observation and reward must not poison the replay buffer.
         final_obs = jnp.nan_to_num(stepped.obs, nan=0.0, posinf=0.0, neginf=0.0)
+        reward = jnp.nan_to_num(stepped.reward, nan=0.0, posinf=0.0, neginf=0.0)
 
         def with_resets(key: Any) -> tuple[Any, Any]:
             fresh, key = self._reset_batch(key)
+
             def pick(new: Any, old: Any) -> Any:
                 if old.size == 0:  # empty leaves (e.g. contact arrays of a contact-free model) have nothing to pick
                     return new
@@ -126,7 +128,7 @@ class PlaygroundVecEnv(VecEnv):
 
         state, key = jax.lax.cond(done.any(), with_resets, lambda key: (stepped, key), key)
         steps = jnp.where(done, 0, steps)
-        return state, steps, key, stepped.reward, terminated, truncated, final_obs
+        return state, steps, key, reward, terminated, truncated, final_obs
 
     @property
     def jax_state(self) -> Any:
