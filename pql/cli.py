@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="summary table, figures and markdown report of a study",
                             description="Aggregate a study's finished runs (curves on common wall-clock and "
                                         "env-step grids; mean, median, IQM, 95%% bootstrap intervals over seeds; "
-                                        "time and steps to a return threshold) into results/STUDY/summary.csv, "
-                                        "figures plots/STUDY/*.png|pdf and plots/STUDY/README.md.")
+                                        "time and steps to a return threshold) into results/STUDY/summary-PROFILE.csv, "
+                                        "figures plots/STUDY/*.png|pdf and plots/STUDY/README-PROFILE.md.")
     _study_args(report)
     report.add_argument("--plots", default="plots", help="figures root (default: plots)")
     report.add_argument("--threshold", type=float, default=None,
@@ -131,7 +131,7 @@ def _report_command(args: argparse.Namespace) -> int:
                           args.threshold)
     for path in [*report.figures, report.markdown]:
         print(f"wrote {path}")
-    print(f"wrote {args.results}/{report.markdown.parent.name}/summary.csv")
+    print(f"wrote {args.results}/{report.markdown.parent.name}/summary-{args.profile}.csv")
     if report.missing:
         print(f"{len(report.missing)} runs missing or failed (listed in {report.markdown})")
     return 0

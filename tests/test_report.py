@@ -155,11 +155,12 @@ def test_report_of_a_real_small_study(tmp_path):
     report = report_study(TINY, "quick", results, plots, {"max_env_steps": "960"}, reps=100)
     assert [p.name for p in report.figures] == ["tiny-classic-pendulum.png", "tiny-classic-pendulum.pdf"]
     assert all(p.stat().st_size > 1000 for p in report.figures)
-    summary = pd.read_csv(results / "tiny" / "summary.csv")
+    summary = pd.read_csv(results / "tiny" / "summary-quick.csv")
     assert sorted(summary["cell"]) == sorted({c.label for c in plan.study.cells}) and len(summary) == 4
     assert (summary["runs"] == 2).all() and (summary["threshold"] == -250).all()
-    runs = pd.read_csv(results / "tiny" / "per_run.csv")
+    runs = pd.read_csv(results / "tiny" / "per_run-quick.csv")
     assert len(runs) == 8 and {"time_to_threshold", "steps_to_threshold", "final_return"} <= set(runs.columns)
+    assert report.markdown == plots / "tiny" / "README-quick.md", "one report per profile, like the run index"
     text = report.markdown.read_text()
     assert "tiny-classic-pendulum.png" in text and "every run of the study finished" in text
     # A partial study renders with what exists and names what is missing.

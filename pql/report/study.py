@@ -1,8 +1,9 @@
 """``pql report SPEC``: from a study's raw run files to its tables, figures and markdown report.
 
-Writes ``results/<study>/summary.csv`` (per cell), ``results/<study>/per_run.csv``
+Writes, per profile like the store's ``index-<profile>.csv``:
+``results/<study>/summary-<profile>.csv`` (per cell), ``results/<study>/per_run-<profile>.csv``
 (final return and time / steps to threshold of every run), ``plots/<study>/``
-figures (PNG and PDF, one per task) and ``plots/<study>/README.md``.
+figures (PNG and PDF, one per task) and ``plots/<study>/README-<profile>.md``.
 """
 
 from __future__ import annotations
@@ -149,15 +150,15 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
         fig = study_figure(curve_frames, labels, f"{study.name}: {task}, {algo_names}", algos, Y_LABELS[y])
         figures += save_figure(fig, out_dir, f"{study.name}-{task.replace('/', '-')}")
     summary = pd.concat(tables, ignore_index=True)
-    summary.to_csv(store.path / "summary.csv", index=False)
-    pd.concat(run_tables, ignore_index=True).to_csv(store.path / "per_run.csv", index=False)
+    summary.to_csv(store.path / f"summary-{profile}.csv", index=False)
+    pd.concat(run_tables, ignore_index=True).to_csv(store.path / f"per_run-{profile}.csv", index=False)
     markdown = write_markdown(study, summary, figures, missing, out_dir)
     return Report(summary, figures, markdown, missing)
 
 
 def write_markdown(study: Study, summary: pd.DataFrame, figures: list[Path], missing: list[dict[str, Any]],
                    out_dir: Path) -> Path:
-    """``plots/<study>/README.md``: the figures, the summary table, the missing or failed runs."""
+    """``plots/<study>/README-<profile>.md``: the figures, the summary table, the missing or failed runs."""
     lines = [f"# Study `{study.name}` (profile `{study.profile}`)", "", study.description, ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
     lines += ["", "Lines: mean evaluation return over seeds (the training episodes' return where the runs had no "
@@ -170,6 +171,6 @@ def write_markdown(study: Study, summary: pd.DataFrame, figures: list[Path], mis
         lines.append(_markdown_table(pd.DataFrame(missing)))
     else:
         lines.append("None: every run of the study finished.")
-    path = out_dir / "README.md"
+    path = out_dir / f"README-{study.profile}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
