@@ -139,12 +139,14 @@ def _preset_table() -> dict[str, dict[str, Any]]:
 
 
 def presets(task: str, algo: str) -> list[dict[str, Any]]:
-    """The preset layers (nested dicts) for ``task`` and ``algo``, lowest precedence first:
-    the algorithm's, the task's, then the task's for that algorithm (its ``by_algo`` entry)."""
+    """The preset layers (nested dicts) for ``task`` and ``algo``, lowest precedence first: the
+    algorithm's, the backend's (``backends``, by task-name prefix), the task's, then the task's for
+    that algorithm (its ``by_algo`` entry)."""
     table = _preset_table()
+    backend = next((layer for prefix, layer in table.get("backends", {}).items() if task.startswith(prefix)), {})
     task_layer = dict(table.get("tasks", {}).get(task, {}))
     by_algo = task_layer.pop("by_algo", {})
-    return [table.get("algos", {}).get(algo, {}), task_layer, by_algo.get(algo, {})]
+    return [table.get("algos", {}).get(algo, {}), backend, task_layer, by_algo.get(algo, {})]
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -252,7 +254,7 @@ def load_config(path: str) -> Config:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError for values that cannot make a run, before any work starts."""
-    from pql.envs import task_problem  # local: envs import torch
+    from pql.envs import ONE_SIMULATION_PER_PROCESS, task_problem  # local: envs import torch
 
     a, n = cfg.algo, cfg.noise
 
@@ -269,6 +271,9 @@ def validate(cfg: Config) -> None:
     need(n.kind in NOISE_KINDS, f"noise.kind must be one of {', '.join(NOISE_KINDS)}, got '{n.kind}'")
     need(cfg.num_envs >= 1, f"num_envs must be >= 1, got {cfg.num_envs}")
     need(cfg.eval_envs >= 0, f"eval_envs must be >= 0, got {cfg.eval_envs}")
+    need(cfg.eval_envs == 0 or not cfg.task.startswith(ONE_SIMULATION_PER_PROCESS),
+         f"eval_envs must be 0 for {cfg.task}: its simulator runs one simulation per process, so no separate "
+         f"evaluation environments can be made (the report uses the training return)")
     need(cfg.eval_every_env_steps >= 1, f"eval_every_env_steps must be >= 1, got {cfg.eval_every_env_steps}")
     need(n.sigma_min >= 0, f"noise.sigma_min must be >= 0, got {n.sigma_min}")
     need(n.sigma_min <= n.sigma_max, f"noise.sigma_min ({n.sigma_min}) must not exceed noise.sigma_max ({n.sigma_max})")

@@ -69,3 +69,11 @@ def test_cli_bad_key_exits_nonzero_before_any_work(tmp_path):
 def test_cli_bad_value_exits_nonzero(tmp_path):
     code = main(["train", "num_envs=0", "max_env_steps=10", f"out={tmp_path / 'never'}"])
     assert code == 2 and not (tmp_path / "never").exists()
+
+
+def test_single_simulation_backends_get_no_eval_envs_and_refuse_them(isaac_fakes):
+    assert build_config({"task": "isaaclab/Isaac-Ant-Direct-v0", "max_time_s": "60"}).eval_envs == 0  # backends: layer
+    cfg = build_config({"task": "isaacgym/Ant", "algo": "ppo"})
+    assert (cfg.eval_envs, cfg.num_envs, cfg.algo.reward_scale, cfg.algo.ppo.horizon) == (0, 4096, 0.01, 16)
+    with pytest.raises(ConfigError, match="eval_envs must be 0 for isaacgym/Ant: its simulator runs one"):
+        build_config({"task": "isaacgym/Ant", "eval_envs": "16"})

@@ -26,6 +26,9 @@ _FAMILIES: dict[str, tuple[Callable[..., VecEnv], Callable[[str], str | None]]] 
     "isaacgym/": (IsaacGymVecEnv, isaacgym_task_problem),
     "isaaclab/": (IsaacLabVecEnv, isaaclab_task_problem),
 }
+# Backends whose simulator exists once per process (Isaac Gym's _create_sim_once, Isaac Lab's
+# SimulationContext singleton): a run cannot make separate evaluation environments.
+ONE_SIMULATION_PER_PROCESS = ("isaacgym/", "isaaclab/")
 
 
 def register(task: str, factory: EnvFactory) -> None:
@@ -60,4 +63,4 @@ def make_env(task: str, num_envs: int, device: str | torch.device = "cpu", seed:
     return _FAMILIES[prefix][0](task[len(prefix):], num_envs, device=device, seed=seed)
 
 
-__all__ = ["StepResult", "VecEnv", "known_tasks", "make_env", "register", "task_problem"]
+__all__ = ["ONE_SIMULATION_PER_PROCESS", "StepResult", "VecEnv", "known_tasks", "make_env", "register", "task_problem"]

@@ -15,6 +15,7 @@ headless), once per process.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
@@ -32,8 +33,6 @@ def isaaclab_task_problem(gym_id: str) -> str | None:
     """Why ``isaaclab/<gym_id>`` cannot be made here (Isaac Lab missing), or None.
 
     Whether the id exists is only known once Isaac Sim runs (its tasks register on import)."""
-    import importlib.util
-
     if importlib.util.find_spec("isaaclab") is None or importlib.util.find_spec("isaaclab_tasks") is None:
         return f"the isaaclab/ backend needs Isaac Lab: {INSTALL}"
     return None
