@@ -2,7 +2,8 @@
 
 Run ``python -m pql.bench`` (``--help`` for the options). It prints two tables:
 
-1. env-steps/s of the batched classic tasks stepped with fixed random actions;
+1. env-steps/s of batched tasks (the classic ones unless ``--tasks`` names others, e.g.
+   ``playground/CartpoleBalance``) stepped with fixed random actions, compilation excluded;
 2. ``Trainer.v_update()`` updates/s against a bare TD step of copies of the same
    networks on a fixed, pre-normalised batch of the same size, timed in
    alternating blocks; the overhead is ``t_trainer / t_bare - 1``.
@@ -24,11 +25,11 @@ import torch
 from torch.nn import functional as F
 
 from pql.config import build_config
-from pql.envs import make_env
+from pql.envs import make_env, task_problem
 from pql.run_dir import RunDir
 from pql.trainer import Trainer
 
-ENV_TASKS = ("classic/pendulum", "classic/mountaincar")
+ENV_TASKS = "classic/pendulum,classic/mountaincar"
 V_TASK = "classic/pendulum"
 # (row name, overrides on top of the task preset)
 V_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -191,6 +192,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "Trainer.v_update() against a bare critic TD step of the same networks and batch size.")
     p.add_argument("--device", default="cpu",
                    help="device of envs, trainer and bare step: cpu, cuda, cuda:N, or auto (cuda if available)")
+    p.add_argument("--tasks", default=ENV_TASKS,
+                   help="comma-separated tasks of the env-throughput table, any backend (e.g. "
+                        "playground/CartpoleBalance; its JAX compilation happens in the untimed warm-up)")
     p.add_argument("--envs", default="256,4096,65536",
                    help="comma-separated numbers of parallel envs for the env-throughput table")
     p.add_argument("--seconds", type=float, default=2.0,
@@ -207,6 +211,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", choices=("env", "v"), default=None, help="run only one of the two tables")
     args = p.parse_args(argv)
     args.env_counts = [int(x) for x in args.envs.split(",") if x.strip()]
+    args.env_tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unavailable = [f"{t}: {problem}" for t in args.env_tasks if (problem := task_problem(t))]
+    if unavailable:
+        p.error("; ".join(unavailable))
     if (args.seconds <= 0 or args.threads < 0 or min(args.blocks, args.v_envs, args.fill_steps) < 1
             or not args.env_counts or min(args.env_counts) < 1):
         p.error("need --seconds > 0, --threads >= 0, and --blocks, --v-envs, --fill-steps, every --envs >= 1")
@@ -229,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.only in (None, "env"):
         rows = []
-        for task in ENV_TASKS:
+        for task in args.env_tasks:
             for n in args.env_counts:
                 steps, rate = env_throughput(task, n, device, args.seconds)
                 rows.append([task, f"{n:,}", f"{steps:,}", f"{rate:,.0f}", f"{n / rate * 1e3:.3f}"])
