@@ -8,6 +8,7 @@ import textwrap
 from collections import Counter
 
 from pql.config import ConfigError, describe, parse_overrides
+from pql.interrupt import RunInterrupted
 from pql.preload import preload_simulator
 
 
@@ -38,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ablate = sub.add_parser("ablate", help="run a study's matrix of cells (idempotent)",
                             description="Expand a study spec (ablations/*.yaml) into cells x seeds and run what is "
-                                        "missing: finished runs are kept, interrupted ones resume from their "
-                                        "checkpoint, corrupt ones are redone, failed ones only with --retry-failed.")
+                                        "missing: finished runs are kept, interrupted ones (Ctrl-C, SIGTERM, kill -9, "
+                                        "preemption) resume from their checkpoint, corrupt ones are redone, failed "
+                                        "ones only with --retry-failed. Cells another pql ablate (or SLURM job) is "
+                                        "running are left to it. Ctrl-C or SIGTERM: the running cells checkpoint "
+                                        "and stop; run the same command again to resume them.")
     _study_args(ablate)
     ablate.add_argument("--launcher", choices=("local", "slurm", "debug"), default="local",
                         help="local: a pool of processes here; slurm: a submitit job array per study; "
@@ -47,12 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--jobs", type=int, default=1,
                         help="local launcher: runs at once; each gets cpus/jobs torch threads. Keep 1 for "
                              "wall-clock studies on a small machine (default: 1)")
-    ablate.add_argument("--cluster", default="ablations/clusters/default.yaml",
-                        help="slurm launcher: cluster profile YAML (partition, time, gres per gpu model)")
+    ablate.add_argument("--cluster", default=None,
+                        help="slurm launcher: cluster profile YAML (partition, time, gres per gpu model) "
+                             "(default: clusters/default.yaml beside the spec, e.g. ablations/clusters/default.yaml)")
     ablate.add_argument("--wait", action="store_true", help="slurm launcher: block until every task ended")
     ablate.add_argument("--dry-run", action="store_true",
                         help="print the cells and what would run (and, for slurm, the sbatch scripts); run nothing")
-    ablate.add_argument("--retry-failed", action="store_true", help="run failed cells again, from scratch")
+    ablate.add_argument("--retry-failed", action="store_true",
+                        help="run failed cells again, from scratch (interrupted cells always resume by themselves)")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     status = sub.add_parser("status", help="done / running / failed / pending counts of a study",
@@ -115,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"pql: error: {err}", file=sys.stderr)
         return 2
+    except RunInterrupted as err:
+        print(f"pql: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
-        print("pql: interrupted (checkpoint written)", file=sys.stderr)
+        print("pql: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the run directory's status.json has the traceback
         print(f"pql: run failed: {type(err).__name__}: {err}", file=sys.stderr)
@@ -143,26 +152,41 @@ def _study_command(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.overrides)
     slurm = getattr(args, "launcher", None) == "slurm"
+    running = args.command == "ablate" and not args.dry_run
     plan = plan_study(args.spec, args.profile, overrides, args.results,
-                      retry_failed=getattr(args, "retry_failed", False), check_local_gpu=not slurm)
+                      retry_failed=getattr(args, "retry_failed", False), check_local_gpu=not slurm, claim=running)
     if args.command == "status":
         print(status_report(plan.study, plan.store, plan.skipped))
         return 0
-    print(describe_plan(plan))
-    if args.launcher == "slurm":
-        launcher: LocalLauncher | DebugLauncher | SlurmLauncher = SlurmLauncher(
-            ClusterProfile.load(args.cluster), plan.store.path / "slurm", f"pql-{plan.study.name}", wait=args.wait)
-    elif args.launcher == "debug":
-        launcher = DebugLauncher()
-    else:
-        launcher = LocalLauncher(args.jobs)
-    if args.dry_run:
-        if isinstance(launcher, SlurmLauncher):
-            for gpu_model, count in Counter(cell.config.gpu_model for cell in plan.to_run).items():
-                print(f"\n# sbatch script of the array for gpu_model={gpu_model} ({count} tasks)")
-                print(launcher.sbatch_script(gpu_model, count))
-        return 0
-    problems = run_study(plan, launcher, progress=not args.no_progress)
+    try:
+        print(describe_plan(plan))
+        if plan.elsewhere:
+            print(f"{len(plan.elsewhere)} cell(s) are being run by another pql ablate or SLURM job: left to it "
+                  f"(pql status {args.spec} follows them)")
+        if slurm:
+            profile, source = (ClusterProfile.load(args.cluster), args.cluster) if args.cluster \
+                else ClusterProfile.default_for(args.spec)
+            print(f"cluster profile: {source}")
+            launcher: LocalLauncher | DebugLauncher | SlurmLauncher = SlurmLauncher(
+                profile, plan.store.path / "slurm", f"pql-{plan.study.name}", wait=args.wait)
+        elif args.launcher == "debug":
+            launcher = DebugLauncher()
+        else:
+            launcher = LocalLauncher(args.jobs)
+        if args.dry_run:
+            if isinstance(launcher, SlurmLauncher):
+                for gpu_model, count in Counter(cell.config.gpu_model for cell in plan.to_run).items():
+                    print(f"\n# sbatch script of the array for gpu_model={gpu_model} ({count} tasks)")
+                    print(launcher.sbatch_script(gpu_model, count))
+            return 0
+    except BaseException:
+        plan.release()
+        raise
+    try:
+        problems = run_study(plan, launcher, progress=not args.no_progress)
+    except RunInterrupted:
+        print(status_report(plan.study, plan.store, plan.skipped))
+        raise
     print(status_report(plan.study, plan.store, plan.skipped))
     for line in problems:
         print(f"pql: {line}", file=sys.stderr)

@@ -242,11 +242,26 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A one-line description of a YAML syntax error with its line and column."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not valid YAML: {getattr(err, 'problem', None) or err}{where}"
+
+
 def load_config(path: str) -> Config:
-    """Read a ``config.yaml`` written by :func:`config_to_dict` back into a Config."""
-    with open(path) as fh:
-        data = yaml.safe_load(fh)
-    merged = OmegaConf.merge(OmegaConf.structured(Config), data)
+    """Read a ``config.yaml`` written by :func:`config_to_dict` back into a Config (ConfigError naming
+    the file if it is not one)."""
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+        merged = OmegaConf.merge(OmegaConf.structured(Config), data)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: {yaml_problem(err)}") from None
+    except (OmegaConfBaseException, ValueError) as err:
+        raise ConfigError(f"{path} is not a pql config: {str(err).splitlines()[0]}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: {err.strerror}") from None
     cfg = OmegaConf.to_object(merged)
     assert isinstance(cfg, Config)
     return cfg

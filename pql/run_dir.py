@@ -2,7 +2,11 @@
 
 Every file is written whole to a temporary name and renamed (atomic on POSIX), and
 each metrics row is flushed and fsynced, so a crash or ``kill -9`` loses at most
-the row being written and never leaves a half-written status or checkpoint.
+the row being written and never leaves a half-written status or checkpoint. A write
+that fails (a full disk, a file size limit) removes its temporary file.
+
+Checkpoints hold only tensors, numbers, strings and containers of them, and are read
+with ``weights_only=True``: a crafted ``checkpoint.pt`` cannot run code when loaded.
 """
 
 from __future__ import annotations
@@ -11,33 +15,59 @@ import csv
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from pql.config import ConfigError
+
 METRIC_COLUMNS = ("env_steps", "wall_s", "train_return", "eval_return", "critic_loss", "actor_loss",
                   "actor_steps", "v_updates", "p_updates", "env_steps_per_s")
 CHECKPOINT = "checkpoint.pt"
+STATES = ("running", "done", "failed", "interrupted", "queued")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be loaded: truncated, not a checkpoint, or holding code."""
+
+
+def _replace_via_temporary(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file beside ``path`` and rename it over ``path``; on any failure the
+    temporary file is removed and ``path`` is left as it was."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _replace_via_temporary(path, write)
 
 
 class RunDir:
     """Files of one run under ``path``."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if create:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(f"cannot create the run directory {self.path}: {err.strerror}") from err
 
     @property
     def metrics_path(self) -> Path:
@@ -51,7 +81,8 @@ class RunDir:
         atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
 
     def write_status(self, state: str, **fields: Any) -> None:
-        """``state`` is running | done | failed; extra fields (error, step, losses...) go along."""
+        """``state`` is one of STATES; extra fields (error, signal, step, losses...) go along."""
+        assert state in STATES, state
         body = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
         atomic_write(self.path / "status.json", json.dumps(body, indent=2, default=str).encode())
 
@@ -79,10 +110,34 @@ class RunDir:
         buf += [",".join(r.get(k, "") or "" for k in METRIC_COLUMNS) for r in rows]
         atomic_write(self.metrics_path, ("\n".join(buf) + "\n").encode())
 
+    def clear_status(self) -> None:
+        """Remove ``status.json`` where a true one cannot be written (a full disk): a status that says
+        ``running`` for a process that is gone must not stay behind."""
+        (self.path / "status.json").unlink(missing_ok=True)
+
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        tmp = self.path / f".{CHECKPOINT}.tmp{os.getpid()}"
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        _replace_via_temporary(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        """The checkpoint's contents; CheckpointError naming the file if it is missing, truncated,
+        not a checkpoint, or holds anything but tensors, numbers, strings and containers."""
+        path = self.checkpoint_path
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError as err:
+            raise CheckpointError(f"{path}: no checkpoint there") from err
+        except Exception as err:  # torch raises many kinds for a bad file; all mean unusable
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if "weights_only" in str(err) or "Unsupported global" in str(err):
+                reason = "it holds objects other than tensors, numbers and containers (refused: loading it " \
+                         "could run code)"
+            raise CheckpointError(f"{path} cannot be loaded: {reason}") from err
+        if not isinstance(state, dict) or "progress" not in state:
+            raise CheckpointError(f"{path} is not a pql checkpoint (no 'progress' entry)")
+        return state
+
+    def set_checkpoint_aside(self) -> Path:
+        """Rename an unusable ``checkpoint.pt`` to ``checkpoint.pt.corrupt-TIME``; returns the new path."""
+        aside = self.path / f"{CHECKPOINT}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(self.checkpoint_path, aside)
+        return aside

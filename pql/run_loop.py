@@ -58,6 +58,7 @@ class RunLoop(abc.ABC):
         self.cfg, self.run_dir, self.on_row = cfg, run_dir, on_row
         self.progress = Progress()
         self.resumed = False
+        self.stop_signal: int | None = None  # set by request_stop: the run ends at its next step boundary
         self._loss_sums = {k: torch.zeros((), device=d) for k, d in loss_devices.items()}
         self._loss_counts = dict.fromkeys(loss_devices, 0)
         self._last_row_time = 0.0
@@ -91,9 +92,14 @@ class RunLoop(abc.ABC):
         self._loss_sums[name] += loss
         self._loss_counts[name] += 1
 
+    def request_stop(self, signum: int) -> None:
+        """Stop at the next step boundary and checkpoint (a signal handler calls this)."""
+        self.stop_signal = signum
+
     def done(self) -> bool:
         cfg, pr = self.cfg, self.progress
-        return ((cfg.max_env_steps is not None and pr.env_steps >= cfg.max_env_steps)
+        return (self.stop_signal is not None
+                or (cfg.max_env_steps is not None and pr.env_steps >= cfg.max_env_steps)
                 or (cfg.max_time_s is not None and pr.wall_s >= cfg.max_time_s))
 
     def take_losses(self) -> dict[str, float]:
@@ -165,8 +171,9 @@ class RunLoop(abc.ABC):
         return start + time.monotonic() - paused
 
     def finish(self) -> Progress:
-        """The last metrics row (if steps were taken since the previous one) and checkpoint."""
-        if self.progress.env_steps > self._last_row_steps:
+        """The last metrics row (if steps were taken since the previous one and the run was not
+        interrupted, so that a stop is quick) and checkpoint."""
+        if self.progress.env_steps > self._last_row_steps and self.stop_signal is None:
             self.evaluate_and_log()
         self.checkpoint()
         return self.progress

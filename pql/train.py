@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -14,9 +17,11 @@ from typing import Any
 
 from pql.config import Config, ConfigError, build_config, config_to_dict, dotted_overrides, load_config
 from pql.devices import device_name, gpu_mismatch, resolve_devices
+from pql.interrupt import RunInterrupted, StopSignals
+from pql.locks import locked_run
 from pql.ppo_trainer import PPOTrainer
 from pql.run_dir import RunDir
-from pql.run_loop import NonFiniteLoss, RunLoop
+from pql.run_loop import NonFiniteLoss, Progress, RunLoop
 from pql.trainer import Trainer
 
 # Keys a resumed run may change: they alter the budget or the display, not the experiment.
@@ -52,25 +57,35 @@ def resolve(overrides: dict[str, Any]) -> Config:
 
 
 class ProgressDisplay:
-    """A tqdm bar over the run's budget (time or env steps) showing returns and env-steps/s."""
+    """A tqdm bar over the run's budget (time or env steps) showing returns and env-steps/s.
 
-    def __init__(self, cfg: Config, enabled: bool) -> None:
+    A resumed run's bar starts where its checkpoint left off (its rate and remaining time
+    count only this session), and the position never passes the budget, so the bar ends at
+    100% with no negative remaining time.
+    """
+
+    def __init__(self, cfg: Config, enabled: bool, start: Progress | None = None) -> None:
         self.bar = None
         if not enabled:
             return
         from tqdm import tqdm
 
         self.by_time = cfg.max_env_steps is None
-        total = cfg.max_time_s if self.by_time else cfg.max_env_steps
+        self.total = cfg.max_time_s if self.by_time else cfg.max_env_steps
+        initial = 0.0 if start is None else self._position(start.wall_s, start.env_steps)
         unit = "s" if self.by_time else "step"
         layout = "{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}{postfix}]"
-        self.bar = tqdm(total=total, unit=unit, desc=f"{cfg.task} {cfg.algo.name}", dynamic_ncols=True,
-                        bar_format=layout)
+        self.bar = tqdm(total=self.total, initial=initial, unit=unit, desc=f"{cfg.task} {cfg.algo.name}",
+                        dynamic_ncols=True, bar_format=layout)
+
+    def _position(self, wall_s: float, env_steps: float) -> float:
+        value = wall_s if self.by_time else env_steps
+        return value if self.total is None else min(value, self.total)
 
     def __call__(self, row: dict[str, float]) -> None:
         if self.bar is None:
             return
-        self.bar.n = row["wall_s"] if self.by_time else row["env_steps"]
+        self.bar.n = self._position(row["wall_s"], row["env_steps"])
         fmt = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"  # noqa: E731
         self.bar.set_postfix_str(f"eval {fmt(row['eval_return'])} train {fmt(row['train_return'])} "
                                  f"{row['env_steps_per_s'] or 0:,.0f} env-steps/s", refresh=True)
@@ -100,18 +115,49 @@ class TensorBoardSink:
         self.writer.close()
 
 
+def _record(run_dir: RunDir, state: str, **fields: Any) -> None:
+    """Write ``status.json``; where that fails (a full disk) remove it rather than leave one that is
+    no longer true, and say so on the terminal."""
+    try:
+        run_dir.write_status(state, **fields)
+    except OSError as err:
+        print(f"pql: could not write {run_dir.path / 'status.json'} ({err.strerror}); removed it so that it "
+              f"does not claim the run is still running", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            run_dir.clear_status()
+
+
 def run_training(cfg: Config, on_start: Callable[[RunLoop], None] | None = None) -> RunDir:
     """Train ``cfg`` (new or resumed) in its run directory; the directory's status tells how it ended.
 
-    Raises the run's error after recording it in ``status.json``. ``on_start`` receives the
-    trainer before training begins (a scheduler's preemption handler uses it to checkpoint).
+    The run directory is locked for the whole run (RunLocked if another process has it).
+    SIGINT or SIGTERM stops the run at its next step with a checkpoint and ``state:
+    interrupted``, then raises :class:`RunInterrupted`; other errors are recorded in
+    ``status.json`` and raised. ``on_start`` receives the trainer before training begins
+    (a scheduler's preemption handler uses it to checkpoint).
     """
     assert cfg.out is not None
     mismatch = gpu_mismatch(cfg.gpu_model, resolve_devices(cfg))
     if mismatch is not None:
         raise WrongHardware(mismatch)
     run_dir = RunDir(cfg.out)
-    sinks: list[Any] = [ProgressDisplay(cfg, cfg.progress)]
+    with locked_run(run_dir.path), StopSignals() as signals:
+        return _train_locked(cfg, run_dir, signals, on_start)
+
+
+def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
+                  on_start: Callable[[RunLoop], None] | None) -> RunDir:
+    state = run_dir.load_checkpoint() if cfg.resume else None
+    trainer = (PPOTrainer if cfg.algo.name == "ppo" else Trainer)(cfg, run_dir)
+    signals.on_first = trainer.request_stop
+    if signals.signum is not None:  # a signal came while the trainer was being built
+        raise RunInterrupted(signals.signum)
+    if state is not None:
+        trainer.load_state_dict(state)
+        run_dir.truncate_metrics(state["progress"]["env_steps"])
+    else:
+        run_dir.write_config(config_to_dict(cfg))
+    sinks: list[Any] = [ProgressDisplay(cfg, cfg.progress, trainer.progress)]
     if cfg.tensorboard:
         sinks.append(TensorBoardSink(run_dir.path / "tb"))
 
@@ -119,13 +165,7 @@ def run_training(cfg: Config, on_start: Callable[[RunLoop], None] | None = None)
         for sink in sinks:
             sink(row)
 
-    trainer = (PPOTrainer if cfg.algo.name == "ppo" else Trainer)(cfg, run_dir, on_row=on_row)
-    if cfg.resume:
-        state = run_dir.load_checkpoint()
-        trainer.load_state_dict(state)
-        run_dir.truncate_metrics(state["progress"]["env_steps"])
-    else:
-        run_dir.write_config(config_to_dict(cfg))
+    trainer.on_row = on_row
     host = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "devices": {name: device_name(d) for name, d in zip(("sim", "v_learner", "p_learner"), trainer.devices,
                                                                    strict=True)}}
@@ -135,27 +175,37 @@ def run_training(cfg: Config, on_start: Callable[[RunLoop], None] | None = None)
     try:
         progress = trainer.run()
     except NonFiniteLoss as err:
-        run_dir.write_status("failed", error=str(err), env_steps=err.env_steps, losses=err.losses, **host)
+        _record(run_dir, "failed", error=str(err), env_steps=err.env_steps, losses=err.losses, **host)
         raise
     except SystemExit:  # a scheduler's preemption/timeout handler checkpointed and exits for a requeue
-        run_dir.write_status("running", note="exited for a requeue; resumes from its checkpoint",
-                             env_steps=trainer.progress.env_steps, **host)
+        _record(run_dir, "queued", note="requeued by the scheduler; resumes from its checkpoint",
+                env_steps=trainer.progress.env_steps, **host)
         raise
-    except KeyboardInterrupt:
-        trainer.checkpoint()
-        run_dir.write_status("failed", error="interrupted; resume with pql train resume=" + str(run_dir.path),
-                             env_steps=trainer.progress.env_steps, **host)
-        raise
+    except (RunInterrupted, KeyboardInterrupt) as err:  # a second signal: stopped at once, no new checkpoint
+        signum = err.signum if isinstance(err, RunInterrupted) else signal.SIGINT
+        _record(run_dir, "interrupted", signal=signal.Signals(signum).name, note="stopped at once by a second "
+                "signal; resumes from its last checkpoint", env_steps=trainer.progress.env_steps, **host)
+        raise RunInterrupted(signum, _resume_hint(run_dir, signum, trainer.progress.env_steps)) from None
     except BaseException as err:
-        run_dir.write_status("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
-                             env_steps=trainer.progress.env_steps, **host)
+        _record(run_dir, "failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
+                env_steps=trainer.progress.env_steps, **host)
         raise
     finally:
         for sink in sinks:
             sink.close()
-    run_dir.write_status("done", env_steps=progress.env_steps, wall_s=round(progress.wall_s, 3),
-                         losses=progress.losses, **host)
+    if trainer.stop_signal is not None:
+        name = signal.Signals(trainer.stop_signal).name
+        _record(run_dir, "interrupted", signal=name, env_steps=progress.env_steps, wall_s=round(progress.wall_s, 3),
+                **host)
+        raise RunInterrupted(trainer.stop_signal, _resume_hint(run_dir, trainer.stop_signal, progress.env_steps))
+    _record(run_dir, "done", env_steps=progress.env_steps, wall_s=round(progress.wall_s, 3),
+            losses=progress.losses, **host)
     return run_dir
+
+
+def _resume_hint(run_dir: RunDir, signum: int, env_steps: int) -> str:
+    return (f"interrupted by {signal.Signals(signum).name} at env step {env_steps:,}; resume with "
+            f"pql train resume={run_dir.path} (pql ablate resumes it by itself)")
 
 
 def train(overrides: dict[str, Any]) -> RunDir:

@@ -159,7 +159,8 @@ def test_cell_asking_for_an_absent_gpu_is_skipped(tmp_path):
 
 def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
     args = [sys.executable, "-m", "pql", "ablate", str(TINY), "--profile", "one", "--results", str(tmp_path),
-            "--no-progress", "max_env_steps=40000", "eval_every_env_steps=800", "checkpoint_every_s=0"]
+            "--no-progress", "max_env_steps=40000", "max_time_s=null", "eval_every_env_steps=800",
+            "checkpoint_every_s=0"]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     study_dir = tmp_path / "tiny"
     deadline = time.monotonic() + 120
@@ -172,13 +173,16 @@ def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
             break
         time.sleep(0.1)
     assert run is not None, "the run wrote a checkpoint and rows"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "running"
+    os.killpg(proc.pid, signal.SIGKILL)  # pql ablate, then the training process (in a session of its own)
+    os.kill(status["pid"], signal.SIGKILL)
+    proc.wait()
+    _wait_gone(status["pid"])
     before = (run / "metrics.csv").read_text().splitlines()
-    checkpoint_steps = __import__("torch").load(run / "checkpoint.pt", weights_only=False)["progress"]["env_steps"]
-    plan, problems = _run(tmp_path, "one", max_env_steps=40000, eval_every_env_steps=800, checkpoint_every_s=0)
+    checkpoint_steps = __import__("torch").load(run / "checkpoint.pt", weights_only=True)["progress"]["env_steps"]
+    plan, problems = _run(tmp_path, "one", max_env_steps=40000, max_time_s="null", eval_every_env_steps=800,
+                          checkpoint_every_s=0)
     assert problems == [] and len(plan.to_run) == 1
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     rows = (run / "metrics.csv").read_text().splitlines()
@@ -189,15 +193,28 @@ def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
     assert steps[0] == 0 and len(kept) >= 2, "resumed, not restarted"
 
 
+def _wait_gone(pid: int, timeout_s: float = 30) -> None:
+    """Until ``pid`` has exited (a killed process that is not our child is reaped by init)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            if stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+                return
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
 def test_status_cli_counts(tmp_path):
     _run(tmp_path, "one")
     out = subprocess.run([sys.executable, "-m", "pql", "status", str(TINY), "--profile", "one", "--results",
                           str(tmp_path)], capture_output=True, text=True, check=True).stdout
-    assert "done 1  running 0  failed 0  pending 0" in out
+    assert "done 1  running 0  queued 0  failed 0  pending 0" in out
     shutil.rmtree(tmp_path / "tiny")
     out = subprocess.run([sys.executable, "-m", "pql", "status", str(TINY), "--results", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
-    assert "done 0  running 0  failed 0  pending 8" in out
+    assert "done 0  running 0  queued 0  failed 0  pending 8" in out
 
 
 def test_dry_run_shows_cells_and_the_sbatch_script_without_running(tmp_path, capsys):

@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pql.config import ConfigError
+from pql.interrupt import RunInterrupted
+from pql.locks import locked_run
 from pql.preload import preload_simulator
 
 CELL_FILE = "cell.json"  # the cell's overrides, in its run directory; this module imports torch only in a job
@@ -19,21 +22,35 @@ _live: dict[str, Any] = {}  # the running trainer (a pql.run_loop.RunLoop), for 
 
 
 def cell_overrides(run: Path) -> dict[str, Any]:
-    """The overrides that (re)start the cell in ``run``: resume if it holds a checkpoint, else a fresh run."""
-    if (run / "checkpoint.pt").exists() and (run / "config.yaml").exists():
-        return {"resume": str(run), "progress": "false"}
+    """The overrides that (re)start the cell in ``run``: resume if it holds a checkpoint that loads,
+    else a fresh run. A checkpoint that does not load is set aside (``checkpoint.pt.corrupt-TIME``)
+    with the run's other files, and the cell starts afresh."""
+    from pql.run_dir import CheckpointError, RunDir
+
+    run_dir = RunDir(run, create=False)
+    if run_dir.checkpoint_path.exists() and (run / "config.yaml").exists():
+        try:
+            run_dir.load_checkpoint()
+            return {"resume": str(run), "progress": "false"}
+        except CheckpointError as err:
+            aside = run_dir.set_checkpoint_aside()
+            for name in ("metrics.csv", "status.json", "config.yaml"):
+                (run / name).unlink(missing_ok=True)
+            print(f"pql: {err}; set aside as {aside.name}, the cell starts afresh", file=sys.stderr, flush=True)
     cell = json.loads((run / CELL_FILE).read_text())
     return {**cell["overrides"], "out": str(run), "progress": "false"}
 
 
 def run_cell(run_path: str) -> dict[str, Any]:
-    """Train the cell whose ``cell.json`` is in ``run_path``; returns its final ``status.json``."""
+    """Train the cell whose ``cell.json`` is in ``run_path``, holding its run directory's lock;
+    returns its final ``status.json``. RunLocked if another process has the cell."""
     run = Path(run_path)
-    preload_simulator(json.loads((run / CELL_FILE).read_text())["overrides"].get("task", ""))
-    from pql.train import resolve, run_training
+    with locked_run(run):
+        preload_simulator(json.loads((run / CELL_FILE).read_text())["overrides"].get("task", ""))
+        from pql.train import resolve, run_training
 
-    run_training(resolve(cell_overrides(run)), on_start=lambda trainer: _live.__setitem__("trainer", trainer))
-    return json.loads((run / "status.json").read_text())
+        run_training(resolve(cell_overrides(run)), on_start=lambda trainer: _live.__setitem__("trainer", trainer))
+        return json.loads((run / "status.json").read_text())
 
 
 try:
@@ -58,6 +75,12 @@ class CellJob(Checkpointable):  # type: ignore[misc,valid-type]
 if __name__ == "__main__":  # the local launcher's subprocess: python -m pql.ablate.job RUN_DIR
     try:
         run_cell(sys.argv[1])
+    except RunInterrupted as err:  # checkpointed, state interrupted: the launcher's next run resumes it
+        print(f"pql: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except ConfigError as err:
+        print(f"pql: error: {err}", file=sys.stderr)
+        sys.exit(2)
     except Exception as err:  # noqa: BLE001 - the run's status.json holds the traceback
         print(f"run failed: {type(err).__name__}: {err}", file=sys.stderr)
         sys.exit(1)

@@ -4,12 +4,20 @@
 - ``debug``: in this process, one after another (for pdb and tracebacks).
 - ``slurm``: one submitit job array per study and GPU model, each task a
   checkpointable :class:`~pql.ablate.job.CellJob` that requeues on preemption.
+
+Each cell arrives with the lock of its run directory, taken by ``pql ablate`` when it
+decided to run the cell: the local launcher hands it to the child process, the debug
+launcher keeps it while the cell runs, the SLURM launcher records the job id in the run's
+``status.json`` (``queued``) and lets the job take the lock when it starts.
 """
 
 from __future__ import annotations
 
 import abc
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +28,12 @@ from typing import Any
 import yaml
 
 from pql.ablate.spec import Cell
-from pql.config import ConfigError
+from pql.config import ConfigError, yaml_problem
+from pql.interrupt import RunInterrupted, StopSignals
+from pql.locks import INHERITED_FD, FileLock
+from pql.run_dir import RunDir
+
+STOP_GRACE_S = 120.0  # how long an interrupted launcher waits for its runs to checkpoint before killing them
 
 
 class Launcher(abc.ABC):
@@ -29,8 +42,15 @@ class Launcher(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def launch(self, cells: list[Cell], run_paths: list[Path], progress: bool = True) -> list[str]:
-        """Run or submit the cells; returns one line per problem the launcher itself hit."""
+    def launch(self, cells: list[Cell], run_paths: list[Path], locks: list[FileLock],
+               progress: bool = True) -> list[str]:
+        """Run or submit the cells, each with its run directory's lock held by this process (released
+        here once the run no longer needs it); returns one line per problem the launcher hit.
+        Raises RunInterrupted when a signal stopped it, after its runs checkpointed."""
+
+
+def _cell_name(cell: Cell) -> str:
+    return f"{cell.run_id} ({cell.label}, seed {cell.seed})"
 
 
 class DebugLauncher(Launcher):
@@ -38,15 +58,18 @@ class DebugLauncher(Launcher):
 
     name = "debug"
 
-    def launch(self, cells: list[Cell], run_paths: list[Path], progress: bool = True) -> list[str]:
+    def launch(self, cells: list[Cell], run_paths: list[Path], locks: list[FileLock],
+               progress: bool = True) -> list[str]:
         from pql.ablate.job import run_cell
 
         problems = []
-        for cell, path in zip(cells, run_paths, strict=True):
+        for cell, path, lock in zip(cells, run_paths, locks, strict=True):
             try:
                 run_cell(str(path))
             except Exception as err:  # noqa: BLE001 - recorded in the run's status.json, reported by the caller
-                problems.append(f"{cell.run_id} ({cell.label}, seed {cell.seed}): {type(err).__name__}: {err}")
+                problems.append(f"{_cell_name(cell)}: {type(err).__name__}: {err}")
+            finally:
+                lock.release()
         return problems
 
 
@@ -64,45 +87,85 @@ class LocalLauncher(Launcher):
             raise ConfigError(f"--jobs must be >= 1, got {jobs}")
         self.jobs = jobs
 
-    def launch(self, cells: list[Cell], run_paths: list[Path], progress: bool = True) -> list[str]:
+    def launch(self, cells: list[Cell], run_paths: list[Path], locks: list[FileLock],
+               progress: bool = True) -> list[str]:
         from tqdm import tqdm
 
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        queue = list(zip(cells, run_paths, strict=True))
-        running: list[tuple[Cell, subprocess.Popen[bytes], Any]] = []
+        queue = list(zip(cells, run_paths, locks, strict=True))
+        running: list[tuple[Cell, subprocess.Popen[bytes], FileLock]] = []
         problems: list[str] = []
         bar = tqdm(total=len(queue), unit="run", desc="cells", disable=not progress, dynamic_ncols=True)
         try:
-            while queue or running:
-                while queue and len(running) < self.jobs:
-                    cell, path = queue.pop(0)
-                    log = open(path / "train.log", "ab")
-                    proc = subprocess.Popen([sys.executable, "-m", "pql.ablate.job", str(path)], stdout=log,
-                                            stderr=subprocess.STDOUT, env=env)
-                    running.append((cell, proc, log))
-                time.sleep(0.2)
-                for item in list(running):
-                    cell, proc, log = item
-                    if proc.poll() is None:
-                        continue
-                    log.close()
-                    running.remove(item)
-                    bar.update(1)
-                    if proc.returncode != 0:
-                        problems.append(f"{cell.run_id} ({cell.label}, seed {cell.seed}): exit code {proc.returncode}")
-                    now = ", ".join(f"{c.label} s{c.seed}" for c, _, _ in running)
-                    bar.set_postfix_str(f"failed {len(problems)}" + (f"; running {now}" if now else ""))
-        except KeyboardInterrupt:
-            for _, proc, _ in running:
-                proc.send_signal(2)  # SIGINT: each run checkpoints and can be resumed by a rerun
-            for _, proc, log in running:
-                proc.wait(timeout=60)
-                log.close()
-            raise
+            with StopSignals():  # SIGINT / SIGTERM here: stop the runs (they checkpoint), then re-raise
+                while queue or running:
+                    while queue and len(running) < self.jobs:
+                        cell, path, lock = queue.pop(0)
+                        running.append((cell, self._start(path, lock, env), lock))
+                    time.sleep(0.2)
+                    for item in list(running):
+                        if item[1].poll() is None:
+                            continue
+                        self._ended(item, problems)
+                        running.remove(item)
+                        bar.update(1)
+                        now = ", ".join(f"{c.label} s{c.seed}" for c, _, _ in running)
+                        bar.set_postfix_str(f"failed {len(problems)}" + (f"; running {now}" if now else ""))
+        except RunInterrupted as err:
+            self._stop(running, err.signum, problems)
+            for _, _, lock in queue:
+                lock.release()
+            for line in problems:
+                print(f"pql: {line}", file=sys.stderr)
+            raise RunInterrupted(err.signum, f"interrupted by {err.signal_name}: {len(running)} running cell(s) "
+                                             "checkpointed and stopped; the same pql ablate resumes them") from None
         finally:
             bar.close()
         return problems
+
+    @staticmethod
+    def _start(path: Path, lock: FileLock, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """The cell's job in its own session (a terminal's Ctrl-C reaches only this launcher, which
+        passes it on once), inheriting the run directory's locked descriptor."""
+        assert lock.fd is not None
+        with open(path / "train.log", "ab") as log:
+            return subprocess.Popen([sys.executable, "-m", "pql.ablate.job", str(path)], stdout=log,
+                                    stderr=subprocess.STDOUT, env={**env, INHERITED_FD: str(lock.fd)},
+                                    pass_fds=(lock.fd,), start_new_session=True)
+
+    @staticmethod
+    def _ended(item: tuple[Cell, subprocess.Popen[bytes], FileLock], problems: list[str]) -> None:
+        cell, proc, lock = item
+        lock.release()
+        code = proc.returncode
+        if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            problems.append(f"{_cell_name(cell)}: interrupted by {signal.Signals(code - 128).name}; "
+                            "the next pql ablate resumes it")
+        elif code != 0:
+            problems.append(f"{_cell_name(cell)}: exit code {code} (its train.log and status.json say why)")
+
+    @staticmethod
+    def _stop(running: list[tuple[Cell, subprocess.Popen[bytes], FileLock]], signum: int,
+              problems: list[str]) -> None:
+        """Pass ``signum`` to every running job once and wait for them to checkpoint and exit; a job
+        still running after STOP_GRACE_S, or when a second signal comes, is killed."""
+        for _, proc, _ in running:
+            proc.send_signal(signum)
+        deadline = time.monotonic() + STOP_GRACE_S
+        try:
+            with StopSignals():
+                for _, proc, _ in running:
+                    try:
+                        proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+        except RunInterrupted:
+            for _, proc, _ in running:
+                proc.kill()
+        for item in running:
+            item[1].wait()
+            LocalLauncher._ended(item, problems)
 
 
 @dataclass(frozen=True)
@@ -121,7 +184,15 @@ class ClusterProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> ClusterProfile:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--cluster {path}: no such file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--cluster {path}: {yaml_problem(err)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"--cluster {path}: expected a mapping of cluster keys, got {type(data).__name__}")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
@@ -132,18 +203,27 @@ class ClusterProfile:
                 raise ConfigError(f"{path}: gpu_models.{model} may set only gres and constraint")
         return cls(**data)
 
+    @classmethod
+    def default_for(cls, spec: str | Path) -> tuple[ClusterProfile, str]:
+        """The profile ``clusters/default.yaml`` beside the spec (or, where there is none, the built-in
+        defaults), and where it came from: ``pql ablate`` works from any directory."""
+        path = Path(spec).resolve().parent / "clusters" / "default.yaml"
+        if path.is_file():
+            return cls.load(path), str(path)
+        return cls(), "built-in defaults (no clusters/default.yaml beside the spec)"
+
     def parameters(self, gpu_model: str | None) -> dict[str, Any]:
-        """submitit ``update_parameters`` arguments for tasks that ask for ``gpu_model``."""
-        params: dict[str, Any] = {"timeout_min": self.timeout_min, "slurm_array_parallelism": self.array_parallelism,
-                                  "cpus_per_task": self.cpus_per_task, "tasks_per_node": 1, "nodes": 1}
+        """submitit ``SlurmExecutor.update_parameters`` arguments for tasks that ask for ``gpu_model``."""
+        params: dict[str, Any] = {"time": self.timeout_min, "array_parallelism": self.array_parallelism,
+                                  "cpus_per_task": self.cpus_per_task, "ntasks_per_node": 1, "nodes": 1}
         if self.partition:
-            params["slurm_partition"] = self.partition
+            params["partition"] = self.partition
         if self.mem_gb is not None:
-            params["mem_gb"] = self.mem_gb
+            params["mem"] = f"{self.mem_gb:g}GB"
         if self.gpus_per_node is not None:
             params["gpus_per_node"] = self.gpus_per_node
         if self.setup:
-            params["slurm_setup"] = list(self.setup)
+            params["setup"] = list(self.setup)
         extra = dict(self.additional_parameters)
         if gpu_model is not None:
             if gpu_model not in self.gpu_models:
@@ -151,13 +231,36 @@ class ClusterProfile:
                                   f"(known: {', '.join(self.gpu_models) or 'none'})")
             rule = self.gpu_models[gpu_model]
             if "gres" in rule:
-                params["slurm_gres"] = rule["gres"]
+                params["gres"] = rule["gres"]
                 params.pop("gpus_per_node", None)
             if "constraint" in rule:
-                params["slurm_constraint"] = rule["constraint"]
+                params["constraint"] = rule["constraint"]
         if extra:
-            params["slurm_additional_parameters"] = extra
+            params["additional_parameters"] = extra
         return params
+
+
+def _slurm_executor(folder: Path, preview: bool) -> Any:
+    """A submitit SlurmExecutor; ``preview``: one that only renders sbatch scripts, on any machine."""
+    try:
+        import submitit
+    except ImportError as err:
+        raise ConfigError("--launcher slurm needs submitit: pip install submitit") from err
+    if preview:
+
+        class SbatchPreview(submitit.SlurmExecutor):
+            """Never submits, so it needs no ``srun`` on this machine."""
+
+            @classmethod
+            def affinity(cls) -> int:
+                return 1
+
+        return SbatchPreview(folder=folder)
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
+        raise ConfigError(f"--launcher slurm: {' and '.join(missing)} not found on this machine's PATH; run "
+                          "pql ablate on a SLURM login node (preview the scripts here with --dry-run)")
+    return submitit.SlurmExecutor(folder=folder)
 
 
 class SlurmLauncher(Launcher):
@@ -171,38 +274,43 @@ class SlurmLauncher(Launcher):
         self.wait, self.poll_s = wait, poll_s
         self.jobs: list[Any] = []
 
-    def launch(self, cells: list[Cell], run_paths: list[Path], progress: bool = True) -> list[str]:
+    def launch(self, cells: list[Cell], run_paths: list[Path], locks: list[FileLock],
+               progress: bool = True) -> list[str]:
         from pql.ablate.job import CellJob
 
         groups: dict[str | None, list[Path]] = {}
         for cell, path in zip(cells, run_paths, strict=True):
             groups.setdefault(cell.config.gpu_model, []).append(path)
-        for gpu_model, paths in groups.items():
-            jobs = self.executor(gpu_model).map_array(CellJob(), [str(p) for p in paths])
-            self.jobs.extend(jobs)
-            if progress:
-                print(f"submitted array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks"
-                      f"{', gpu_model=' + gpu_model if gpu_model else ''})", flush=True)
+        try:
+            for gpu_model, paths in groups.items():
+                jobs = self.executor(gpu_model).map_array(CellJob(), [str(p) for p in paths])
+                self.jobs.extend(jobs)
+                for path, job in zip(paths, jobs, strict=True):  # until the job starts, its run reads as queued
+                    RunDir(path, create=False).write_status("queued", slurm_job_id=job.job_id,
+                                                            host=socket.gethostname(), pid=os.getpid())
+                if progress:
+                    print(f"submitted array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks"
+                          f"{', gpu_model=' + gpu_model if gpu_model else ''})", flush=True)
+        finally:
+            for lock in locks:  # each job takes its run's lock when it starts
+                lock.release()
         return self._wait() if self.wait else []
 
-    def executor(self, gpu_model: str | None) -> Any:
-        """A submitit executor configured for the tasks of one GPU model."""
-        try:
-            import submitit
-        except ImportError as err:
-            raise ConfigError("--launcher slurm needs submitit: pip install submitit") from err
-        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
-        executor.update_parameters(name=self.job_name, **self.profile.parameters(gpu_model))
+    def executor(self, gpu_model: str | None, preview: bool = False) -> Any:
+        """A submitit executor configured for the tasks of one GPU model (``preview``: never submits)."""
+        executor = _slurm_executor(self.folder / "%j", preview)
+        executor.update_parameters(job_name=self.job_name, **self.profile.parameters(gpu_model))
         return executor
 
     def sbatch_script(self, gpu_model: str | None, num_tasks: int) -> str:
-        """The sbatch script submitit writes for an array of ``num_tasks`` tasks of ``gpu_model``."""
-        slurm = self.executor(gpu_model)._executor
-        params = {**slurm.parameters, "map_count": num_tasks}
+        """The sbatch script of an array of ``num_tasks`` tasks of ``gpu_model``, as submitit would write it
+        (submitit's own renderer, so the preview cannot drift from what is submitted; submitit is pinned
+        to the 1.5 series in pyproject.toml for this, and a golden test watches the output)."""
         from submitit.slurm.slurm import _make_sbatch_string
 
+        slurm = self.executor(gpu_model, preview=True)
         return _make_sbatch_string(command="python -u -m submitit.core._submit FOLDER", folder=slurm.folder,
-                                   **params)
+                                   **{**slurm.parameters, "map_count": num_tasks})
 
     def _wait(self) -> list[str]:
         problems = []

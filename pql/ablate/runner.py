@@ -2,20 +2,27 @@
 
 Idempotent: a finished run is never run again; a failed one only with
 ``retry_failed``; an interrupted one resumes from its checkpoint; a corrupt one
-is moved aside and redone.
+is moved aside and redone. Safe to run twice at once: a cell is run only by the
+``pql ablate`` (or SLURM job) that holds its run directory's lock; the others
+leave it and say who has it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pql.ablate.launchers import Launcher
 from pql.ablate.spec import Cell, Study, expand, load_spec
-from pql.ablate.store import STATES, ResultsStore, RunState
+from pql.ablate.store import STATES, STUDY_LOCK_WAIT_S, ResultsStore, RunState
+from pql.config import ConfigError
 from pql.devices import gpu_mismatch, resolve_devices
+from pql.locks import FileLock, holder, run_lock
 
 
 @dataclass
@@ -27,6 +34,17 @@ class Plan:
     states: dict[str, RunState]
     to_run: list[Cell]
     skipped: dict[str, str]
+    claims: dict[str, FileLock]  # run id -> the run directory's lock, held by this process, for each cell to run
+
+    def release(self) -> None:
+        """Give up the cells this plan claimed and has not launched."""
+        for lock in self.claims.values():
+            lock.release()
+
+    @property
+    def elsewhere(self) -> list[Cell]:
+        """Cells that another process is running or about to run."""
+        return [c for c in unique_cells(self.study) if self.states[c.run_id].state in ("running", "queued")]
 
 
 def unique_cells(study: Study) -> list[Cell]:
@@ -38,24 +56,55 @@ def unique_cells(study: Study) -> list[Cell]:
 
 
 def plan_study(spec_path: str | Path, profile: str, overrides: dict[str, str], results_root: str | Path,
-               retry_failed: bool = False, check_local_gpu: bool = True) -> Plan:
-    """Decide, from the files in the store, which cells run now and which are skipped, and why."""
+               retry_failed: bool = False, check_local_gpu: bool = True, claim: bool = False) -> Plan:
+    """Decide, from the files in the store, which cells run now and which are skipped, and why.
+
+    ``claim``: take the lock of each cell to run (under the study's lock, so two ``pql ablate``
+    of one study never pick the same cell); the plan holds them until launched or released.
+    """
     study = expand(load_spec(spec_path), profile, overrides)
     store = ResultsStore(results_root, study.name)
-    states, to_run, skipped = {}, [], {}
-    for cell in unique_cells(study):
-        state = store.state(cell)
-        states[cell.run_id] = state
-        if state.state in ("done", "running") or (state.state == "failed" and not retry_failed):
-            continue
-        if check_local_gpu:
-            reason = gpu_mismatch(cell.config.gpu_model, resolve_devices(cell.config))
+    states: dict[str, RunState] = {}
+    to_run: list[Cell] = []
+    skipped: dict[str, str] = {}
+    claims: dict[str, FileLock] = {}
+    with _study_lock(store) if claim else contextlib.nullcontext():
+        for cell in unique_cells(study):
+            lock = run_lock(store.run_path(cell)) if claim else None
+            if lock is not None:
+                store.run_path(cell).mkdir(exist_ok=True)
+                if not lock.acquire():
+                    lock = None  # another process has the cell: state() says who
+            state = store.state(cell)
+            wanted = state.state not in ("done", "running", "queued") and (state.state != "failed" or retry_failed)
+            if wanted and claim and lock is None:  # released by its holder a moment ago: leave it this time
+                wanted, state = False, RunState("queued", "taken by another process while planning")
+            reason = gpu_mismatch(cell.config.gpu_model, resolve_devices(cell.config)) \
+                if wanted and check_local_gpu else None
             if reason is not None:
-                skipped[cell.run_id] = reason
-                states[cell.run_id] = RunState("skipped", reason)
-                continue
-        to_run.append(cell)
-    return Plan(study, store, states, to_run, skipped)
+                wanted, skipped[cell.run_id], state = False, reason, RunState("skipped", reason)
+            states[cell.run_id] = state
+            if wanted:
+                to_run.append(cell)
+                if lock is not None:
+                    claims[cell.run_id] = lock
+            elif lock is not None:
+                lock.release()
+    return Plan(study, store, states, to_run, skipped, claims)
+
+
+@contextlib.contextmanager
+def _study_lock(store: ResultsStore) -> Iterator[None]:
+    """The study's lock, waited for (another ``pql ablate`` holds it only while it plans or indexes)."""
+    lock = store.lock()
+    if not lock.acquire():
+        print(f"waiting for {holder(lock.path)} to finish planning study {store.path.name}...", file=sys.stderr)
+        if not lock.acquire(timeout_s=STUDY_LOCK_WAIT_S):
+            raise ConfigError(f"{lock.path} is held by {holder(lock.path)} for over {STUDY_LOCK_WAIT_S:.0f} s")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def describe_plan(plan: Plan) -> str:
@@ -71,13 +120,44 @@ def describe_plan(plan: Plan) -> str:
 
 
 def run_study(plan: Plan, launcher: Launcher, progress: bool = True) -> list[str]:
-    """Prepare and launch the planned cells, then rewrite the index; returns the launcher's problems."""
-    paths = [plan.store.prepare(cell) for cell in plan.to_run]
+    """Prepare and launch the planned (claimed) cells, then rewrite the index; returns the problems
+    (a cell that could not be prepared, the launcher's). A full disk fails cells, never the summary."""
+    problems: list[str] = []
+    ready: list[tuple[Cell, Path]] = []
     skipped = {run_id: RunState("skipped", why) for run_id, why in plan.skipped.items()}
-    plan.store.write_index(plan.study, skipped)
-    problems = launcher.launch(plan.to_run, paths, progress=progress) if plan.to_run else []
-    plan.store.write_index(plan.study, skipped)
+    try:
+        for cell in plan.to_run:
+            if cell.run_id not in plan.claims:  # a plan made without claim=True
+                plan.store.run_path(cell).mkdir(exist_ok=True)
+                lock = run_lock(plan.store.run_path(cell))
+                if not lock.acquire():
+                    problems.append(f"{cell.run_id} ({cell.label}, seed {cell.seed}): left to "
+                                    f"{holder(lock.path)}, which took it")
+                    continue
+                plan.claims[cell.run_id] = lock
+            try:
+                ready.append((cell, plan.store.prepare(cell)))
+            except OSError as err:
+                problems.append(f"{cell.run_id} ({cell.label}, seed {cell.seed}): cannot prepare "
+                                f"{plan.store.run_path(cell)}: {err}")
+                plan.claims.pop(cell.run_id).release()
+        problems += _write_index(plan, skipped)
+        if ready:
+            locks = [plan.claims.pop(cell.run_id) for cell, _ in ready]
+            problems += launcher.launch([c for c, _ in ready], [p for _, p in ready], locks, progress=progress)
+    finally:
+        plan.release()
+        problems += _write_index(plan, skipped)
     return problems
+
+
+def _write_index(plan: Plan, skipped: dict[str, RunState]) -> list[str]:
+    try:
+        with _study_lock(plan.store):
+            plan.store.write_index(plan.study, skipped)
+    except (OSError, ConfigError) as err:
+        return [f"could not write the index of {plan.store.path}: {err}"]
+    return []
 
 
 def status_report(study: Study, store: ResultsStore, skipped: dict[str, str] | None = None) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from pql.config import Config, ConfigError, build_config, config_to_dict, dotted_overrides, value_text
+from pql.config import Config, ConfigError, build_config, config_to_dict, dotted_overrides, value_text, yaml_problem
 
 SPEC_KEYS = {"study", "description", "base", "axes", "seeds", "profiles", "figure"}
 PROFILE_KEYS = {"base", "axes", "seeds", "description"}
@@ -83,7 +83,15 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"no study spec at {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: {yaml_problem(err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read ({err})") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: a study spec is a mapping with 'study', 'base', 'axes', ...; got "
+                          f"{type(spec).__name__}")
     unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown spec key(s) {', '.join(sorted(unknown))}; "

@@ -126,8 +126,12 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
     store = ResultsStore(results, study.name)
     runs, missing, devices = load_runs(study, store)
     if runs.empty:
-        raise EmptyStudy(f"study '{study.name}' (profile {profile}) has no finished runs in {store.path}; "
-                         f"run them first: pql ablate {spec_path} --profile {profile}")
+        found = [m for m in missing if m["state"] != "pending" or m["detail"]]
+        named = "".join(f"\n  {m['run_id']} ({m['cell']}, seed {m['seed']}): {m['state']}"
+                        + (f", {m['detail']}" if m["detail"] else "") for m in found)
+        raise EmptyStudy(f"study '{study.name}' (profile {profile}) has no finished runs in {store.path}"
+                         + (f"; what is there:{named}\n" if named else "; ")
+                         + f"run them with: pql ablate {spec_path} --profile {profile}")
     cells = {c.label: c for c in unique_cells(study)}
     template = study.figure.get("legend")
     out_dir = Path(plots) / study.name
