@@ -12,10 +12,10 @@ with ``weights_only=True``: a crafted ``checkpoint.pt`` cannot run code when loa
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,28 +34,19 @@ class CheckpointError(ConfigError):
     """A checkpoint that cannot be loaded: truncated, not a checkpoint, or holding code."""
 
 
-def _replace_via_temporary(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary file beside ``path`` and rename it over ``path``; on any failure the
-    temporary file is removed and ``path`` is left as it was."""
+def atomic_write(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename; on any failure the temporary file
+    is removed and ``path`` is left as it was."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
-
-    def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-
-    _replace_via_temporary(path, write)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class RunDir:
@@ -116,7 +107,11 @@ class RunDir:
         (self.path / "status.json").unlink(missing_ok=True)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        _replace_via_temporary(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        """Serialised in memory first (networks and optimisers only: small), so that a full disk shows
+        as the operating system's error, not as torch's zip writer's."""
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write(self.checkpoint_path, buf.getbuffer())
 
     def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         """The checkpoint's contents; CheckpointError naming the file if it is missing, truncated,

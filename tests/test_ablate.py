@@ -175,8 +175,8 @@ def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
     assert run is not None, "the run wrote a checkpoint and rows"
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "running"
-    os.killpg(proc.pid, signal.SIGKILL)  # pql ablate, then the training process (in a session of its own)
-    os.kill(status["pid"], signal.SIGKILL)
+    os.kill(status["pid"], signal.SIGKILL)  # the training process (in a session of its own), then pql ablate
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     _wait_gone(status["pid"])
     before = (run / "metrics.csv").read_text().splitlines()

@@ -7,7 +7,10 @@ or timeout) saves the live trainer's state and asks for a requeue.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ from pql.preload import preload_simulator
 
 CELL_FILE = "cell.json"  # the cell's overrides, in its run directory; this module imports torch only in a job
 _live: dict[str, Any] = {}  # the running trainer (a pql.run_loop.RunLoop), for checkpoint()
+LAUNCHER_PID = "PQL_LAUNCHER_PID"  # set by the local launcher for its jobs
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def cell_overrides(run: Path) -> dict[str, Any]:
@@ -72,7 +77,19 @@ class CellJob(Checkpointable):  # type: ignore[misc,valid-type]
         return DelayedSubmission(self, run_path)
 
 
+def _stop_with_launcher() -> None:
+    """Ask Linux for a SIGTERM when the launching ``pql ablate`` dies, even by ``kill -9``: the run then
+    checkpoints and stops as ``interrupted``, and is not left running unwatched."""
+    launcher = os.environ.get(LAUNCHER_PID, "")
+    if not sys.platform.startswith("linux") or not launcher.isdigit():
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(launcher):  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 if __name__ == "__main__":  # the local launcher's subprocess: python -m pql.ablate.job RUN_DIR
+    _stop_with_launcher()
     try:
         run_cell(sys.argv[1])
     except RunInterrupted as err:  # checkpointed, state interrupted: the launcher's next run resumes it

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from pql.ablate.job import LAUNCHER_PID
 from pql.ablate.spec import Cell
 from pql.config import ConfigError, yaml_problem
 from pql.interrupt import RunInterrupted, StopSignals
@@ -127,11 +128,13 @@ class LocalLauncher(Launcher):
     @staticmethod
     def _start(path: Path, lock: FileLock, env: dict[str, str]) -> subprocess.Popen[bytes]:
         """The cell's job in its own session (a terminal's Ctrl-C reaches only this launcher, which
-        passes it on once), inheriting the run directory's locked descriptor."""
+        passes it on once), inheriting the run directory's locked descriptor; it gets SIGTERM if this
+        launcher dies."""
         assert lock.fd is not None
         with open(path / "train.log", "ab") as log:
             return subprocess.Popen([sys.executable, "-m", "pql.ablate.job", str(path)], stdout=log,
-                                    stderr=subprocess.STDOUT, env={**env, INHERITED_FD: str(lock.fd)},
+                                    stderr=subprocess.STDOUT,
+                                    env={**env, INHERITED_FD: str(lock.fd), LAUNCHER_PID: str(os.getpid())},
                                     pass_fds=(lock.fd,), start_new_session=True)
 
     @staticmethod
