@@ -131,6 +131,9 @@ class Config:
     checkpoint_every_s: float = _opt(60.0, "write a checkpoint at most this often (and at the end)")
     progress: bool = _opt(True, "show a progress bar with return and env-steps/s")
     tensorboard: bool = _opt(False, "also write TensorBoard events to RUN_DIR/tb (needs the tensorboard package)")
+    wandb: bool = _opt(False, "also log the config and every metrics row to Weights & Biases, files in RUN_DIR/wandb "
+                              "(needs the wandb package; WANDB_MODE=offline logs without a network)")
+    wandb_project: str = _opt("pql", "W&B project of the run (with wandb=true)")
 
 
 def _preset_table() -> dict[str, dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import signal
@@ -25,7 +26,8 @@ from pql.run_loop import NonFiniteLoss, Progress, RunLoop
 from pql.trainer import Trainer
 
 # Keys a resumed run may change: they alter the budget or the display, not the experiment.
-RESUMABLE_KEYS = {"resume", "max_time_s", "max_env_steps", "progress", "tensorboard", "checkpoint_every_s",
+RESUMABLE_KEYS = {"resume", "max_time_s", "max_env_steps", "progress", "tensorboard", "wandb", "wandb_project",
+                  "checkpoint_every_s",
                   "device.sim", "device.v_learner", "device.p_learner"}
 
 
@@ -127,6 +129,29 @@ def _record(run_dir: RunDir, state: str, **fields: Any) -> None:
             run_dir.clear_status()
 
 
+class WandbSink:
+    """Logs the resolved config once and every metrics row (``env_steps`` as its x axis) to Weights &
+    Biases, the W&B files under RUN_DIR/wandb. A resumed run continues the same W&B run."""
+
+    def __init__(self, cfg: Config, path: Path) -> None:
+        try:
+            import wandb
+        except ImportError as err:
+            raise ConfigError("wandb=true needs the wandb package: pip install wandb") from err
+        path.mkdir(exist_ok=True)
+        run_id = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+        self.run = wandb.init(project=cfg.wandb_project, dir=str(path), id=run_id, resume="allow",
+                              name=path.parent.name, config=config_to_dict(cfg),
+                              settings=wandb.Settings(console="off", silent=True))
+        self.run.define_metric("*", step_metric="env_steps")
+
+    def __call__(self, row: dict[str, float]) -> None:
+        self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not math.isnan(v)})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 def run_training(cfg: Config, on_start: Callable[[RunLoop], None] | None = None) -> RunDir:
     """Train ``cfg`` (new or resumed) in its run directory; the directory's status tells how it ended.
 
@@ -160,6 +185,8 @@ def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
     sinks: list[Any] = [ProgressDisplay(cfg, cfg.progress, trainer.progress)]
     if cfg.tensorboard:
         sinks.append(TensorBoardSink(run_dir.path / "tb"))
+    if cfg.wandb:
+        sinks.append(WandbSink(cfg, run_dir.path / "wandb"))
 
     def on_row(row: dict[str, float]) -> None:
         for sink in sinks:

@@ -25,7 +25,7 @@ from pql.config import Config, ConfigError, build_config, config_to_dict, dotted
 SPEC_KEYS = {"study", "description", "base", "axes", "seeds", "profiles", "figure"}
 PROFILE_KEYS = {"base", "axes", "seeds", "description"}
 # Keys that do not change what a run computes, left out of its id.
-NOT_IN_RUN_ID = {"out", "resume", "progress", "tensorboard", "checkpoint_every_s"}
+NOT_IN_RUN_ID = {"out", "resume", "progress", "tensorboard", "wandb", "wandb_project", "checkpoint_every_s"}
 
 
 @dataclass(frozen=True)
