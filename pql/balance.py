@@ -16,6 +16,19 @@ from collections.abc import Callable
 WORKERS = ("actor", "v", "p")
 
 
+def critic_sample_ratio(base: float, num_envs: int, scale_envs: int | None) -> float:
+    """beta_a:v for ``num_envs`` environments: ``base``, or with ``scale_envs`` = N0, ``base`` times
+    num_envs / N0 above N0 envs, so that each transition is replayed as often as with N0 envs.
+
+    Measured on Pendulum (CPU preset, base 8): at 16384 envs the fixed ratio solved one seed of
+    two within 20M env steps, the scaled one (128) both at 1.2M; below N0 the base is kept,
+    because there fewer updates cost samples without saving time (see the README).
+    """
+    if scale_envs is None:
+        return base
+    return base * max(1.0, num_envs / scale_envs)
+
+
 class RatioController:
     """Counts steps of the three workers and says who is due or how long to wait."""
 

@@ -81,6 +81,9 @@ class AlgoConfig:
     critic_lr: float = _opt(5e-4, "AdamW learning rate of the critic")
     max_grad_norm: float = _opt(0.5, "gradient-norm clip of both learners (0 disables)")
     critic_sample_ratio: float = _opt(8.0, "beta_a:v, V-updates per actor step")
+    ratio_scale_envs: int | None = _opt(None, "null: beta_a:v fixed, as in the paper; N0: above N0 envs, "
+                                              "beta_a:v is scaled by num_envs/N0, holding the update-to-data "
+                                              "ratio of N0 envs (e.g. 1024 for Pendulum at 16384 envs)")
     critic_actor_ratio: float = _opt(2.0, "beta_p:v, V-updates per P-update")
     target_noise_std: float = _opt(0.8, "target policy smoothing: std of the noise on the target action")
     target_noise_clip: float = _opt(0.2, "target policy smoothing: the noise is clipped to +-this")
@@ -307,6 +310,8 @@ def validate(cfg: Config) -> None:
                 "reward_scale"):
         value = getattr(a, key)
         need(math.isfinite(value) and value > 0, f"algo.{key} must be a finite number > 0, got {value}")
+    need(a.ratio_scale_envs is None or a.ratio_scale_envs >= 1,
+         f"algo.ratio_scale_envs must be null or >= 1, got {a.ratio_scale_envs}")
     need(a.max_grad_norm >= 0, f"algo.max_grad_norm must be >= 0, got {a.max_grad_norm}")
     ppo = a.ppo
     need(ppo.lr_schedule in LR_SCHEDULES, f"algo.ppo.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "

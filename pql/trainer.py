@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from pql.algos.critic_heads import make_head
-from pql.balance import RatioController
+from pql.balance import RatioController, critic_sample_ratio
 from pql.buffers import NStepWindow, observation_buffer, transition_buffer
 from pql.config import Config
 from pql.devices import resolve_devices, seeded_generator
@@ -61,7 +61,8 @@ class Trainer(RunLoop):
                           observation_buffer(algo.buffer_size, d, pdev), algo, seeded_generator(pdev, cfg.seed + 3))
         self.evaluator = None if self.eval_env is None else \
             Evaluator(self.eval_env, copy.deepcopy(policy).to(sim), copy.deepcopy(normalizer))
-        self.controller = RatioController(algo.critic_sample_ratio, algo.critic_actor_ratio)
+        self.controller = RatioController(critic_sample_ratio(algo.critic_sample_ratio, cfg.num_envs,
+                                                              algo.ratio_scale_envs), algo.critic_actor_ratio)
         self.seen = {"actor_policy": 0, "eval_policy": 0, "v_policy": 0, "p_critic": 0, "v_norm": 0, "p_norm": 0,
                      "eval_norm": 0}
 

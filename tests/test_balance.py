@@ -86,3 +86,12 @@ def test_simulated_concurrent_workers_hold_the_ratios(durations):
     assert c["p"] <= c["v"] / 2 + 1, "the P-learner never runs ahead of its ratio"
     if durations["p"] * c["v"] / 2 < 0.9 * clock.now:  # P had the time to keep up
         assert c["v"] / c["p"] == pytest.approx(2, rel=0.05)
+
+
+def test_critic_sample_ratio_scales_only_above_the_reference_env_count():
+    from pql.balance import critic_sample_ratio
+
+    assert critic_sample_ratio(8, 16384, None) == 8, "null: the paper's fixed ratio"
+    assert critic_sample_ratio(8, 16384, 1024) == 128
+    assert critic_sample_ratio(8, 2048, 1024) == 16
+    assert critic_sample_ratio(8, 64, 1024) == 8, "never fewer updates than the base"
