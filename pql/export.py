@@ -37,7 +37,7 @@ class DeployedPolicy(nn.Module):
 
 def export_policy(run_path: str | Path, out: str | Path | None = None) -> Path:
     """Write ``policy.pt`` (TorchScript, CPU) from the run's checkpoint; returns its path."""
-    run = RunDir(run_path)
+    run = RunDir(run_path, create=False)
     if not run.checkpoint_path.exists():
         raise FileNotFoundError(f"{run.path}: no checkpoint.pt to export from")
     cfg = load_config(str(run.path / "config.yaml"))

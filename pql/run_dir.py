@@ -11,6 +11,7 @@ with ``weights_only=True``: a crafted ``checkpoint.pt`` cannot run code when loa
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -45,7 +46,8 @@ def atomic_write(path: Path, data: bytes | memoryview) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the original error is the one to report
+            tmp.unlink()
         raise
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pql.ablate.store import metrics_problem
-from pql.run_dir import METRIC_COLUMNS
+from pql.run_dir import METRIC_COLUMNS, RunDir
 
 from .conftest import TINY
 
@@ -219,6 +219,17 @@ def test_full_disk_fails_the_run_with_its_error_and_leaves_no_temporary_files(tm
     assert not (run / "checkpoint.pt").exists() and temporaries(tmp_path) == []
 
 
+def test_status_that_cannot_be_rewritten_is_removed_rather_than_left_running(tmp_path, capsys):
+    from pql.train import _record
+
+    run = RunDir(tmp_path / "run")
+    run.write_status("running", pid=os.getpid())
+    (run.path / f".status.json.tmp{os.getpid()}").mkdir()  # the write of the new status now fails (EISDIR)
+    _record(run, "failed", error="OSError: [Errno 28] No space left on device")
+    assert not (run.path / "status.json").exists(), "no status.json left saying running"
+    assert "could not write" in capsys.readouterr().err
+
+
 def test_full_disk_under_ablate_fails_cells_and_still_prints_the_summary(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pql", "ablate", str(STUDY), "--profile", "one", "--results",
                            str(tmp_path), "--no-progress", "max_env_steps=1600"], capture_output=True, text=True,
@@ -258,6 +269,7 @@ def test_bad_run_directory_and_bad_values_exit_2(tmp_path):
                     ["train", "num_envs=many"], ["status", str(STUDY), "--profile", "nope"]):
         proc = pql(*command)
         assert proc.returncode == 2 and "pql: error:" in proc.stderr and "Traceback" not in proc.stderr, command
+    assert pql("export", str(tmp_path / "missing")).returncode == 2 and not (tmp_path / "missing").exists()
 
 
 def test_report_on_a_study_whose_runs_are_all_corrupt_names_them(tmp_path):
