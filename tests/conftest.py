@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny, fast training configuration; the Isaac simulator fakes."""
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,17 @@ def isaac_fakes(monkeypatch):
         if name.split(".")[0] in FAKE_PACKAGES:
             del sys.modules[name]
     gym.registry.pop("Isaac-Ant-Direct-v0", None)
+
+
+def wait_gone(pid: int, timeout_s: float = 60) -> bool:
+    """Until ``pid`` has exited (a zombie counts as gone: a killed process that is not our child is
+    reaped by init); whether it has."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return not Path(f"/proc/{pid}").exists()

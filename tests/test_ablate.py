@@ -16,6 +16,8 @@ from pql.ablate.runner import plan_study, run_study, status_report
 from pql.ablate.spec import expand, load_spec
 from pql.config import ConfigError
 
+from .conftest import wait_gone
+
 HERE = Path(__file__).parent
 TINY = HERE / "data" / "tiny_study.yaml"
 UPDATE = os.environ.get("PQL_UPDATE_GOLDEN") == "1"
@@ -178,7 +180,7 @@ def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
     os.kill(status["pid"], signal.SIGKILL)  # the training process (in a session of its own), then pql ablate
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    _wait_gone(status["pid"])
+    wait_gone(status["pid"])
     before = (run / "metrics.csv").read_text().splitlines()
     checkpoint_steps = __import__("torch").load(run / "checkpoint.pt", weights_only=True)["progress"]["env_steps"]
     plan, problems = _run(tmp_path, "one", max_env_steps=40000, max_time_s="null", eval_every_env_steps=800,
@@ -191,19 +193,6 @@ def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
     kept = [r for r in before[1:] if int(r.split(",")[0]) <= checkpoint_steps]
     assert rows[1 : 1 + len(kept)] == kept, "rows up to the checkpoint are kept as they were"
     assert steps[0] == 0 and len(kept) >= 2, "resumed, not restarted"
-
-
-def _wait_gone(pid: int, timeout_s: float = 30) -> None:
-    """Until ``pid`` has exited (a killed process that is not our child is reaped by init)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        stat = Path(f"/proc/{pid}/stat")
-        try:
-            if stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z":
-                return
-        except OSError:
-            return
-        time.sleep(0.05)
 
 
 def test_status_cli_counts(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 from pql.ablate.store import metrics_problem
 from pql.run_dir import METRIC_COLUMNS, RunDir
 
-from .conftest import TINY
+from .conftest import TINY, wait_gone
 
 HERE = Path(__file__).parent
 STUDY = HERE / "data" / "tiny_study.yaml"
@@ -53,24 +53,23 @@ def wait_for_rows(run: Path, rows: int, proc: subprocess.Popen | None = None, ti
     raise AssertionError(f"{run} did not reach {rows} rows")
 
 
+def started_cell(results: Path, proc: subprocess.Popen, rows: int) -> Path:
+    """The run directory of the one cell that ``proc`` (a ``pql ablate`` of the tiny study) started, once
+    it has a checkpoint and ``rows`` metrics rows."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((results / "tiny").glob("*/metrics.csv")):
+        time.sleep(0.1)
+    (run,) = [p.parent for p in (results / "tiny").glob("*/cell.json")]
+    wait_for_rows(run, rows, proc)
+    return run
+
+
 def status(run: Path) -> dict:
     return json.loads((run / "status.json").read_text())
 
 
 def env_steps(run: Path) -> list[int]:
     return [int(line.split(",")[0]) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
-
-
-def _wait_gone(pid: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
-                return
-        except OSError:
-            return
-        time.sleep(0.05)
-    assert not Path(f"/proc/{pid}").exists() or timeout_s == 0, f"pid {pid} still runs"
 
 
 def temporaries(root: Path) -> list[Path]:
@@ -101,11 +100,7 @@ def test_stopping_ablate_interrupts_the_cell_and_the_next_ablate_resumes_it(tmp_
     args = ["ablate", str(STUDY), "--profile", "one", "--results", str(tmp_path), "--no-progress",
             "max_env_steps=20000", "max_time_s=null", "eval_every_env_steps=800", "checkpoint_every_s=0"]
     proc = start(*args)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list((tmp_path / "tiny").glob("*/metrics.csv")):
-        time.sleep(0.1)
-    (run,) = [p.parent for p in (tmp_path / "tiny").glob("*/cell.json")]
-    wait_for_rows(run, 3, proc)
+    run = started_cell(tmp_path, proc, rows=3)
     job = status(run)["pid"]
     if how == "ctrl-c":  # what a terminal does: SIGINT to the whole foreground group
         os.killpg(proc.pid, signal.SIGINT)
@@ -114,7 +109,7 @@ def test_stopping_ablate_interrupts_the_cell_and_the_next_ablate_resumes_it(tmp_
     else:  # the launcher dies at once; its job gets SIGTERM from the kernel (PR_SET_PDEATHSIG)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
-    _wait_gone(job)
+    assert wait_gone(job), f"pid {job} still runs"
     expected = "SIGINT" if how == "ctrl-c" else "SIGTERM"
     assert status(run)["state"] == "interrupted" and status(run)["signal"] == expected
     before = env_steps(run)
@@ -130,11 +125,7 @@ def test_two_ablates_of_one_study_never_run_a_cell_twice(tmp_path):
     args = ["ablate", str(STUDY), "--profile", "one", "--results", str(tmp_path), "--no-progress",
             "max_env_steps=24000", "max_time_s=null", "eval_every_env_steps=800", "checkpoint_every_s=0"]
     first = start(*args)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list((tmp_path / "tiny").glob("*/metrics.csv")):
-        time.sleep(0.1)
-    (run,) = [p.parent for p in (tmp_path / "tiny").glob("*/cell.json")]
-    wait_for_rows(run, 2, first)
+    run = started_cell(tmp_path, first, rows=2)
     second = pql(*args)
     assert second.returncode == 0, second.stderr
     assert "skip  running" in second.stdout and "left to it" in second.stdout
