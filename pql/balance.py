@@ -5,15 +5,50 @@ Progress is counted in V-update units: an actor step is worth ``critic_sample_ra
 mode the trainer asks which worker is due; in async mode each worker asks how long
 to sleep, an estimate from the measured durations of the worker it waits for.
 The class does no sleeping and reads time only through the injected ``clock``.
+
+Its counts and durations live in tensors (:class:`SharedTable`): after
+:meth:`RatioController.share_memory` a copy passed to another process reads and
+writes the same numbers. Each worker writes only its own entries, so no lock is needed.
 """
 
 from __future__ import annotations
 
-import threading
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
+
+import torch
 
 WORKERS = ("actor", "v", "p")
+
+
+class SharedTable(MutableMapping[str, float]):
+    """Fixed names mapped to numbers stored in one tensor ``[len(names)]``; a float table reads an unset
+    (NaN) entry as None. Pickled with its tensor, so a shared-memory table stays shared across processes."""
+
+    def __init__(self, names: tuple[str, ...], dtype: torch.dtype) -> None:
+        self.names = names
+        self.tensor = torch.full((len(names),), math.nan, dtype=dtype) if dtype.is_floating_point \
+            else torch.zeros(len(names), dtype=dtype)
+
+    def __getitem__(self, name: str) -> float | None:  # type: ignore[override]
+        value = self.tensor[self.names.index(name)].item()
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    def __setitem__(self, name: str, value: float | None) -> None:
+        self.tensor[self.names.index(name)] = math.nan if value is None else value
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("the names of a SharedTable are fixed")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 def critic_sample_ratio(base: float, num_envs: int, scale_envs: int | None) -> float:
@@ -38,10 +73,15 @@ class RatioController:
         self.beta_pv = critic_actor_ratio
         self.clock = clock
         self.smoothing = smoothing
-        self.counts = dict.fromkeys(WORKERS, 0)
-        self.durations: dict[str, float | None] = dict.fromkeys(WORKERS, None)
+        self.counts = SharedTable(WORKERS, torch.int64)
+        self.durations = SharedTable(WORKERS, torch.float64)
         self._started: dict[str, float] = {}
-        self._lock = threading.Lock()
+
+    def share_memory(self) -> RatioController:
+        """Move the counts and durations to shared memory (before the copy goes to other processes)."""
+        self.counts.tensor.share_memory_()
+        self.durations.tensor.share_memory_()
+        return self
 
     # -- bookkeeping -----------------------------------------------------------------
     def begin(self, worker: str) -> None:
@@ -51,10 +91,9 @@ class RatioController:
     def end(self, worker: str) -> None:
         """Mark the end of the step begun by :meth:`begin` and count it."""
         elapsed = self.clock() - self._started.pop(worker)
-        with self._lock:
-            old = self.durations[worker]
-            self.durations[worker] = elapsed if old is None else old + self.smoothing * (elapsed - old)
-            self.counts[worker] += 1
+        old = self.durations[worker]
+        self.durations[worker] = elapsed if old is None else old + self.smoothing * (elapsed - old)
+        self.counts[worker] += 1
 
     def progress(self, worker: str) -> float:
         """Steps of ``worker`` in V-update units."""
@@ -78,16 +117,16 @@ class RatioController:
         of V-updates; the P-learner may lead the V-learner by one P-update's worth.
         A worker that leads by more waits for the time its partner needs to catch up.
         """
-        with self._lock:
-            if worker == "actor":
-                lead = self.progress("actor") - self.progress("v") - self.beta_av
-                per_unit = self.durations["v"]
-            elif worker == "v":
-                lead = self.progress("v") - self.progress("actor") - self.beta_av
-                per_unit = None if self.durations["actor"] is None else self.durations["actor"] / self.beta_av
-            else:
-                lead = self.progress("p") - self.progress("v")
-                per_unit = self.durations["v"]
+        if worker == "actor":
+            lead = self.progress("actor") - self.progress("v") - self.beta_av
+            per_unit = self.durations["v"]
+        elif worker == "v":
+            lead = self.progress("v") - self.progress("actor") - self.beta_av
+            actor = self.durations["actor"]
+            per_unit = None if actor is None else actor / self.beta_av
+        else:
+            lead = self.progress("p") - self.progress("v")
+            per_unit = self.durations["v"]
         if lead <= 0:
             return 0.0
         return lead * (per_unit if per_unit is not None else 1e-3)

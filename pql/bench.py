@@ -1,12 +1,15 @@
-"""Micro-benchmarks: classic-env throughput and the V-learner's overhead over a bare critic step.
+"""Benchmarks: env throughput, the V-learner's overhead over a bare critic step, sync vs async.
 
-Run ``python -m pql.bench`` (``--help`` for the options). It prints two tables:
+Run ``python -m pql.bench`` (``--help`` for the options). It prints three tables:
 
 1. env-steps/s of batched tasks (the classic ones unless ``--tasks`` names others, e.g.
    ``playground/CartpoleBalance``) stepped with fixed random actions, compilation excluded;
 2. ``Trainer.v_update()`` updates/s against a bare TD step of copies of the same
    networks on a fixed, pre-normalised batch of the same size, timed in
-   alternating blocks; the overhead is ``t_trainer / t_bare - 1``.
+   alternating blocks; the overhead is ``t_trainer / t_bare - 1``;
+3. sync against async mode on the same config (:mod:`pql.bench_modes`): env-steps/s and
+   V-updates/s of real runs, the ratios async held, sync's time split and the ceiling it
+   implies for async.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from pql.bench_modes import MODE_TASKS, available_cores, compare
 from pql.config import build_config
 from pql.envs import make_env, task_problem
 from pql.run_dir import RunDir
@@ -208,16 +212,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op CPU threads (torch.set_num_threads); 0 keeps torch's default. On a small, "
                         "shared CPU, 1 avoids threads stalling each other when another process competes for cores")
-    p.add_argument("--only", choices=("env", "v"), default=None, help="run only one of the two tables")
+    p.add_argument("--mode-tasks", default=MODE_TASKS,
+                   help="comma-separated tasks of the sync-vs-async table (their presets); tasks whose backend is "
+                        "not installed are named and skipped")
+    p.add_argument("--mode-steps", type=int, default=200,
+                   help="actor steps after warm-up of each sync and async run in the sync-vs-async table")
+    p.add_argument("--mode-reps", type=int, default=2,
+                   help="sync/async run pairs per task (alternating); the medians are reported")
+    p.add_argument("--only", choices=("env", "v", "modes"), default=None, help="run only one of the tables")
     args = p.parse_args(argv)
     args.env_counts = [int(x) for x in args.envs.split(",") if x.strip()]
     args.env_tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unavailable = [f"{t}: {problem}" for t in args.env_tasks if (problem := task_problem(t))]
     if unavailable:
         p.error("; ".join(unavailable))
-    if (args.seconds <= 0 or args.threads < 0 or min(args.blocks, args.v_envs, args.fill_steps) < 1
+    args.mode_task_list = [t.strip() for t in args.mode_tasks.split(",") if t.strip()]
+    if (args.seconds <= 0 or args.threads < 0
+            or min(args.blocks, args.v_envs, args.fill_steps, args.mode_steps, args.mode_reps) < 1
             or not args.env_counts or min(args.env_counts) < 1):
-        p.error("need --seconds > 0, --threads >= 0, and --blocks, --v-envs, --fill-steps, every --envs >= 1")
+        p.error("need --seconds > 0, --threads >= 0, and --blocks, --v-envs, --fill-steps, --mode-steps, "
+                "--mode-reps, every --envs >= 1")
     return args
 
 
@@ -260,7 +274,39 @@ def main(argv: list[str] | None = None) -> None:
               "backward, grad clip, AdamW step, soft target update, publish. bare = fixed pre-normalised batch,\n"
               "target without noise, MSE, backward, AdamW step. overhead = t_trainer / t_bare - 1.\n")
 
+    if args.only in (None, "modes"):
+        print_modes_table(args.mode_task_list, str(device), args.mode_steps, args.mode_reps)
+
     print(f"total {time.perf_counter() - start:.1f} s")
+
+
+def print_modes_table(tasks: list[str], device: str, steps: int, reps: int) -> None:
+    """The sync-vs-async table (:mod:`pql.bench_modes`)."""
+    rows = []
+    for task in tasks:
+        if problem := task_problem(task):
+            print(f"  {task}: skipped ({problem})", flush=True)
+            continue
+        r = compare(task, device, {}, steps, reps)
+        split = r["split"]
+        shares = "/".join(f"{split.sync[k] / split.sync_step_s:.0%}" for k in ("actor", "v", "p"))
+        alone = "/".join(f"{split.alone[k] * 1e3:.1f}" for k in ("actor", "v", "p"))
+        rows.append([task, f"{r['sync_env_steps_per_s']:,.0f}", f"{r['async_env_steps_per_s']:,.0f}",
+                     f"{r['sync_v_updates_per_s']:,.0f}", f"{r['async_v_updates_per_s']:,.0f}",
+                     f"{r['async_beta_av']:.2f}", f"{r['async_beta_pv']:.2f}", f"{split.sync_step_s * 1e3:.1f}",
+                     shares, alone, f"{r['speedup']:.2f}x", f"{split.ceiling:.2f}x",
+                     f"{r['speedup'] / split.ceiling:.0%}"])
+        print(f"  {task}: async {r['speedup']:.2f}x sync, ceiling {split.ceiling:.2f}x", flush=True)
+    if not rows:
+        return
+    print(f"\nSync vs async (task presets, {device}, {available_cores()} cores, {steps} actor steps per run after "
+          f"warm-up, median of {reps} alternating pairs)")
+    print(format_table(["task", "sync env-st/s", "async env-st/s", "sync V-upd/s", "async V-upd/s", "async b_av",
+                        "async b_pv", "sync ms/step", "sync a/V/P", "alone ms a/V/P", "speed-up", "ceiling",
+                        "of ceiling"], rows))
+    print("sync a/V/P = share of a sync step spent in the actor step, the V-updates and the P-updates it makes due.\n"
+          "alone = each worker by itself at the torch threads async gives it, ms per actor step (beta_a:v V-updates,\n"
+          "beta_a:v/beta_p:v P-updates). ceiling = sync ms/step / max(slowest worker, sum of the three / cores).\n")
 
 
 if __name__ == "__main__":

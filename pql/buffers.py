@@ -6,7 +6,6 @@ C = buffer capacity in rows, B = batch size.
 
 from __future__ import annotations
 
-import threading
 from typing import NamedTuple
 
 import torch
@@ -27,6 +26,11 @@ class Transitions(NamedTuple):
     ret: torch.Tensor
     next_obs: torch.Tensor
     discount: torch.Tensor
+
+    def packed(self) -> torch.Tensor:
+        """The fields side by side, ``[B, 2D + A + 2]``, in the column order of :func:`transition_buffer`
+        (so the first D columns are the observations)."""
+        return torch.cat([self.obs, self.action, self.ret[:, None], self.next_obs, self.discount[:, None]], 1)
 
 
 class NStepWindow:
@@ -95,8 +99,8 @@ class RingBuffer:
     Fields are scalars (shape ``()``) or vectors (``(k,)``), stored side by side in
     one ``[C, W]`` tensor so that a sample is a single gather; ``data[name]`` is a
     ``[C, *field_shape]`` view. ``add`` writes rows at the write pointer, wrapping
-    around the end; ``sample`` draws B random rows. Both hold a lock, so a writer
-    thread and a sampling thread can share the buffer.
+    around the end; ``sample`` draws B random rows. A buffer belongs to one worker:
+    other workers hand it rows through a :class:`pql.exchange.TransitionRing`.
     """
 
     def __init__(self, capacity: int, fields: dict[str, tuple[int, ...]], device: torch.device | str,
@@ -114,30 +118,34 @@ class RingBuffer:
             width += size
         self.storage = torch.zeros(capacity, width, device=device, dtype=dtype)
         self.data = self._split(self.storage)
-        self._lock = threading.Lock()
+        self.width = width
 
     def _split(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: rows[:, a] if scalar else rows[:, a:b] for name, (a, b, scalar) in self.columns.items()}
 
     def add(self, **rows: torch.Tensor) -> None:
         """Append rows: each named field ``[R, *field_shape]`` with the same R."""
-        packed = torch.cat([rows[name].reshape(rows[name].shape[0], -1).to(self.storage) for name in self.columns], 1)
+        self.add_rows(torch.cat([rows[name].reshape(rows[name].shape[0], -1) for name in self.columns], 1))
+
+    def add_rows(self, packed: torch.Tensor) -> torch.Tensor:
+        """Append ``packed [R, W]`` (fields side by side, in column order, any device); returns the
+        copy on this buffer's device (the caller may wait for it, see :func:`pql.exchange.settle`)."""
+        packed = packed.to(self.storage)
         if packed.shape[0] > self.capacity:  # only the newest rows fit
             packed = packed[-self.capacity:]
         count = packed.shape[0]
-        with self._lock:
-            idx = (self.ptr + torch.arange(count, device=self.storage.device)) % self.capacity
-            self.storage.index_copy_(0, idx, packed)
-            self.ptr = (self.ptr + count) % self.capacity
-            self.size = min(self.size + count, self.capacity)
+        idx = (self.ptr + torch.arange(count, device=self.storage.device)) % self.capacity
+        self.storage.index_copy_(0, idx, packed)
+        self.ptr = (self.ptr + count) % self.capacity
+        self.size = min(self.size + count, self.capacity)
+        return self.storage
 
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """B rows drawn uniformly from the filled part: ``{name: [B, *field_shape]}``."""
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty buffer")
-        with self._lock:
-            idx = torch.randint(self.size, (batch_size,), generator=generator, device=self.storage.device)
-            return self._split(self.storage[idx])
+        idx = torch.randint(self.size, (batch_size,), generator=generator, device=self.storage.device)
+        return self._split(self.storage[idx])
 
 
 def transition_buffer(capacity: int, obs_dim: int, act_dim: int, device: torch.device | str) -> RingBuffer:

@@ -119,7 +119,8 @@ class Config:
     algo: AlgoConfig = _opt(AlgoConfig(), "algorithm; 'algo=NAME' is short for 'algo.name=NAME'")
     num_envs: int = _opt(4096, "parallel training environments")
     seed: int = _opt(0, "seed of networks, noise, sampling and environments")
-    mode: str = _opt("sync", "sync: one process, interleaved by the ratios, deterministic; async: concurrent workers")
+    mode: str = _opt("sync", "async: actor, V-learner and P-learner as concurrent processes (the preset of pql and "
+                             "pql-d); sync: one process, interleaved by the ratios, deterministic (the baselines')")
     max_time_s: float | None = _opt(None, "stop after this much training wall-clock time")
     max_env_steps: int | None = _opt(None, "stop after this many environment steps (all envs counted)")
     out: str | None = _opt(None, "run directory; default results/runs/TASK-ALGO-sSEED-TIMESTAMP")

@@ -21,9 +21,10 @@ EVAL_SEED_OFFSET = 1_000_003  # evaluation environments are seeded apart from th
 class NonFiniteLoss(RuntimeError):
     """A learner produced a NaN or infinite loss."""
 
-    def __init__(self, env_steps: int, losses: dict[str, float]) -> None:
-        super().__init__(f"non-finite loss at env step {env_steps}: {losses}")
-        self.env_steps, self.losses = env_steps, losses
+    def __init__(self, env_steps: int, losses: dict[str, float], worker: str | None = None) -> None:
+        where = f" in the {worker}" if worker else ""
+        super().__init__(f"non-finite loss{where} at env step {env_steps}: {losses}")
+        self.env_steps, self.losses, self.worker = env_steps, losses, worker
 
 
 def make_eval_env(cfg: Config, device: torch.device) -> VecEnv | None:
@@ -87,10 +88,10 @@ class RunLoop(abc.ABC):
         """Restore what :meth:`model_state` saved."""
 
     # -- shared -------------------------------------------------------------------------
-    def add_loss(self, name: str, loss: torch.Tensor) -> None:
-        """Tally a (detached) loss for the next metrics row, without a host sync."""
+    def add_loss(self, name: str, loss: torch.Tensor | float, count: int = 1) -> None:
+        """Tally a (detached) loss, or the sum of ``count`` of them, for the next metrics row, without a host sync."""
         self._loss_sums[name] += loss
-        self._loss_counts[name] += 1
+        self._loss_counts[name] += count
 
     def request_stop(self, signum: int) -> None:
         """Stop at the next step boundary and checkpoint (a signal handler calls this)."""

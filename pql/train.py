@@ -20,6 +20,7 @@ from pql.config import Config, ConfigError, build_config, config_to_dict, dotted
 from pql.devices import device_name, gpu_mismatch, resolve_devices
 from pql.interrupt import RunInterrupted, StopSignals
 from pql.locks import locked_run
+from pql.parallel import ProcessTrainer, WorkerFailed
 from pql.ppo_trainer import PPOTrainer
 from pql.run_dir import RunDir
 from pql.run_loop import NonFiniteLoss, Progress, RunLoop
@@ -173,7 +174,8 @@ def run_training(cfg: Config, on_start: Callable[[RunLoop], None] | None = None)
 def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
                   on_start: Callable[[RunLoop], None] | None) -> RunDir:
     state = run_dir.load_checkpoint() if cfg.resume else None
-    trainer = (PPOTrainer if cfg.algo.name == "ppo" else Trainer)(cfg, run_dir)
+    kind = PPOTrainer if cfg.algo.name == "ppo" else ProcessTrainer if cfg.mode == "async" else Trainer
+    trainer = kind(cfg, run_dir)
     signals.on_first = trainer.request_stop
     if signals.signum is not None:  # a signal came while the trainer was being built
         raise RunInterrupted(signals.signum)
@@ -196,13 +198,16 @@ def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
     host = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "devices": {name: device_name(d) for name, d in zip(("sim", "v_learner", "p_learner"), trainer.devices,
                                                                    strict=True)}}
+    if isinstance(trainer, ProcessTrainer):
+        host["workers"] = trainer.worker_pids  # filled in when the workers start
     run_dir.write_status("running", env_steps=trainer.progress.env_steps, **host)
     if on_start is not None:
         on_start(trainer)
     try:
         progress = trainer.run()
     except NonFiniteLoss as err:
-        _record(run_dir, "failed", error=str(err), env_steps=err.env_steps, losses=err.losses, **host)
+        _record(run_dir, "failed", error=str(err), env_steps=err.env_steps, losses=err.losses,
+                **({"worker": err.worker} if err.worker else {}), **host)
         raise
     except SystemExit:  # a scheduler's preemption/timeout handler checkpointed and exits for a requeue
         _record(run_dir, "queued", note="requeued by the scheduler; resumes from its checkpoint",
@@ -213,6 +218,10 @@ def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
         _record(run_dir, "interrupted", signal=signal.Signals(signum).name, note="stopped at once by a second "
                 "signal; resumes from its last checkpoint", env_steps=trainer.progress.env_steps, **host)
         raise RunInterrupted(signum, _resume_hint(run_dir, signum, trainer.progress.env_steps)) from None
+    except WorkerFailed as err:
+        _record(run_dir, "failed", error=f"{type(err).__name__}: {err}", worker=err.worker,
+                traceback=err.worker_traceback or traceback.format_exc(), env_steps=trainer.progress.env_steps, **host)
+        raise
     except BaseException as err:
         _record(run_dir, "failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
                 env_steps=trainer.progress.env_steps, **host)

@@ -1,68 +1,109 @@
-"""Wiring of the workers into a run: ``sync`` (one thread, interleaved by the ratios) or ``async``.
+"""The workers of a PQL-family run built from its config, and ``mode=sync``: one thread, interleaved by the ratios.
 
-Both modes use the same workers, slots and controller. Sync is bit-for-bit
-deterministic under a seed on CPU. Async runs actor, V-learner and P-learner in
-three threads (torch releases the GIL inside its kernels); they exchange only
-versioned parameter snapshots and share nothing else.
+``mode=async`` (:mod:`pql.parallel`) builds the same workers with the same functions,
+one per process. Sync is bit-for-bit deterministic under a seed on CPU.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from pql.algos.critic_heads import make_head
 from pql.balance import RatioController, critic_sample_ratio
 from pql.buffers import NStepWindow, observation_buffer, transition_buffer
 from pql.config import Config
 from pql.devices import resolve_devices, seeded_generator
-from pql.envs import make_env
+from pql.envs import VecEnv, make_env
 from pql.exchange import ModuleSlot
-from pql.nets import TwinCritic, make_policy
+from pql.nets import Policy, TwinCritic, make_policy
 from pql.normalizer import RunningNormalizer
 from pql.run_dir import RunDir
 from pql.run_loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
 from pql.workers import ActorWorker, Evaluator, PLearner, VLearner, exploration_std
 
+# Seeds of the workers' generators, offsets from cfg.seed.
+ACTOR_SEED, V_SEED, P_SEED = 1, 2, 3
+
+
+@dataclass
+class Networks:
+    """The initial policy, critic and observation normaliser of a run (built on the CPU)."""
+
+    policy: Policy
+    critic: nn.Module
+    normalizer: RunningNormalizer
+    obs_dim: int
+    act_dim: int
+
+
+def initial_networks(cfg: Config, obs_dim: int, act_dim: int) -> Networks:
+    """The networks every worker starts from, drawn from the global torch generator (seed it first)."""
+    algo = cfg.algo
+    policy = make_policy(algo, obs_dim, act_dim)
+    critic = TwinCritic(obs_dim, act_dim, algo.critic_hidden, make_head(algo, "cpu").out_features)
+    return Networks(policy, critic, RunningNormalizer(obs_dim, algo.obs_clip, enabled=algo.normalize_obs), obs_dim,
+                    act_dim)
+
+
+def build_actor(cfg: Config, env: VecEnv, nets: Networks) -> ActorWorker:
+    """The actor on the env's device, with copies of ``nets``' policy and normaliser."""
+    sim = env.device
+    window = NStepWindow(cfg.algo.nstep, cfg.algo.gamma, cfg.num_envs, env.obs_dim, env.act_dim, sim)
+    noise = exploration_std(cfg.noise.kind, cfg.num_envs, cfg.noise.sigma_min, cfg.noise.sigma_max,
+                            cfg.noise.sigma, sim)
+    return ActorWorker(env, copy.deepcopy(nets.policy).to(sim), copy.deepcopy(nets.normalizer).to(sim), noise,
+                       window, cfg.algo.reward_scale, seeded_generator(sim, cfg.seed + ACTOR_SEED))
+
+
+def build_v_learner(cfg: Config, nets: Networks, device: torch.device) -> VLearner:
+    """The V-learner on ``device``: a copy of the critic to train, copies of the policy and normaliser to read."""
+    return VLearner(copy.deepcopy(nets.critic).to(device), make_head(cfg.algo, device),
+                    copy.deepcopy(nets.policy).to(device), copy.deepcopy(nets.normalizer).to(device),
+                    transition_buffer(cfg.algo.buffer_size, nets.obs_dim, nets.act_dim, device), cfg.algo,
+                    seeded_generator(device, cfg.seed + V_SEED))
+
+
+def build_p_learner(cfg: Config, nets: Networks, device: torch.device) -> PLearner:
+    """The P-learner on ``device``: a copy of the policy to train, copies of the critic and normaliser to read."""
+    return PLearner(copy.deepcopy(nets.policy).to(device), make_head(cfg.algo, device),
+                    copy.deepcopy(nets.critic).to(device), copy.deepcopy(nets.normalizer).to(device),
+                    observation_buffer(cfg.algo.buffer_size, nets.obs_dim, device), cfg.algo,
+                    seeded_generator(device, cfg.seed + P_SEED))
+
+
+def ratio_controller(cfg: Config) -> RatioController:
+    """The controller holding the run's beta_a:v and beta_p:v."""
+    algo = cfg.algo
+    return RatioController(critic_sample_ratio(algo.critic_sample_ratio, cfg.num_envs, algo.ratio_scale_envs),
+                           algo.critic_actor_ratio)
+
 
 class Trainer(RunLoop):
-    """One PQL / PQL-D / DDPG(n) / SAC(n) run: actor, V-learner and P-learner wired together."""
+    """A PQL / PQL-D / DDPG(n) / SAC(n) run in sync mode: actor, V-learner and P-learner in one thread."""
 
     def __init__(self, cfg: Config, run_dir: RunDir, on_row: Callable[[dict[str, float]], None] | None = None) -> None:
         sim, vdev, pdev = self.devices = resolve_devices(cfg)
         super().__init__(cfg, run_dir, on_row, {"critic_loss": vdev, "actor_loss": pdev})
-        algo = cfg.algo
         torch.manual_seed(cfg.seed)
         self.env = make_env(cfg.task, cfg.num_envs, device=sim, seed=cfg.seed)
         self.eval_env = make_eval_env(cfg, sim)
-        d, a = self.env.obs_dim, self.env.act_dim
-        head_v, head_p = make_head(algo, vdev), make_head(algo, pdev)
-
-        policy = make_policy(algo, d, a).to(pdev)
-        critic = TwinCritic(d, a, algo.critic_hidden, head_v.out_features).to(vdev)
-        normalizer = RunningNormalizer(d, algo.obs_clip, enabled=algo.normalize_obs).to(sim)
-        self.policy_slot, self.critic_slot = ModuleSlot(policy), ModuleSlot(critic)
-        self.norm_slot = ModuleSlot(normalizer)
-
-        window = NStepWindow(algo.nstep, algo.gamma, cfg.num_envs, d, a, sim)
-        noise = exploration_std(cfg.noise.kind, cfg.num_envs, cfg.noise.sigma_min, cfg.noise.sigma_max,
-                                cfg.noise.sigma, sim)
-        self.actor = ActorWorker(self.env, copy.deepcopy(policy).to(sim), normalizer, noise, window,
-                                 algo.reward_scale, seeded_generator(sim, cfg.seed + 1))
-        self.v = VLearner(critic, head_v, copy.deepcopy(policy).to(vdev), copy.deepcopy(normalizer).to(vdev),
-                          transition_buffer(algo.buffer_size, d, a, vdev), algo, seeded_generator(vdev, cfg.seed + 2))
-        self.p = PLearner(policy, head_p, copy.deepcopy(critic).to(pdev), copy.deepcopy(normalizer).to(pdev),
-                          observation_buffer(algo.buffer_size, d, pdev), algo, seeded_generator(pdev, cfg.seed + 3))
+        nets = initial_networks(cfg, self.env.obs_dim, self.env.act_dim)
+        self.actor = build_actor(cfg, self.env, nets)
+        self.v = build_v_learner(cfg, nets, vdev)
+        self.p = build_p_learner(cfg, nets, pdev)
+        self.policy_slot, self.critic_slot = ModuleSlot(self.p.policy), ModuleSlot(self.v.critic)
+        self.norm_slot = ModuleSlot(self.actor.normalizer)
         self.evaluator = None if self.eval_env is None else \
-            Evaluator(self.eval_env, copy.deepcopy(policy).to(sim), copy.deepcopy(normalizer))
-        self.controller = RatioController(critic_sample_ratio(algo.critic_sample_ratio, cfg.num_envs,
-                                                              algo.ratio_scale_envs), algo.critic_actor_ratio)
+            Evaluator(self.eval_env, copy.deepcopy(nets.policy).to(sim), copy.deepcopy(nets.normalizer).to(sim))
+        self.controller = ratio_controller(cfg)
         self.seen = {"actor_policy": 0, "eval_policy": 0, "v_policy": 0, "p_critic": 0, "v_norm": 0, "p_norm": 0,
                      "eval_norm": 0}
 
@@ -72,8 +113,9 @@ class Trainer(RunLoop):
         random = self.progress.actor_steps < self.cfg.algo.warmup_steps and not self.resumed
         transitions = self.actor.step(random=random)
         if transitions is not None:
-            self.v.add(transitions)
-            self.p.add(transitions.obs)
+            rows = transitions.packed()
+            self.v.add(rows)
+            self.p.add(rows)
         self.norm_slot.publish(self.actor.normalizer)
         self.progress.actor_steps += 1
         self.progress.env_steps += self.cfg.num_envs
@@ -109,117 +151,68 @@ class Trainer(RunLoop):
         return self.controller.counts["v"], self.controller.counts["p"]
 
     def model_state(self) -> dict[str, Any]:
-        return {
-            "controller": dict(self.controller.counts),
-            "policy": self.p.policy.state_dict(), "policy_optimizer": self.p.optimizer.state_dict(),
-            "critic": self.v.critic.state_dict(), "critic_target": self.v.target.state_dict(),
-            "critic_optimizer": self.v.optimizer.state_dict(), "normalizer": self.actor.normalizer.state_dict(),
-            "temperature_optimizer": None if self.p.temperature_optimizer is None
-            else self.p.temperature_optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "actor": self.actor.generator.get_state(),
-                    "v": self.v.generator.get_state(), "p": self.p.generator.get_state(),
-                    "env": self.env.generator.get_state(), "eval_env": generator_state(self.eval_env)},
-        }
+        return merge_states(run_state(self.controller, self.eval_env), self.actor.state_dict(),
+                            self.v.state_dict(), self.p.state_dict())
 
     def load_model_state(self, state: dict[str, Any]) -> None:
-        self.controller.counts.update(state["controller"])
-        self.p.policy.load_state_dict(state["policy"])
-        self.p.optimizer.load_state_dict(state["policy_optimizer"])
-        self.v.critic.load_state_dict(state["critic"])
-        self.v.target.load_state_dict(state["critic_target"])
-        self.v.optimizer.load_state_dict(state["critic_optimizer"])
-        if self.p.temperature_optimizer is not None:
-            self.p.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
-        self.actor.normalizer.load_state_dict(state["normalizer"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        for gen, key in ((self.actor.generator, "actor"), (self.v.generator, "v"), (self.p.generator, "p"),
-                         (self.env.generator, "env")):
-            gen.set_state(rng[key])
-        restore_generator(self.eval_env, rng["eval_env"])
+        load_run_state(state, self.controller, self.eval_env)
+        self.actor.load_state_dict(state)
+        self.v.load_state_dict(state)
+        self.p.load_state_dict(state)
         self.policy_slot.publish(self.p.policy)
         self.critic_slot.publish(self.v.critic)
         self.norm_slot.publish(self.actor.normalizer)
-        self.actor.obs = self.env.reset()
 
-    # -- the two modes ------------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------
     def run(self) -> Progress:
         """Train until the budget is spent; returns the final counters. Raises on failure."""
         if self.progress.rows == 0:
             self.evaluate_and_log()  # the untrained policy's row at step 0
-        if self.cfg.mode == "async":
-            self._run_async()
-        else:
-            self._run_sync()
-        return self.finish()
-
-    def _run_sync(self) -> None:
-        ctl, pr = self.controller, self.progress
+        pr = self.progress
         start = time.monotonic() - pr.wall_s
         while not self.done():
-            learning = self.learning()
-            if learning:
-                ctl.counts["actor"] += 1
-            self.actor_step()
-            if self.learning():
-                while ctl.v_due():
-                    self.v_update()
-                    ctl.counts["v"] += 1
-                    while ctl.p_due():
-                        self.p_update()
-                        ctl.counts["p"] += 1
+            self.step()
             pr.wall_s = time.monotonic() - start
             start = self.log_if_due(start)
+        return self.finish()
 
-    def _run_async(self) -> None:
-        ctl, pr = self.controller, self.progress
-        stop = threading.Event()
-        errors: list[BaseException] = []
-        locks = {name: threading.Lock() for name in ("actor", "v", "p")}  # held during a worker's step
-        bodies = {"actor": self.actor_step, "v": self.v_update, "p": self.p_update}
+    def step(self, call: Callable[[str, Callable[[], None]], None] = lambda _, fn: fn()) -> None:
+        """One actor step, then the V- and P-updates it makes due (the sync schedule). ``call(worker, fn)``
+        runs each part (a benchmark passes one that times them)."""
+        ctl = self.controller
+        if self.learning():
+            ctl.counts["actor"] += 1
+        call("actor", self.actor_step)
+        if self.learning():
+            while ctl.v_due():
+                call("v", self.v_update)
+                ctl.counts["v"] += 1
+                while ctl.p_due():
+                    call("p", self.p_update)
+                    ctl.counts["p"] += 1
 
-        def loop(name: str) -> None:
-            try:
-                while not stop.is_set():
-                    learning = self.learning()
-                    if name != "actor" and not learning:
-                        time.sleep(1e-3)
-                        continue
-                    wait = ctl.wait_s(name) if learning else 0.0
-                    if wait > 0:
-                        time.sleep(min(wait, 0.01))
-                        continue
-                    with locks[name]:
-                        if learning:
-                            ctl.begin(name)
-                        bodies[name]()
-                        if learning:
-                            ctl.end(name)
-            except BaseException as err:  # noqa: BLE001 - re-raised by the monitor below
-                errors.append(err)
-                stop.set()
 
-        workers = [threading.Thread(target=loop, args=(name,), daemon=True, name=f"pql-{name}") for name in bodies]
-        start = time.monotonic() - pr.wall_s
-        for t in workers:
-            t.start()
-        try:
-            while not stop.is_set():
-                time.sleep(0.01)
-                pr.wall_s = time.monotonic() - start
-                if self.done():
-                    break
-                if pr.env_steps >= pr.next_eval:
-                    with locks["actor"], locks["v"], locks["p"]:
-                        losses = self.take_losses()
-                    self.evaluate_and_log(losses)
-                    if self.checkpoint_due():
-                        with locks["actor"], locks["v"], locks["p"]:
-                            self.checkpoint()
-        finally:
-            stop.set()
-            for t in workers:
-                t.join()
-            pr.wall_s = time.monotonic() - start
-        if errors:
-            raise errors[0]
+def run_state(controller: RatioController, eval_env: VecEnv | None) -> dict[str, Any]:
+    """The parts of a checkpoint that belong to no worker: the controller's counts and the generators of
+    the process (torch's global one) and of the evaluation envs."""
+    return {"controller": dict(controller.counts),
+            "rng": {"torch": torch.get_rng_state(), "eval_env": generator_state(eval_env)}}
+
+
+def load_run_state(state: dict[str, Any], controller: RatioController, eval_env: VecEnv | None) -> None:
+    """Undo :func:`run_state`."""
+    controller.counts.update(state["controller"])
+    torch.set_rng_state(state["rng"]["torch"])
+    restore_generator(eval_env, state["rng"]["eval_env"])
+
+
+def merge_states(*parts: dict[str, Any]) -> dict[str, Any]:
+    """One checkpoint from the workers' parts: their keys side by side, their ``rng`` dicts merged."""
+    merged: dict[str, Any] = {"rng": {}}
+    for part in parts:
+        for key, value in part.items():
+            if key == "rng":
+                merged["rng"].update(value)
+            else:
+                merged[key] = value
+    return merged

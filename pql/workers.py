@@ -8,6 +8,7 @@ environments see their own units.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,6 +69,11 @@ class ActorWorker:
         self.obs = env.reset()
         self.episodes = EpisodeReturns(env.num_envs, env.device, env.dtype)
 
+    @property
+    def emitting(self) -> bool:
+        """Whether the next step emits transitions (the n-step window is full)."""
+        return self.window.filled == self.window.n
+
     @torch.no_grad()
     def step(self, random: bool = False) -> Transitions | None:
         """One step of every env; ``random`` draws uniform actions (warm-up). Returns n-step transitions or None."""
@@ -84,6 +90,17 @@ class ActorWorker:
         self.obs = next_obs
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        """The actor's part of a checkpoint: normaliser and the noise and reset generators."""
+        return {"normalizer": self.normalizer.state_dict(),
+                "rng": {"actor": self.generator.get_state(), "env": self.env.generator.get_state()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint (any dict holding :meth:`state_dict`'s keys); the envs restart."""
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.generator.set_state(state["rng"]["actor"])
+        self.env.generator.set_state(state["rng"]["env"])
+        self.obs = self.env.reset()
 
 
 class VLearner:
@@ -99,8 +116,20 @@ class VLearner:
         self._params = list(critic.parameters())
         self._target_params = list(self.target.parameters())
 
-    def add(self, t: Transitions) -> None:
-        self.buffer.add(obs=t.obs, action=t.action, ret=t.ret, next_obs=t.next_obs, discount=t.discount)
+    def add(self, rows: torch.Tensor) -> torch.Tensor:
+        """Store packed transitions ``[B, 2D + A + 2]`` (:meth:`Transitions.packed`); returns the buffer's storage."""
+        return self.buffer.add_rows(rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The V-learner's part of a checkpoint."""
+        return {"critic": self.critic.state_dict(), "critic_target": self.target.state_dict(),
+                "critic_optimizer": self.optimizer.state_dict(), "rng": {"v": self.generator.get_state()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.critic.load_state_dict(state["critic"])
+        self.target.load_state_dict(state["critic_target"])
+        self.optimizer.load_state_dict(state["critic_optimizer"])
+        self.generator.set_state(state["rng"]["v"])
 
     def update(self) -> torch.Tensor:
         """One critic step on a sampled batch; returns the (detached) loss."""
@@ -144,8 +173,24 @@ class PLearner:
             self.target_entropy = -float(policy.act_dim)
             self.temperature_optimizer = torch.optim.AdamW([policy.log_alpha], lr=cfg.alpha_lr, weight_decay=0.0)
 
-    def add(self, obs: torch.Tensor) -> None:
-        self.buffer.add(obs=obs)
+    def add(self, rows: torch.Tensor) -> torch.Tensor:
+        """Store the observations of packed transitions ``[B, >= D]`` (their first D columns); returns the
+        buffer's storage."""
+        return self.buffer.add_rows(rows[:, :self.buffer.width])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The P-learner's part of a checkpoint."""
+        return {"policy": self.policy.state_dict(), "policy_optimizer": self.optimizer.state_dict(),
+                "temperature_optimizer": None if self.temperature_optimizer is None
+                else self.temperature_optimizer.state_dict(),
+                "rng": {"p": self.generator.get_state()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["policy_optimizer"])
+        if self.temperature_optimizer is not None:
+            self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+        self.generator.set_state(state["rng"]["p"])
 
     def update(self) -> torch.Tensor:
         """One policy step (and, for SAC, one temperature step) on sampled observations; returns the policy loss."""

@@ -9,8 +9,8 @@ from pql.train import resolve, run_training
 
 
 def _train(tmp_path, **overrides) -> pd.DataFrame:
-    base = {"task": "classic/pendulum", "algo": "pql", "seed": "0", "max_time_s": "null", "progress": "false",
-            "out": str(tmp_path / "run")}
+    base = {"task": "classic/pendulum", "algo": "pql", "mode": "sync", "seed": "0", "max_time_s": "null",
+            "progress": "false", "out": str(tmp_path / "run")}
     run = run_training(resolve({**base, **{k: str(v) for k, v in overrides.items()}}))
     return pd.read_csv(run.path / "metrics.csv")
 

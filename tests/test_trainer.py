@@ -136,17 +136,6 @@ def test_pql_d_runs_on_one_device(tiny):
     assert 0 < float(rows[-1]["critic_loss"]) < 10  # a cross-entropy over 51 atoms
 
 
-def test_async_mode_runs_concurrent_workers_at_the_ratios(tiny):
-    run = train({**tiny, "mode": "async", "max_env_steps": "6400", "eval_every_env_steps": "3200"}).path
-    last = read_rows(run)[-1]
-    assert json.loads((run / "status.json").read_text())["state"] == "done"
-    counted = int(last["actor_steps"]) - 8  # warm-up steps are not counted by the controller
-    v, p = int(last["v_updates"]), int(last["p_updates"])
-    assert v > 0 and p > 0
-    assert abs(v - 8 * counted) <= 8 * 3, "the V-learner stays within a few actor steps of beta_a:v"
-    assert p <= v / 2 + 1
-
-
 def test_mixed_and_fixed_exploration_std():
     assert torch.allclose(exploration_std("mixed", 5, 0.05, 0.85, 0.3, "cpu"),
                           torch.tensor([0.05, 0.25, 0.45, 0.65, 0.85]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -52,15 +53,22 @@ def task_problem(task: str) -> str | None:
     return f"unknown task '{task}'; known: {', '.join(known_tasks())}, {families}"
 
 
-def make_env(task: str, num_envs: int, device: str | torch.device = "cpu", seed: int = 0) -> VecEnv:
-    """Build ``num_envs`` environments of ``task`` on ``device``."""
+def env_factory(task: str) -> EnvFactory:
+    """``factory(num_envs, device=, seed=)`` building ``task``; picklable (by reference) where the registered
+    factory is, so another process can build the task without its registration."""
     problem = task_problem(task)
     if problem is not None:
         raise KeyError(problem)
     if task in _REGISTRY:
-        return _REGISTRY[task](num_envs, device=device, seed=seed)
+        return _REGISTRY[task]
     prefix = next(p for p in _FAMILIES if task.startswith(p))
-    return _FAMILIES[prefix][0](task[len(prefix):], num_envs, device=device, seed=seed)
+    return functools.partial(_FAMILIES[prefix][0], task[len(prefix):])
 
 
-__all__ = ["ONE_SIMULATION_PER_PROCESS", "StepResult", "VecEnv", "known_tasks", "make_env", "register", "task_problem"]
+def make_env(task: str, num_envs: int, device: str | torch.device = "cpu", seed: int = 0) -> VecEnv:
+    """Build ``num_envs`` environments of ``task`` on ``device``."""
+    return env_factory(task)(num_envs, device=device, seed=seed)
+
+
+__all__ = ["ONE_SIMULATION_PER_PROCESS", "StepResult", "VecEnv", "env_factory", "known_tasks", "make_env", "register",
+           "task_problem"]

@@ -1,0 +1,525 @@
+"""``mode=async``: the actor, the V-learner and the P-learner, each in its own process.
+
+The workers are started with torch.multiprocessing's ``spawn``. Each process builds its
+worker with the functions sync mode uses (:mod:`pql.trainer`), on its own device
+(``device.sim`` / ``v_learner`` / ``p_learner``) and with its own torch thread count.
+Everything that crosses a process boundary is allocated by the parent before they start:
+
+- a :class:`~pql.exchange.TransitionRing` carries the actor's packed n-step transitions to
+  both learners, which copy them into their own replay buffers;
+- :class:`~pql.exchange.ModuleSlot` s carry the latest policy (P-learner -> actor,
+  V-learner, evaluator), critic (V-learner -> P-learner) and normaliser (actor -> learners);
+- the :class:`~pql.balance.RatioController` 's counts and durations, which hold beta_a:v and
+  beta_p:v across the processes;
+- a :class:`Board` of control flags and statistics.
+
+The parent process is the monitor. It evaluates, logs and checkpoints only while every
+worker is parked at a step boundary, so a metrics row or a checkpoint describes one moment,
+and that time is left out of ``wall_s`` as in sync mode. The actor stops at the next
+evaluation's env step until the parent has evaluated, so rows fall on the same env steps as
+in sync mode. A worker that raises reports it through its pipe; one that dies (``kill -9``)
+is seen by its exit code; either way the others are stopped within seconds and the run fails
+naming the worker, its last checkpoint kept. Workers ignore SIGINT and SIGTERM (the parent
+handles them, checkpoints and stops the workers) and are killed by the kernel if the parent
+dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import io
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+from pql.balance import RatioController, SharedTable
+from pql.config import Config
+from pql.devices import resolve_devices
+from pql.envs import EnvFactory, env_factory, make_env
+from pql.exchange import ModuleSlot, TransitionRing
+from pql.run_dir import RunDir
+from pql.run_loop import NonFiniteLoss, Progress, RunLoop, make_eval_env
+from pql.trainer import (
+    Networks,
+    build_actor,
+    build_p_learner,
+    build_v_learner,
+    initial_networks,
+    load_run_state,
+    merge_states,
+    ratio_controller,
+    run_state,
+)
+from pql.workers import Evaluator
+
+ROLES = ("actor", "v", "p")
+ROLE_NAMES = {"actor": "actor", "v": "V-learner", "p": "P-learner"}
+RING_SLOTS = 8  # actor steps in flight between the actor and the slower learner
+IDLE_S = 5e-4  # sleep of a worker with nothing to do
+MAX_WAIT_S = 5e-3  # longest sleep before a waiting worker looks again
+POLL_S = 2e-3  # the parent's polling interval
+STOP_S = 5.0  # how long stopped workers may take to exit before they are killed
+NAN_CHECK_EVERY = 50  # learner updates between checks of their losses (one host sync each)
+NO_LIMIT = 2**62
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process raised or died; names the worker and carries its traceback when it had one."""
+
+    def __init__(self, role: str, pid: int | None, reason: str, worker_traceback: str | None = None) -> None:
+        super().__init__(f"the {ROLE_NAMES[role]} (pid {pid}) {reason}")
+        self.worker, self.worker_traceback = ROLE_NAMES[role], worker_traceback
+
+
+class Board:
+    """Control flags and statistics in shared memory. The parent writes ``stop``, ``pause``,
+    ``epoch`` and ``actor_limit``; each worker writes only its own ``parked_*`` (the pause epoch it
+    is parked at) and statistics; the actor writes the step counters."""
+
+    FLAGS = ("stop", "pause", "epoch", "actor_limit", "actor_steps", "env_steps", "parked_actor", "parked_v",
+             "parked_p")
+    STATS = ("critic_loss_sum", "critic_loss_count", "actor_loss_sum", "actor_loss_count", "return_sum",
+             "return_count")
+
+    def __init__(self) -> None:
+        self.flags = SharedTable(self.FLAGS, torch.int64)
+        self.stats = SharedTable(self.STATS, torch.float64)
+        self.stats.tensor.zero_()
+        self.flags.tensor.share_memory_()
+        self.stats.tensor.share_memory_()
+
+
+@dataclass
+class Shared:
+    """What the parent hands to every worker process."""
+
+    cfg: Config
+    env_factory: EnvFactory
+    obs_dim: int
+    act_dim: int
+    ring: TransitionRing
+    policy: ModuleSlot
+    critic: ModuleSlot
+    normalizer: ModuleSlot
+    controller: RatioController
+    board: Board
+
+
+def thread_plan(devices: dict[str, torch.device], cores: int) -> dict[str, int]:
+    """Torch threads per worker: the cores split between the workers on the CPU (the V-learner gets
+    what does not divide evenly), one for a worker on a GPU; never more threads than cores in all,
+    except one each when there are fewer cores than workers."""
+    on_cpu = [r for r in ROLES if devices[r].type == "cpu"]
+    share = max(1, cores // max(1, len(on_cpu)))
+    plan = {r: share if r in on_cpu else 1 for r in ROLES}
+    if "v" in on_cpu:
+        plan["v"] = max(1, cores - share * (len(on_cpu) - 1))
+    return plan
+
+
+def _to_bytes(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _from_bytes(data: bytes) -> dict[str, Any]:
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _networks(shared: Shared) -> Networks:
+    """The run's current networks, read from the slots (the architectures are built, then overwritten)."""
+    nets = initial_networks(shared.cfg, shared.obs_dim, shared.act_dim)
+    shared.policy.pull(nets.policy, -1)
+    shared.critic.pull(nets.critic, -1)
+    shared.normalizer.pull(nets.normalizer, -1)
+    return nets
+
+
+class ActorRole:
+    """The actor process: steps the envs, puts transitions into the ring, publishes the normaliser."""
+
+    def __init__(self, shared: Shared, device: torch.device, state: dict[str, Any] | None) -> None:
+        cfg, self.shared = shared.cfg, shared
+        env = shared.env_factory(cfg.num_envs, device=device, seed=cfg.seed)
+        self.worker = build_actor(cfg, env, _networks(shared))
+        self.resumed = state is not None
+        if state is not None:
+            self.worker.load_state_dict(state)
+        self.seen = shared.policy.version
+        flags = shared.board.flags
+        self.actor_steps, self.env_steps = flags["actor_steps"], flags["env_steps"]
+
+    def work(self) -> float:
+        """One step of every env if due; returns how long to wait before asking again (0: stepped)."""
+        s, w, cfg = self.shared, self.worker, self.shared.cfg
+        if self.env_steps >= s.board.flags["actor_limit"]:
+            return IDLE_S
+        counted = self.actor_steps >= cfg.algo.warmup_steps and w.emitting
+        if counted and (wait := s.controller.wait_s("actor")) > 0:
+            return min(wait, MAX_WAIT_S)
+        if not s.ring.has_room():
+            return IDLE_S
+        self.seen = s.policy.pull(w.policy, self.seen)
+        if counted:
+            s.controller.begin("actor")
+        transitions = w.step(random=self.actor_steps < cfg.algo.warmup_steps and not self.resumed)
+        if transitions is not None:
+            s.ring.put(transitions.packed())
+        s.normalizer.publish(w.normalizer)
+        self.actor_steps += 1
+        self.env_steps += cfg.num_envs
+        s.board.flags["actor_steps"], s.board.flags["env_steps"] = self.actor_steps, self.env_steps
+        if counted:
+            s.controller.end("actor")
+        return 0.0
+
+    def park(self) -> None:
+        episodes, stats = self.worker.episodes, self.shared.board.stats
+        stats["return_sum"] += float(episodes.finished_sum)
+        stats["return_count"] += int(episodes.finished_count)
+        episodes.finished_sum.zero_()
+        episodes.finished_count.zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.worker.state_dict()
+
+
+class LearnerRole:
+    """A learner process (``v`` or ``p``): drains the ring into its buffer, updates when the
+    controller lets it, publishes its network, and checks its losses for NaN/inf."""
+
+    def __init__(self, role: str, shared: Shared, device: torch.device, state: dict[str, Any] | None) -> None:
+        self.role, self.shared, self.reader = role, shared, ROLES.index(role) - 1
+        nets = _networks(shared)
+        if role == "v":
+            self.worker: Any = build_v_learner(shared.cfg, nets, device)
+            self.reads, self.publishes, self.loss = [(shared.policy, self.worker.policy)], shared.critic, "critic_loss"
+            self.own = self.worker.critic
+        else:
+            self.worker = build_p_learner(shared.cfg, nets, device)
+            self.reads, self.publishes, self.loss = [(shared.critic, self.worker.critic)], shared.policy, "actor_loss"
+            self.own = self.worker.policy
+        self.reads.append((shared.normalizer, self.worker.normalizer))
+        if state is not None:
+            self.worker.load_state_dict(state)
+        self.seen = [slot.version for slot, _ in self.reads]
+        self.loss_sum = torch.zeros((), device=device)
+        self.loss_count = 0
+
+    def drain(self) -> None:
+        ring = self.shared.ring
+        while ring.pending(self.reader):
+            rows = ring.peek(self.reader)
+            ring.release(self.reader, [rows, self.worker.add(rows)])
+
+    def ready(self) -> bool:
+        if self.worker.buffer.size == 0:
+            return False
+        if self.role == "v":
+            return self.shared.board.flags["actor_steps"] >= self.shared.cfg.algo.warmup_steps
+        return self.shared.controller.counts["v"] > 0
+
+    def work(self) -> float:
+        self.drain()
+        if not self.ready():
+            return IDLE_S
+        ctl = self.shared.controller
+        if (wait := ctl.wait_s(self.role)) > 0:
+            return min(wait, MAX_WAIT_S)
+        for i, (slot, module) in enumerate(self.reads):
+            self.seen[i] = slot.pull(module, self.seen[i])
+        ctl.begin(self.role)
+        self.loss_sum += self.worker.update()
+        ctl.end(self.role)
+        self.publishes.publish(self.own)
+        self.loss_count += 1
+        if self.loss_count % NAN_CHECK_EVERY == 0 and not math.isfinite(float(self.loss_sum)):
+            raise NonFiniteLoss(self.shared.board.flags["env_steps"], {self.loss: math.nan}, ROLE_NAMES[self.role])
+        return 0.0
+
+    def park(self) -> None:
+        self.drain()
+        stats = self.shared.board.stats
+        stats[f"{self.loss}_sum"] += float(self.loss_sum)
+        stats[f"{self.loss}_count"] += self.loss_count
+        self.loss_sum.zero_()
+        self.loss_count = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.worker.state_dict()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (even by ``kill -9``)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def worker_process(role: str, shared: Shared, device: torch.device, threads: int, conn: Connection,
+                   checkpoint: bytes | None) -> None:
+    """The body of a worker process: build the worker, then step it until told to stop. While the
+    parent pauses the run, park at a step boundary and answer its requests for the worker's state."""
+    _die_with_parent()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    try:
+        state = None if checkpoint is None else _from_bytes(checkpoint)
+        worker = ActorRole(shared, device, state) if role == "actor" else LearnerRole(role, shared, device, state)
+        flags, parked = shared.board.flags, f"parked_{role}"
+        while not flags["stop"]:
+            if flags["pause"]:
+                if flags[parked] != flags["epoch"]:
+                    worker.park()
+                    flags[parked] = flags["epoch"]
+                if conn.poll(IDLE_S) and conn.recv() == "state":
+                    conn.send(("state", _to_bytes(worker.state_dict())))
+                continue
+            wait = worker.work()
+            if wait > 0:
+                time.sleep(wait)
+    except NonFiniteLoss as err:
+        conn.send(("nonfinite", err.env_steps, err.losses, traceback.format_exc()))
+        sys.exit(1)
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which fails the run
+        with contextlib.suppress(OSError):
+            conn.send(("failed", f"{type(err).__name__}: {err}", traceback.format_exc()))
+        sys.exit(1)
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+class ProcessTrainer(RunLoop):
+    """A PQL / PQL-D run in async mode: the parent of three worker processes (see the module docstring)."""
+
+    def __init__(self, cfg: Config, run_dir: RunDir, on_row: Callable[[dict[str, float]], None] | None = None) -> None:
+        self.devices = resolve_devices(cfg)
+        sim, cpu = self.devices[0], torch.device("cpu")
+        super().__init__(cfg, run_dir, on_row, {"critic_loss": cpu, "actor_loss": cpu})
+        torch.manual_seed(cfg.seed)
+        self.eval_env = make_eval_env(cfg, sim)
+        probe = self.eval_env or make_env(cfg.task, 1, device=sim, seed=cfg.seed)  # for the sizes only
+        self.obs_dim, self.act_dim = probe.obs_dim, probe.act_dim
+        del probe
+        self.nets = initial_networks(cfg, self.obs_dim, self.act_dim)
+        self.evaluator = None if self.eval_env is None else Evaluator(
+            self.eval_env, copy.deepcopy(self.nets.policy).to(sim), copy.deepcopy(self.nets.normalizer).to(sim))
+        self.controller = ratio_controller(cfg).share_memory()
+        self.board = Board()
+        self.shared: Shared | None = None
+        self.workers: dict[str, tuple[Any, Connection]] = {}
+        self.worker_pids: dict[str, int] = {}
+        self._checkpoint: bytes | None = None
+        self._returns = [0.0, 0]
+        self._seen = {"policy": -1, "normalizer": -1}
+        self._pause_depth = 0
+
+    # -- what the run loop needs ----------------------------------------------------------
+    def evaluate(self) -> float:
+        if self.evaluator is None or self.shared is None:
+            return math.nan
+        self._seen["policy"] = self.shared.policy.pull(self.evaluator.policy, self._seen["policy"])
+        self._seen["normalizer"] = self.shared.normalizer.pull(self.evaluator.normalizer, self._seen["normalizer"])
+        return self.evaluator.run()
+
+    def take_train_return(self) -> float:
+        total, count = self._returns
+        self._returns = [0.0, 0]
+        return total / count if count else math.nan
+
+    def update_counts(self) -> tuple[int, int]:
+        return self.controller.counts["v"], self.controller.counts["p"]
+
+    def model_state(self) -> dict[str, Any]:
+        parts = []
+        with self._parked():
+            for role in ROLES:  # one at a time: a reply is read only from the worker asked
+                self.workers[role][1].send("state")
+                parts.append(self._receive_state(role))
+        return merge_states(run_state(self.controller, self.eval_env), *parts)
+
+    def load_model_state(self, state: dict[str, Any]) -> None:
+        load_run_state(state, self.controller, self.eval_env)
+        self.nets.policy.load_state_dict(state["policy"])
+        self.nets.critic.load_state_dict(state["critic"])
+        self.nets.normalizer.load_state_dict(state["normalizer"])
+        self._checkpoint = _to_bytes(state)
+
+    def checkpoint(self) -> None:
+        with self._parked():
+            super().checkpoint()
+
+    # -- the processes ------------------------------------------------------------------
+    def run(self) -> Progress:
+        """Start the workers, train until the budget is spent, stop them; returns the final counters."""
+        try:
+            self._start()
+            with self._parked():  # every worker is built and waiting
+                if self.progress.rows == 0:
+                    self.evaluate_and_log()  # the untrained policy's row at step 0
+            self._train()
+            with self._parked():
+                return self.finish()
+        finally:
+            self._stop()
+
+    def _start(self) -> None:
+        cfg, (sim, vdev, pdev) = self.cfg, self.devices
+        ctx = mp.get_context("spawn")
+        width = 2 * self.obs_dim + self.act_dim + 2
+        nets = self.nets
+        self.shared = Shared(
+            cfg, env_factory(cfg.task), self.obs_dim, self.act_dim,
+            TransitionRing(RING_SLOTS, cfg.num_envs, width, readers=2, device=sim).share_memory(),
+            ModuleSlot(nets.policy.to(pdev)).share_memory(ctx.Lock()),
+            ModuleSlot(nets.critic.to(vdev)).share_memory(ctx.Lock()),
+            ModuleSlot(nets.normalizer.to(sim)).share_memory(ctx.Lock()),
+            self.controller, self.board)
+        flags = self.board.flags
+        flags.update(pause=1, epoch=0, stop=0, actor_limit=self._actor_limit(), actor_steps=self.progress.actor_steps,
+                     env_steps=self.progress.env_steps)
+        devices = dict(zip(ROLES, self.devices, strict=True))
+        threads = thread_plan(devices, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else os.cpu_count() or 1)
+        for role in ROLES:
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=worker_process, name=f"pql-{role}", daemon=True,
+                               args=(role, self.shared, devices[role], threads[role], there, self._checkpoint))
+            proc.start()
+            there.close()
+            self.workers[role] = (proc, here)
+            self.worker_pids[role] = proc.pid
+        self._announce_pids()
+
+    def _announce_pids(self) -> None:
+        """Add the workers' pids to the running status (for ``top``, ``py-spy``, or a kill)."""
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            status = self.run_dir.read_status()
+            if status.get("state") == "running":
+                del status["state"], status["updated"]
+                self.run_dir.write_status("running", **{**status, "workers": self.worker_pids})
+
+    def _train(self) -> None:
+        pr, flags = self.progress, self.board.flags
+        start = time.monotonic() - pr.wall_s
+        while True:
+            self._check_workers()
+            pr.actor_steps, pr.env_steps = flags["actor_steps"], flags["env_steps"]
+            pr.wall_s = time.monotonic() - start
+            if self.done():
+                return
+            if pr.env_steps >= pr.next_eval:
+                paused = time.monotonic()
+                with self._parked():
+                    self.evaluate_and_log()
+                    if self.checkpoint_due():
+                        self.checkpoint()
+                start += time.monotonic() - paused
+                continue
+            time.sleep(POLL_S)
+
+    def _actor_limit(self) -> int:
+        limit = self.progress.next_eval if self.progress.rows else self.progress.env_steps
+        return min(limit, self.cfg.max_env_steps or NO_LIMIT)
+
+    @contextlib.contextmanager
+    def _parked(self) -> Iterator[None]:
+        """Every worker parked at a step boundary, their statistics collected, while inside."""
+        if self._pause_depth:
+            yield
+            return
+        self._pause_depth += 1
+        flags = self.board.flags
+        try:
+            flags["epoch"] += 1
+            flags["pause"] = 1
+            while any(flags[f"parked_{role}"] != flags["epoch"] for role in ROLES):
+                self._check_workers()
+                time.sleep(POLL_S)
+            self._collect()
+            yield
+        finally:
+            self._pause_depth -= 1
+            flags["actor_limit"] = self._actor_limit()
+            flags["pause"] = 0
+
+    def _collect(self) -> None:
+        stats = self.board.stats
+        for name in ("critic_loss", "actor_loss"):
+            if stats[f"{name}_count"]:
+                self.add_loss(name, stats[f"{name}_sum"], int(stats[f"{name}_count"]))
+        self._returns[0] += stats["return_sum"]
+        self._returns[1] += int(stats["return_count"])
+        stats.tensor.zero_()
+        self.progress.actor_steps = self.board.flags["actor_steps"]
+        self.progress.env_steps = self.board.flags["env_steps"]
+
+    def _receive_state(self, role: str) -> dict[str, Any]:
+        conn = self.workers[role][1]
+        while True:
+            self._check_workers(role)
+            with contextlib.suppress(EOFError, OSError):  # a dead worker: the next check raises
+                message = conn.recv() if conn.poll(POLL_S) else None
+                if message is None:
+                    continue
+                if message[0] == "state":
+                    return _from_bytes(message[1])
+                self._raise(role, message)
+
+    def _check_workers(self, skip: str | None = None) -> None:
+        """Raise if a worker reported a failure or died (``skip``: a worker whose pipe the caller reads)."""
+        for role, (proc, conn) in self.workers.items():
+            if role == skip and proc.exitcode is None:
+                continue
+            try:
+                message = conn.recv() if conn.poll() else None
+            except (EOFError, OSError):  # its end of the pipe closed: it died
+                proc.join(1.0)
+                message = None
+            if message is not None:
+                self._raise(role, message)
+            if proc.exitcode is not None:
+                with contextlib.suppress(EOFError, OSError):
+                    if conn.poll(0.5):  # its report may still be on the way
+                        self._raise(role, conn.recv())
+                raise WorkerFailed(role, proc.pid, _exit_reason(proc.exitcode))
+
+    def _raise(self, role: str, message: tuple[Any, ...]) -> None:
+        proc = self.workers[role][0]
+        if message[0] == "nonfinite":
+            self.progress.env_steps = message[1]
+            raise NonFiniteLoss(message[1], message[2], ROLE_NAMES[role])
+        if message[0] == "failed":
+            raise WorkerFailed(role, proc.pid, f"failed: {message[1]}", message[2])
+        raise WorkerFailed(role, proc.pid, f"sent an unexpected message {message[0]!r}")
+
+    def _stop(self) -> None:
+        """Tell the workers to stop; kill those that do not exit within STOP_S seconds."""
+        self.board.flags.update(stop=1, pause=0)
+        deadline = time.monotonic() + STOP_S
+        for proc, conn in self.workers.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            conn.close()
+        self.workers.clear()

@@ -1,0 +1,196 @@
+"""mode=async: the workers as processes, the ring between them, failures, interruptions and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pql.buffers import RingBuffer
+from pql.envs import register
+from pql.envs.classic import Pendulum
+from pql.exchange import TransitionRing
+from pql.parallel import WorkerFailed, thread_plan
+from pql.run_loop import NonFiniteLoss
+from pql.train import train
+from tests.conftest import wait_gone
+from tests.test_trainer import read_rows
+
+ROWS, BATCHES = 5, 37  # 37 batches through 3 slots: the ring wraps around a dozen times
+
+
+def produce(ring: TransitionRing, batches: int) -> None:
+    """Put ``batches`` batches of numbered rows (row i holds i and -i) as soon as the ring has room."""
+    rows = ring.storage.shape[1]
+    for b in range(batches):
+        while not ring.has_room():
+            time.sleep(1e-4)
+        ids = torch.arange(b * rows, (b + 1) * rows, dtype=torch.float32)
+        ring.put(torch.stack([ids, -ids], 1))
+
+
+def test_ring_carries_every_row_once_in_order_from_another_process():
+    ring = TransitionRing(slots=3, rows=ROWS, width=2, readers=2, device="cpu").share_memory()
+    producer = mp.get_context("spawn").Process(target=produce, args=(ring, BATCHES))
+    producer.start()
+    seen: list[torch.Tensor] = []
+    buffer = RingBuffer(23, {"id": (), "neg": ()}, "cpu")  # 23 rows: the replay buffer wraps too
+    deadline = time.monotonic() + 60
+    while (ring.pending(0) or ring.pending(1) or producer.is_alive()) and time.monotonic() < deadline:
+        if ring.pending(0):  # reader 0 keeps everything, reader 1 is a replay buffer
+            rows = ring.peek(0)
+            seen.append(rows.clone())
+            ring.release(0, [])
+        if ring.pending(1):
+            rows = ring.peek(1)
+            ring.release(1, [buffer.add_rows(rows)])
+        assert int(ring.written) - int(ring.taken.min()) <= 3, "the writer never overruns a slot being read"
+    producer.join()
+    assert producer.exitcode == 0
+    ids = torch.cat(seen)[:, 0]
+    assert torch.equal(ids, torch.arange(ROWS * BATCHES, dtype=torch.float32)), "each row once, in order"
+    assert torch.equal(torch.cat(seen)[:, 1], -ids), "no row torn between two writes"
+    order = (buffer.ptr + torch.arange(23)) % 23  # oldest first
+    assert torch.equal(buffer.data["id"][order], ids[-23:]), "the buffer holds the newest rows in order"
+
+
+def test_thread_plan_splits_the_cores_without_oversubscription():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda:0")
+    assert thread_plan({"actor": cpu, "v": cpu, "p": cpu}, 2) == {"actor": 1, "v": 1, "p": 1}
+    assert thread_plan({"actor": cpu, "v": cpu, "p": cpu}, 16) == {"actor": 5, "v": 6, "p": 5}
+    assert thread_plan({"actor": gpu, "v": cpu, "p": cpu}, 8) == {"actor": 1, "v": 4, "p": 4}
+    assert thread_plan({"actor": gpu, "v": gpu, "p": gpu}, 8) == {"actor": 1, "v": 1, "p": 1}
+
+
+@pytest.fixture
+def async_run(tiny):
+    """The tiny run in async mode, with a critic big enough that the V-learner is the slowest worker."""
+    return {**tiny, "mode": "async", "algo.critic_hidden": "[128,128]", "algo.batch_size": "256",
+            "max_env_steps": "6400", "eval_every_env_steps": "1600"}
+
+
+def test_async_holds_both_ratios_with_a_slow_learner(async_run):
+    run = train(async_run).path
+    rows = read_rows(run)
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    assert [int(r["env_steps"]) for r in rows] == [0, 1600, 3200, 4800, 6400], "rows where sync mode has them"
+    for row in rows[1:]:
+        counted = int(row["actor_steps"]) - 8  # warm-up steps are not counted by the controller
+        v, p = int(row["v_updates"]), int(row["p_updates"])
+        assert v == pytest.approx(8 * counted, rel=0.05), row
+        assert v / 2 - 1 <= p <= v / 2 + 1, row
+    assert float(rows[-1]["critic_loss"]) > 0 and float(rows[-1]["actor_loss"]) == float(rows[-1]["actor_loss"])
+
+
+def test_async_resume_continues_counts_and_rows(async_run):
+    first = train({**async_run, "max_env_steps": "3200"}).path
+    before = read_rows(first)
+    state = torch.load(first / "checkpoint.pt", weights_only=True)
+    assert {"policy", "critic", "critic_target", "normalizer", "controller"} <= set(state)
+    assert set(state["rng"]) == {"torch", "actor", "env", "v", "p", "eval_env"}
+    train({"resume": str(first), "max_env_steps": "6400"})
+    rows = read_rows(first)
+    assert rows[:len(before)] == before
+    assert [int(r["env_steps"]) for r in rows] == [0, 1600, 3200, 4800, 6400]
+    assert int(rows[-1]["v_updates"]) > int(before[-1]["v_updates"]) > 0, "the controller's counts go on"
+    assert json.loads((first / "status.json").read_text())["state"] == "done"
+
+
+class CrashingPendulum(Pendulum):
+    """Pendulum whose simulator raises on its 20th step in a worker process (the actor's), not in the
+    parent's evaluation."""
+
+    def step(self, actions):
+        self.steps = getattr(self, "steps", 0) + 1
+        if self.steps == 20 and mp.parent_process() is not None:
+            raise RuntimeError("simulator exploded")
+        return super().step(actions)
+
+
+class NaNPendulum(Pendulum):
+    """Pendulum whose rewards turn NaN after 15 steps: the critic's loss diverges in the V-learner."""
+
+    def step(self, actions):
+        self.steps = getattr(self, "steps", 0) + 1
+        obs, reward, terminated, truncated, info = super().step(actions)
+        return obs, reward * (float("nan") if self.steps > 15 else 1.0), terminated, truncated, info
+
+
+register("test/crashing-pendulum", CrashingPendulum)
+register("test/nan-pendulum-async", NaNPendulum)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def test_a_crash_in_the_actor_fails_the_run_naming_it_and_leaves_no_process(async_run):
+    with pytest.raises(WorkerFailed, match=r"the actor \(pid \d+\) failed: RuntimeError: simulator exploded"):
+        train({**async_run, "task": "test/crashing-pendulum"})
+    status = json.loads(Path(async_run["out"], "status.json").read_text())
+    assert status["state"] == "failed" and status["worker"] == "actor"
+    assert "simulator exploded" in status["traceback"] and "CrashingPendulum" not in status["error"]
+    assert all(wait_gone(pid, 10) for pid in status["workers"].values())
+
+
+def test_a_diverging_learner_fails_the_run_naming_it(async_run):
+    with pytest.raises(NonFiniteLoss, match="in the V-learner"):
+        train({**async_run, "task": "test/nan-pendulum-async", "eval_every_env_steps": "100000"})
+    status = json.loads(Path(async_run["out"], "status.json").read_text())
+    assert status["state"] == "failed" and status["worker"] == "V-learner"
+    assert status["env_steps"] < 6400, "stopped long before the next evaluation"
+
+
+def _start_cli(overrides: dict[str, str]) -> subprocess.Popen[bytes]:
+    args = [f"{k}={v}" for k, v in overrides.items()]
+    return subprocess.Popen([sys.executable, "-m", "pql", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def _wait_running(run: Path, proc: subprocess.Popen[bytes], min_rows: int = 2) -> dict:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
+        if "workers" in status and (run / "metrics.csv").exists() and len(read_rows(run)) >= min_rows:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"the run did not start: {proc.communicate()}")
+
+
+@pytest.mark.parametrize("role", ["actor", "V-learner", "P-learner"])
+def test_kill_9_of_a_worker_stops_the_run_within_seconds(async_run, role):
+    run = Path(async_run["out"])
+    proc = _start_cli({**async_run, "max_env_steps": "10000000", "checkpoint_every_s": "0"})
+    status = _wait_running(run, proc)
+    os.kill(status["workers"][{"actor": "actor", "V-learner": "v", "P-learner": "p"}[role]], signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - killed < 10 and proc.returncode == 1, err
+    final = json.loads((run / "status.json").read_text())
+    assert final["state"] == "failed" and final["worker"] == role and "killed by SIGKILL" in final["error"]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["progress"]["env_steps"] > 0, "the checkpoint is kept"
+    assert all(wait_gone(pid, 10) for pid in status["workers"].values()), "no worker left behind"
+
+
+def test_ctrl_c_checkpoints_stops_every_worker_and_resumes(async_run):
+    run = Path(async_run["out"])
+    proc = _start_cli({**async_run, "max_env_steps": "10000000"})
+    status = _wait_running(run, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    final = json.loads((run / "status.json").read_text())
+    assert final["state"] == "interrupted" and final["signal"] == "SIGINT"
+    assert all(wait_gone(pid, 10) for pid in status["workers"].values())
+    stopped_at = torch.load(run / "checkpoint.pt", weights_only=True)["progress"]["env_steps"]
+    assert stopped_at == final["env_steps"] > 0
+    train({"resume": str(run), "max_env_steps": str(stopped_at + 1600)})
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    assert int(read_rows(run)[-1]["env_steps"]) >= stopped_at + 1600
