@@ -1,6 +1,6 @@
 # Entry points of the suite. `make install` once (or let any target do it), then:
 #   make test     ruff + the default test suite (what CI runs)
-#   make bench    env-steps/s of the classic tasks and the V-learner's overhead (ARGS="--help" for more)
+#   make bench    env-steps/s, the V-learner's overhead, sync vs async (ARGS="--help" for more)
 #   make train    one PQL run on classic/pendulum (ARGS="KEY=VALUE ..." to change it)
 #   make ablate-envs (noise, batch, ratios, buffer, gpus), make compare: a study, PROFILE=quick LAUNCHER=local,
 #                 then its figures and report under plots/<study>/

@@ -123,7 +123,7 @@ def run_rates(task: str, device: str, overrides: dict[str, Any], mode: str, step
         every = max(1, steps // 4) * n
         first = (warmup // (every // n) + 1) * every  # the first row after warm-up
         cfg = _config(task, device, overrides, mode=mode, out=out, eval_envs=1, eval_every_env_steps=every,
-                      max_env_steps=first + steps * n, max_time_s=None)
+                      max_env_steps=first + steps * n, max_time_s="null")
         run_training(cfg)
         with open(Path(out) / "metrics.csv") as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["env_steps"]) >= first]
