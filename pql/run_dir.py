@@ -51,6 +51,9 @@ def atomic_write(path: Path, data: bytes | memoryview) -> None:
         raise
 
 
+MANIFEST_SCHEMA = 1
+
+
 class RunDir:
     """Files of one run under ``path``."""
 
@@ -72,6 +75,19 @@ class RunDir:
 
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+
+    def record_session(self, facts: dict[str, Any], resumed: bool) -> None:
+        """Write ``manifest.json``: the facts of the session that started the run (code, packages, host,
+        hardware: :func:`pql.manifest.session`), and those of each session that resumed it under ``resumes``."""
+        path = self.path / "manifest.json"
+        manifest: dict[str, Any] = {"schema": MANIFEST_SCHEMA, **facts, "resumes": []}
+        if resumed:
+            try:
+                manifest = json.loads(path.read_text())
+                manifest.setdefault("resumes", []).append(facts)
+            except (OSError, ValueError):  # a run from before manifests, or a damaged one: start afresh
+                manifest["resumed_without_manifest"] = True
+        atomic_write(path, json.dumps(manifest, indent=2, default=str).encode())
 
     def write_status(self, state: str, **fields: Any) -> None:
         """``state`` is one of STATES; extra fields (error, signal, step, losses...) go along."""

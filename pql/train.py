@@ -20,6 +20,7 @@ from pql.config import Config, ConfigError, build_config, config_to_dict, dotted
 from pql.devices import device_name, gpu_mismatch, resolve_devices
 from pql.interrupt import RunInterrupted, StopSignals
 from pql.locks import locked_run
+from pql.manifest import session
 from pql.parallel import ProcessTrainer, WorkerFailed
 from pql.ppo_trainer import PPOTrainer
 from pql.run_dir import RunDir
@@ -184,6 +185,8 @@ def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
         run_dir.truncate_metrics(state["progress"]["env_steps"])
     else:
         run_dir.write_config(config_to_dict(cfg))
+    run_dir.record_session(session(dict(zip(("sim", "v_learner", "p_learner"), trainer.devices, strict=True))),
+                           resumed=state is not None)
     sinks: list[Any] = [ProgressDisplay(cfg, cfg.progress, trainer.progress)]
     if cfg.tensorboard:
         sinks.append(TensorBoardSink(run_dir.path / "tb"))

@@ -158,3 +158,28 @@ def test_progress_bar_shows_return_and_throughput(tiny, capsys):
     train({**tiny, "progress": "true"})
     err = capsys.readouterr().err
     assert "classic/pendulum pql" in err and "eval " in err and "env-steps/s" in err
+
+
+def test_manifest_records_code_packages_and_hardware_of_every_session(tiny):
+    import subprocess
+    from importlib.metadata import version
+    from pathlib import Path
+
+    import pql
+
+    run = train(tiny).path
+    manifest = json.loads((run / "manifest.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(pql.__file__).parent).stdout.strip()
+    if head:  # the package runs from a git checkout
+        assert manifest["git"]["commit"] == head and isinstance(manifest["git"]["dirty"], bool)
+    else:
+        assert manifest["git"] is None
+    assert manifest["schema"] == 1 and manifest["packages"]["torch"] == version("torch")
+    assert manifest["cpu"] and manifest["cpus"] >= 1 and manifest["memory_gib"] > 0
+    assert manifest["devices"] == {"sim": manifest["devices"]["sim"], "v_learner": manifest["devices"]["sim"],
+                                   "p_learner": manifest["devices"]["sim"]} and manifest["resumes"] == []
+    train({"resume": str(run), "max_env_steps": "3200"})
+    resumed = json.loads((run / "manifest.json").read_text())
+    assert resumed["started"] == manifest["started"] and len(resumed["resumes"]) == 1
+    assert resumed["resumes"][0]["git"] == manifest["git"]
