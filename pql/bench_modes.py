@@ -18,7 +18,6 @@ For each task (its preset, every part on the CPU unless ``--device`` says otherw
 from __future__ import annotations
 
 import csv
-import os
 import statistics
 import tempfile
 import time
@@ -31,7 +30,7 @@ import torch
 
 from pql.balance import critic_sample_ratio
 from pql.config import Config, build_config
-from pql.parallel import ROLES, thread_plan
+from pql.parallel import ROLES, core_budget, thread_plan
 from pql.run_dir import RunDir
 from pql.train import run_training
 from pql.trainer import Trainer
@@ -40,7 +39,8 @@ MODE_TASKS = "classic/pendulum,gym/Pendulum-v1,playground/CartpoleBalance"
 
 
 def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores a run here may use (:func:`pql.parallel.core_budget`)."""
+    return core_budget()[1]
 
 
 @dataclass

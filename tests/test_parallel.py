@@ -68,6 +68,19 @@ def test_thread_plan_splits_the_cores_without_oversubscription():
     assert thread_plan({"actor": gpu, "v": gpu, "p": gpu}, 8) == {"actor": 1, "v": 1, "p": 1}
 
 
+def test_core_plan_gives_the_v_learner_its_own_cores_and_the_budget_follows_omp_num_threads(monkeypatch):
+    from pql.parallel import core_budget, core_plan
+
+    assert core_plan({"actor": 1, "v": 1, "p": 1}, [0, 1]) == {"v": {0}, "actor": {1}, "p": {1}}
+    assert core_plan({"actor": 5, "v": 6, "p": 5}, list(range(16))) == {
+        "v": set(range(6)), "actor": set(range(6, 11)), "p": set(range(11, 16))}
+    assert core_plan({"actor": 1, "v": 1, "p": 1}, [3]) == {"v": {3}, "actor": {3}, "p": {3}}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert core_budget()[1] == 1, "pql ablate --jobs J gives each run its share"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert core_budget()[1] == len(core_budget()[0]) >= 1
+
+
 @pytest.fixture
 def async_run(tiny):
     """The tiny run in async mode, with a critic big enough that the V-learner is the slowest worker."""
