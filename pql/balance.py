@@ -114,19 +114,23 @@ class RatioController:
         """Seconds ``worker`` should sleep before its next step (0 if it may go on).
 
         The actor and the V-learner may each lead the other by one actor step's worth
-        of V-updates; the P-learner may lead the V-learner by one P-update's worth.
-        A worker that leads by more waits for the time its partner needs to catch up.
+        of V-updates; the V-learner and the P-learner may each lead the other by one
+        P-update's worth. A worker that leads by more waits for the time its partner
+        needs to catch up (the V-learner for the longer of its two partners).
         """
         if worker == "actor":
-            lead = self.progress("actor") - self.progress("v") - self.beta_av
-            per_unit = self.durations["v"]
-        elif worker == "v":
-            lead = self.progress("v") - self.progress("actor") - self.beta_av
-            actor = self.durations["actor"]
-            per_unit = None if actor is None else actor / self.beta_av
-        else:
-            lead = self.progress("p") - self.progress("v")
-            per_unit = self.durations["v"]
+            return self._wait(self.progress("actor") - self.progress("v") - self.beta_av, self.durations["v"], 1.0)
+        if worker == "p":
+            return self._wait(self.progress("p") - self.progress("v"), self.durations["v"], 1.0)
+        return max(self._wait(self.progress("v") - self.progress("actor") - self.beta_av, self.durations["actor"],
+                              self.beta_av),
+                   self._wait(self.progress("v") - self.progress("p") - self.beta_pv, self.durations["p"],
+                              self.beta_pv))
+
+    @staticmethod
+    def _wait(lead: float, partner_s: float | None, partner_units: float) -> float:
+        """The time a partner taking ``partner_s`` per step worth ``partner_units`` V-updates needs to make
+        up ``lead`` V-updates (1 ms per V-update while its duration is unknown)."""
         if lead <= 0:
             return 0.0
-        return lead * (per_unit if per_unit is not None else 1e-3)
+        return lead * (1e-3 if partner_s is None else partner_s / partner_units)

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny, fast training configuration; the Isaac simulator fakes."""
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,15 @@ TINY = {  # sync mode: deterministic, and no worker processes to start
     "eval_every_env_steps": "640", "algo.actor_hidden": "[16,16]", "algo.critic_hidden": "[16,16]",
     "algo.batch_size": "64", "algo.buffer_size": "4096", "algo.warmup_steps": "8", "progress": "false",
 }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def interruptible_children():
+    """A test session started with SIGINT ignored (a background job of a non-interactive shell) would pass
+    that on to every process it starts, and the interruption tests send SIGINT: restore Python's handler."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @pytest.fixture

@@ -54,8 +54,10 @@ def test_waits_are_lead_times_partner_duration():
     assert ctl.wait_s("p") == 0.0  # P at 8 == V at 8: may go on
     ctl.counts.update(p=6)  # P leads V by 4 V-updates
     assert ctl.wait_s("p") == pytest.approx(4 * 0.01)
-    ctl.counts.update(actor=1, v=30)  # V leads the actor by 22, 14 beyond the allowance
+    ctl.counts.update(actor=1, v=30, p=15)  # V leads the actor by 22, 14 beyond the allowance; P keeps up
     assert ctl.wait_s("v") == pytest.approx(14 * 0.08 / 8)
+    ctl.counts.update(actor=4, p=10)  # now V leads P by 10 V-updates, 8 beyond the allowance of one P-update
+    assert ctl.wait_s("v") == pytest.approx(8 * 0.02 / 2)
 
 
 @pytest.mark.parametrize("durations", [
@@ -83,9 +85,7 @@ def test_simulated_concurrent_workers_hold_the_ratios(durations):
     c = ctl.counts
     assert c["actor"] > 100
     assert c["v"] / c["actor"] == pytest.approx(8, rel=0.05)
-    assert c["p"] <= c["v"] / 2 + 1, "the P-learner never runs ahead of its ratio"
-    if durations["p"] * c["v"] / 2 < 0.9 * clock.now:  # P had the time to keep up
-        assert c["v"] / c["p"] == pytest.approx(2, rel=0.05)
+    assert c["v"] / c["p"] == pytest.approx(2, rel=0.05), "held also where the P-learner is the slowest"
 
 
 def test_critic_sample_ratio_scales_only_above_the_reference_env_count():

@@ -89,15 +89,15 @@ def async_run(tiny):
 
 
 def test_async_holds_both_ratios_with_a_slow_learner(async_run):
-    run = train(async_run).path
+    run = train({**async_run, "eval_every_env_steps": "3200"}).path
     rows = read_rows(run)
     assert json.loads((run / "status.json").read_text())["state"] == "done"
-    assert [int(r["env_steps"]) for r in rows] == [0, 1600, 3200, 4800, 6400], "rows where sync mode has them"
+    assert [int(r["env_steps"]) for r in rows] == [0, 3200, 6400], "rows where sync mode has them"
     for row in rows[1:]:
         counted = int(row["actor_steps"]) - 8  # warm-up steps are not counted by the controller
         v, p = int(row["v_updates"]), int(row["p_updates"])
         assert v == pytest.approx(8 * counted, rel=0.05), row
-        assert v / 2 - 1 <= p <= v / 2 + 1, row
+        assert v / p == pytest.approx(2, rel=0.05), row
     assert float(rows[-1]["critic_loss"]) > 0 and float(rows[-1]["actor_loss"]) == float(rows[-1]["actor_loss"])
 
 
