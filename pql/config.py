@@ -12,6 +12,7 @@ import difflib
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -254,6 +255,22 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     mark = getattr(err, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     return f"not valid YAML: {getattr(err, 'problem', None) or err}{where}"
+
+
+def read_yaml_mapping(path: Path, label: str, shape: str) -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (empty file: {}); ConfigError starting with ``label`` when it
+    is missing, unreadable, not YAML, or not a mapping (``shape`` says what it should hold)."""
+    if not path.is_file():
+        raise ConfigError(f"{label}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{label}: {yaml_problem(err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{label}: cannot be read ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping of {shape}, got {type(data).__name__}")
+    return data
 
 
 def load_config(path: str) -> Config:

@@ -9,9 +9,9 @@
 
 Both work inside one process (sync mode) and, after ``share_memory``, across processes
 (async mode): CPU tensors move to shared memory, CUDA tensors travel by CUDA IPC, and the
-counters are CPU tensors in shared memory. A counter is advanced only after the copy it
-announces has completed (CUDA streams are synchronised first), so a reader never sees a
-half-written slot.
+counters are CPU tensors in shared memory. Across processes a counter is advanced only after
+the copy it announces has completed (CUDA streams are synchronised first), so a reader never
+sees a half-written slot; within one process the stream orders the copies and nothing waits.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class ModuleSlot:
             self._snapshot = [t.detach().clone() for t in _tensors(module)]
         self._version = torch.zeros((), dtype=torch.int64)
         self._lock: Any = threading.Lock()
+        self._shared = False  # only then must a copy be complete before the version says so
 
     def share_memory(self, lock: Any) -> ModuleSlot:
         """Make the slot usable from other processes; ``lock`` is a multiprocessing lock of their context."""
@@ -48,7 +49,7 @@ class ModuleSlot:
             if not t.is_cuda:
                 t.share_memory_()
         self._version.share_memory_()
-        self._lock = lock
+        self._lock, self._shared = lock, True
         return self
 
     @property
@@ -60,7 +61,8 @@ class ModuleSlot:
         """Copy ``module``'s current parameters and buffers into the slot."""
         with self._lock:
             torch._foreach_copy_(self._snapshot, _tensors(module))
-            settle(self._snapshot)
+            if self._shared:
+                settle(self._snapshot)
             self._version += 1
 
     @torch.no_grad()
@@ -72,7 +74,8 @@ class ModuleSlot:
             targets = _tensors(module)
             for dst, src in zip(targets, self._snapshot, strict=True):
                 dst.copy_(src)
-            settle(targets)
+            if self._shared:
+                settle(targets)
             return self.version
 
 

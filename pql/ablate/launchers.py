@@ -25,11 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pql.ablate.job import LAUNCHER_PID
 from pql.ablate.spec import Cell
-from pql.config import ConfigError, yaml_problem
+from pql.config import ConfigError, read_yaml_mapping
 from pql.interrupt import RunInterrupted, StopSignals
 from pql.locks import INHERITED_FD, FileLock
 from pql.run_dir import RunDir
@@ -188,14 +186,7 @@ class ClusterProfile:
     @classmethod
     def load(cls, path: str | Path) -> ClusterProfile:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--cluster {path}: no such file")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--cluster {path}: {yaml_problem(err)}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"--cluster {path}: expected a mapping of cluster keys, got {type(data).__name__}")
+        data = read_yaml_mapping(path, f"--cluster {path}", "cluster keys")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:

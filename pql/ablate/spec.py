@@ -18,9 +18,15 @@ from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pql.config import Config, ConfigError, build_config, config_to_dict, dotted_overrides, value_text, yaml_problem
+from pql.config import (
+    Config,
+    ConfigError,
+    build_config,
+    config_to_dict,
+    dotted_overrides,
+    read_yaml_mapping,
+    value_text,
+)
 
 SPEC_KEYS = {"study", "description", "base", "axes", "seeds", "profiles", "figure"}
 PROFILE_KEYS = {"base", "axes", "seeds", "description"}
@@ -81,17 +87,7 @@ def run_id(cfg: Config) -> str:
 def load_spec(path: str | Path) -> dict[str, Any]:
     """Read a spec file and check its top-level shape."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"no study spec at {path}")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: {yaml_problem(err)}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot be read ({err})") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: a study spec is a mapping with 'study', 'base', 'axes', ...; got "
-                          f"{type(spec).__name__}")
+    spec = read_yaml_mapping(path, str(path), "'study', 'base', 'axes', ... (a study spec)")
     unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown spec key(s) {', '.join(sorted(unknown))}; "
