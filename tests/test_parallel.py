@@ -127,12 +127,13 @@ class CrashingPendulum(Pendulum):
 
 
 class NaNPendulum(Pendulum):
-    """Pendulum whose rewards turn NaN after 15 steps: the critic's loss diverges in the V-learner."""
+    """Pendulum whose rewards turn NaN after 5 steps, before learning starts: the critic's loss is NaN from
+    the V-learner's first update, so its first check (50 updates) comes long before the P-learner's."""
 
     def step(self, actions):
         self.steps = getattr(self, "steps", 0) + 1
         obs, reward, terminated, truncated, info = super().step(actions)
-        return obs, reward * (float("nan") if self.steps > 15 else 1.0), terminated, truncated, info
+        return obs, reward * (float("nan") if self.steps > 5 else 1.0), terminated, truncated, info
 
 
 register("test/crashing-pendulum", CrashingPendulum)
@@ -168,10 +169,12 @@ def _start_cli(overrides: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def _wait_running(run: Path, proc: subprocess.Popen[bytes], min_rows: int = 2) -> dict:
+    """The running status once the workers run, ``min_rows`` rows are written and a checkpoint exists."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
-        if "workers" in status and (run / "metrics.csv").exists() and len(read_rows(run)) >= min_rows:
+        if ("workers" in status and (run / "checkpoint.pt").exists() and (run / "metrics.csv").exists()
+                and len(read_rows(run)) >= min_rows):
             return status
         time.sleep(0.1)
     raise AssertionError(f"the run did not start: {proc.communicate()}")
@@ -194,7 +197,7 @@ def test_kill_9_of_a_worker_stops_the_run_within_seconds(async_run, role):
 
 def test_ctrl_c_checkpoints_stops_every_worker_and_resumes(async_run):
     run = Path(async_run["out"])
-    proc = _start_cli({**async_run, "max_env_steps": "10000000"})
+    proc = _start_cli({**async_run, "max_env_steps": "10000000", "checkpoint_every_s": "0"})
     status = _wait_running(run, proc)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
