@@ -19,8 +19,6 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-ALGOS = ("pql", "pql-d", "ddpg", "sac", "ppo")
-SEQUENTIAL_ALGOS = ("ddpg", "sac", "ppo")  # baselines: one process, one update after another
 LR_SCHEDULES = ("adaptive", "fixed")
 MODES = ("sync", "async")
 NOISE_KINDS = ("mixed", "fixed")
@@ -293,7 +291,8 @@ def load_config(path: str) -> Config:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError for values that cannot make a run, before any work starts."""
-    from pql.envs import ONE_SIMULATION_PER_PROCESS, task_problem  # local: envs import torch
+    from pql.algos import ALGORITHMS  # local: the algorithms and envs import torch
+    from pql.envs import ONE_SIMULATION_PER_PROCESS, task_problem
 
     a, n = cfg.algo, cfg.noise
 
@@ -303,9 +302,9 @@ def validate(cfg: Config) -> None:
 
     problem = task_problem(cfg.task)
     need(problem is None, str(problem))
-    need(a.name in ALGOS, f"unknown algo '{a.name}'; known: {', '.join(ALGOS)}")
+    need(a.name in ALGORITHMS, f"unknown algo '{a.name}'; known: {', '.join(ALGORITHMS)}")
     need(cfg.mode in MODES, f"mode must be one of {', '.join(MODES)}, got '{cfg.mode}'")
-    need(cfg.mode == "sync" or a.name not in SEQUENTIAL_ALGOS,
+    need(cfg.mode == "sync" or not ALGORITHMS[a.name].sequential,
          f"algo={a.name} is a sequential baseline: it runs with mode=sync only")
     need(n.kind in NOISE_KINDS, f"noise.kind must be one of {', '.join(NOISE_KINDS)}, got '{n.kind}'")
     need(cfg.num_envs >= 1, f"num_envs must be >= 1, got {cfg.num_envs}")
@@ -336,7 +335,7 @@ def validate(cfg: Config) -> None:
                                           f"got '{ppo.lr_schedule}'")
     for key in ("horizon", "minibatch_size", "epochs"):
         need(getattr(ppo, key) >= 1, f"algo.ppo.{key} must be >= 1, got {getattr(ppo, key)}")
-    need(a.name != "ppo" or ppo.minibatch_size <= ppo.horizon * cfg.num_envs,
+    need(ALGORITHMS[a.name].trainer != "ppo" or ppo.minibatch_size <= ppo.horizon * cfg.num_envs,
          f"algo.ppo.minibatch_size ({ppo.minibatch_size}) is larger than a rollout "
          f"(algo.ppo.horizon x num_envs = {ppo.horizon * cfg.num_envs})")
     for key in ("lr", "kl_threshold", "clip"):

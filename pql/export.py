@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pql.algos import algorithm
 from pql.config import load_config
 from pql.envs import make_env
-from pql.nets import make_policy
 from pql.normalizer import RunningNormalizer
 from pql.run_dir import RunDir
 
@@ -43,7 +43,7 @@ def export_policy(run_path: str | Path, out: str | Path | None = None) -> Path:
     cfg = load_config(str(run.path / "config.yaml"))
     env = make_env(cfg.task, 1, device="cpu")
     state = run.load_checkpoint("cpu")
-    actor = make_policy(cfg.algo, env.obs_dim, env.act_dim)
+    actor = algorithm(cfg.algo.name).make_policy(cfg.algo, env.obs_dim, env.act_dim)
     actor.load_state_dict(state["policy"])
     normalizer = RunningNormalizer(env.obs_dim, cfg.algo.obs_clip, enabled=cfg.algo.normalize_obs)
     normalizer.load_state_dict(state["normalizer"])

@@ -16,11 +16,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from pql.algos.ppo import adapt_learning_rate, bootstrap_truncated, gae, ppo_losses
+from pql.algos import algorithm
+from pql.algos.ppo import PPOPolicy, adapt_learning_rate, bootstrap_truncated, gae, ppo_losses
 from pql.config import Config
 from pql.devices import resolve_devices, seeded_generator
 from pql.envs import make_env
-from pql.nets import PPOPolicy, make_policy, mlp
+from pql.nets import mlp
 from pql.normalizer import RunningNormalizer
 from pql.run_dir import RunDir
 from pql.run_loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
@@ -53,7 +54,7 @@ class PPOTrainer(RunLoop):
         self.env = make_env(cfg.task, cfg.num_envs, device=sim, seed=cfg.seed)
         self.eval_env = make_eval_env(cfg, sim)
         d, a = self.env.obs_dim, self.env.act_dim
-        policy = make_policy(algo, d, a).to(sim)
+        policy = algorithm(algo.name).make_policy(algo, d, a).to(sim)
         assert isinstance(policy, PPOPolicy)
         self.policy = policy
         self.value = mlp([d, *algo.critic_hidden, 1]).to(sim)

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pql.algos import algorithm
 from pql.config import Config, ConfigError, build_config, config_to_dict, dotted_overrides, load_config
 from pql.devices import device_name, gpu_mismatch, resolve_devices
 from pql.interrupt import RunInterrupted, StopSignals
@@ -35,6 +36,13 @@ RESUMABLE_KEYS = {"resume", "max_time_s", "max_env_steps", "progress", "tensorbo
 
 class WrongHardware(ConfigError):
     """The run asks for a GPU model this machine does not have."""
+
+
+def trainer_class(cfg: Config) -> type[RunLoop]:
+    """The run loop of ``cfg``'s algorithm: PPO's, or the actor-critic workers in one process (sync) or three."""
+    if algorithm(cfg.algo.name).trainer == "ppo":
+        return PPOTrainer
+    return ProcessTrainer if cfg.mode == "async" else Trainer
 
 
 def default_out(cfg: Config) -> str:
@@ -175,8 +183,7 @@ def run_training(cfg: Config, on_start: Callable[[RunLoop], None] | None = None)
 def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
                   on_start: Callable[[RunLoop], None] | None) -> RunDir:
     state = run_dir.load_checkpoint() if cfg.resume else None
-    kind = PPOTrainer if cfg.algo.name == "ppo" else ProcessTrainer if cfg.mode == "async" else Trainer
-    trainer = kind(cfg, run_dir)
+    trainer = trainer_class(cfg)(cfg, run_dir)
     signals.on_first = trainer.request_stop
     if signals.signum is not None:  # a signal came while the trainer was being built
         raise RunInterrupted(signals.signum)

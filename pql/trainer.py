@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from pql.algos.critic_heads import make_head
+from pql.algos import algorithm
 from pql.balance import RatioController, critic_sample_ratio
 from pql.buffers import NStepWindow, observation_buffer, transition_buffer
 from pql.config import Config
 from pql.devices import resolve_devices, seeded_generator
 from pql.envs import VecEnv, make_env
 from pql.exchange import ModuleSlot
-from pql.nets import Policy, TwinCritic, make_policy
+from pql.nets import OffPolicyActor, TwinCritic
 from pql.normalizer import RunningNormalizer
 from pql.run_dir import RunDir
 from pql.run_loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
@@ -37,7 +37,7 @@ ACTOR_SEED, V_SEED, P_SEED = 1, 2, 3
 class Networks:
     """The initial policy, critic and observation normaliser of a run (built on the CPU)."""
 
-    policy: Policy
+    policy: OffPolicyActor
     critic: nn.Module
     normalizer: RunningNormalizer
     obs_dim: int
@@ -46,9 +46,10 @@ class Networks:
 
 def initial_networks(cfg: Config, obs_dim: int, act_dim: int) -> Networks:
     """The networks every worker starts from, drawn from the global torch generator (seed it first)."""
-    algo = cfg.algo
-    policy = make_policy(algo, obs_dim, act_dim)
-    critic = TwinCritic(obs_dim, act_dim, algo.critic_hidden, make_head(algo, "cpu").out_features)
+    algo, declared = cfg.algo, algorithm(cfg.algo.name)
+    policy = declared.make_policy(algo, obs_dim, act_dim)
+    assert isinstance(policy, OffPolicyActor), f"{algo.name}'s policy is not an off-policy actor"
+    critic = TwinCritic(obs_dim, act_dim, algo.critic_hidden, declared.head(algo, "cpu").out_features)
     return Networks(policy, critic, RunningNormalizer(obs_dim, algo.obs_clip, enabled=algo.normalize_obs), obs_dim,
                     act_dim)
 
@@ -65,7 +66,7 @@ def build_actor(cfg: Config, env: VecEnv, nets: Networks) -> ActorWorker:
 
 def build_v_learner(cfg: Config, nets: Networks, device: torch.device) -> VLearner:
     """The V-learner on ``device``: a copy of the critic to train, copies of the policy and normaliser to read."""
-    return VLearner(copy.deepcopy(nets.critic).to(device), make_head(cfg.algo, device),
+    return VLearner(copy.deepcopy(nets.critic).to(device), algorithm(cfg.algo.name).head(cfg.algo, device),
                     copy.deepcopy(nets.policy).to(device), copy.deepcopy(nets.normalizer).to(device),
                     transition_buffer(cfg.algo.buffer_size, nets.obs_dim, nets.act_dim, device), cfg.algo,
                     seeded_generator(device, cfg.seed + V_SEED))
@@ -73,8 +74,10 @@ def build_v_learner(cfg: Config, nets: Networks, device: torch.device) -> VLearn
 
 def build_p_learner(cfg: Config, nets: Networks, device: torch.device) -> PLearner:
     """The P-learner on ``device``: a copy of the policy to train, copies of the critic and normaliser to read."""
-    return PLearner(copy.deepcopy(nets.policy).to(device), make_head(cfg.algo, device),
-                    copy.deepcopy(nets.critic).to(device), copy.deepcopy(nets.normalizer).to(device),
+    policy = copy.deepcopy(nets.policy).to(device)
+    declared = algorithm(cfg.algo.name)
+    return PLearner(policy, declared.head(cfg.algo, device), copy.deepcopy(nets.critic).to(device),
+                    declared.objective(policy, cfg.algo), copy.deepcopy(nets.normalizer).to(device),
                     observation_buffer(cfg.algo.buffer_size, nets.obs_dim, device), cfg.algo,
                     seeded_generator(device, cfg.seed + P_SEED))
 

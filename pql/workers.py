@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pql.algos.critic_heads import CategoricalHead, ScalarHead
+from pql.algos.base import ActorObjective, CriticHead
 from pql.buffers import NStepWindow, RingBuffer, Transitions
 from pql.config import AlgoConfig
 from pql.envs import VecEnv
-from pql.nets import GaussianActor, Policy
+from pql.nets import OffPolicyActor
 from pql.normalizer import RunningNormalizer
 
 
@@ -61,7 +61,7 @@ class EpisodeReturns:
 class ActorWorker:
     """Steps all N environments with the policy plus per-env Gaussian noise and emits n-step transitions."""
 
-    def __init__(self, env: VecEnv, policy: Policy, normalizer: RunningNormalizer, noise_std: torch.Tensor,
+    def __init__(self, env: VecEnv, policy: OffPolicyActor, normalizer: RunningNormalizer, noise_std: torch.Tensor,
                  window: NStepWindow, reward_scale: float, generator: torch.Generator) -> None:
         self.env, self.policy, self.normalizer = env, policy, normalizer
         self.noise_std = noise_std[:, None]  # [N, 1]
@@ -106,7 +106,7 @@ class ActorWorker:
 class VLearner:
     """Owns the transition buffer and the twin critic; one ``update()`` is one critic gradient step."""
 
-    def __init__(self, critic: nn.Module, head: ScalarHead | CategoricalHead, policy: Policy,
+    def __init__(self, critic: nn.Module, head: CriticHead, policy: OffPolicyActor,
                  normalizer: RunningNormalizer, buffer: RingBuffer, cfg: AlgoConfig,
                  generator: torch.Generator) -> None:
         self.critic, self.head, self.policy, self.normalizer = critic, head, policy, normalizer
@@ -153,64 +153,49 @@ class VLearner:
 
 
 class PLearner:
-    """Owns the observation buffer and the policy; ``update()`` maximises min(Q1, Q2) of its critic copy.
+    """Owns the observation buffer and the policy; ``update()`` is one step of the algorithm's actor
+    objective (:class:`~pql.algos.base.ActorObjective`) against its copy of the critic."""
 
-    For SAC's Gaussian policy the objective is min Q - alpha * log pi, and each update
-    also moves the temperature toward the target entropy ``-|A|``.
-    """
-
-    def __init__(self, policy: Policy, head: ScalarHead | CategoricalHead, critic: nn.Module,
+    def __init__(self, policy: OffPolicyActor, head: CriticHead, critic: nn.Module, objective: ActorObjective,
                  normalizer: RunningNormalizer, buffer: RingBuffer, cfg: AlgoConfig,
                  generator: torch.Generator) -> None:
-        self.policy, self.head, self.normalizer = policy, head, normalizer
+        self.policy, self.head, self.objective, self.normalizer = policy, head, objective, normalizer
         self.critic = critic.requires_grad_(False)
         self.buffer, self.cfg, self.generator = buffer, cfg, generator
-        params = policy.policy_parameters() if isinstance(policy, GaussianActor) else list(policy.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.actor_lr)
-        self._policy_params = params
-        self.temperature_optimizer: torch.optim.Optimizer | None = None
-        if isinstance(policy, GaussianActor):
-            self.target_entropy = -float(policy.act_dim)
-            self.temperature_optimizer = torch.optim.AdamW([policy.log_alpha], lr=cfg.alpha_lr, weight_decay=0.0)
+        self._policy_params = objective.parameters()
+        self.optimizer = torch.optim.AdamW(self._policy_params, lr=cfg.actor_lr)
 
     def add(self, rows: torch.Tensor) -> torch.Tensor:
         """Store the observations of packed transitions ``[B, >= D]`` (their first D columns); returns the
         buffer's storage."""
         return self.buffer.add_rows(rows[:, :self.buffer.width])
 
+    def q(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q-values ``[2, B]`` of the critic copy at ``obs [B, D]``, ``action [B, A]``."""
+        return self.head.q_values(self.critic(obs, action))
+
     def state_dict(self) -> dict[str, Any]:
         """The P-learner's part of a checkpoint."""
         return {"policy": self.policy.state_dict(), "policy_optimizer": self.optimizer.state_dict(),
-                "temperature_optimizer": None if self.temperature_optimizer is None
-                else self.temperature_optimizer.state_dict(),
-                "rng": {"p": self.generator.get_state()}}
+                "objective": self.objective.state_dict(), "rng": {"p": self.generator.get_state()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["policy_optimizer"])
-        if self.temperature_optimizer is not None:
-            self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+        self.objective.load_state_dict(state["objective"])
         self.generator.set_state(state["rng"]["p"])
 
     def update(self) -> torch.Tensor:
-        """One policy step (and, for SAC, one temperature step) on sampled observations; returns the policy loss."""
+        """One policy step (then the objective's own, e.g. SAC's temperature) on sampled observations;
+        returns the policy loss."""
         obs = self.normalizer(self.buffer.sample(self.cfg.batch_size, self.generator)["obs"])
-        if isinstance(self.policy, GaussianActor):
-            action, log_prob = self.policy.sample(obs, self.generator)
-            alpha = self.policy.log_alpha.exp().detach()
-            loss = (alpha * log_prob - self.head.q_values(self.critic(obs, action)).min(0).values).mean()
-        else:
-            loss = -self.head.q_values(self.critic(obs, self.policy(obs))).min(0).values.mean()
+        loss = self.objective.loss(obs, self.q, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(self._policy_params, self.cfg.max_grad_norm)
         self.optimizer.step()
-        if self.temperature_optimizer is not None:
-            temperature_loss = -(self.policy.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-            self.temperature_optimizer.zero_grad(set_to_none=True)
-            temperature_loss.backward()
-            self.temperature_optimizer.step()
+        self.objective.after_step()
         return loss.detach()
 
 

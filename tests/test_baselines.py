@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from pql.algos.critic_heads import ScalarHead
+from pql.algos.sac import EntropyRegularisedObjective, GaussianActor
 from pql.buffers import observation_buffer
 from pql.config import ConfigError, build_config
 from pql.export import export_policy
-from pql.nets import GaussianActor, TwinCritic
+from pql.nets import TwinCritic
 from pql.normalizer import RunningNormalizer
 from pql.train import train
 from pql.workers import PLearner
@@ -57,7 +58,8 @@ def test_sac_temperature_moves_toward_the_target_entropy(log_std_bias, direction
     cfg = build_config({"algo": "sac", "algo.batch_size": "64", "algo.actor_lr": "1e-9", "max_env_steps": "1"}).algo
     buffer = observation_buffer(128, 3, "cpu")
     buffer.add(obs=torch.randn(128, 3))
-    learner = PLearner(actor, ScalarHead(), TwinCritic(3, 1, (16,)), RunningNormalizer(3), buffer, cfg,
+    learner = PLearner(actor, ScalarHead(), TwinCritic(3, 1, (16,)), EntropyRegularisedObjective(actor, cfg),
+                       RunningNormalizer(3), buffer, cfg,
                        torch.Generator().manual_seed(0))
     before = actor.log_alpha.item()
     for _ in range(20):

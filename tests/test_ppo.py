@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from pql.algos.ppo import adapt_learning_rate, bootstrap_truncated, gae, ppo_losses
+from pql.algos.ppo import PPOPolicy, adapt_learning_rate, bootstrap_truncated, gae, ppo_losses
 from pql.config import ConfigError, build_config
 from pql.export import export_policy
-from pql.nets import PPOPolicy
 from pql.normalizer import RunningNormalizer
 from pql.train import train
 

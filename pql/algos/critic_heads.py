@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from pql.config import AlgoConfig
-
 
 class ScalarHead:
     """Twin scalar Q: target r + discount * min(Q1', Q2')."""
@@ -61,17 +59,11 @@ class CategoricalHead:
 
     def critic_loss(self, pred: torch.Tensor, target_out: torch.Tensor, ret: torch.Tensor,
                     discount: torch.Tensor, bonus: torch.Tensor | float = 0.0) -> torch.Tensor:
-        """Cross-entropy of both critics' logits ``[2, B, K]`` against the projected target (no ``bonus``)."""
+        """Cross-entropy of both critics' logits ``[2, B, K]`` against the projected target distribution
+        of ret + discount * (Z' + bonus): a ``bonus [B]`` (SAC's entropy term) shifts every atom of Z'."""
         with torch.no_grad():
             probs = target_out.softmax(-1)  # [2, B, K]
             pick = (probs * self.atoms).sum(-1).argmin(0)  # [B]: the pessimistic critic
             chosen = probs.gather(0, pick[None, :, None].expand(1, *probs.shape[1:]))[0]
-            target = self.project(chosen, ret, discount)
+            target = self.project(chosen, ret + discount * bonus, discount)
         return -(target * pred.log_softmax(-1)).sum(-1).mean(-1).sum()
-
-
-def make_head(algo: AlgoConfig, device: torch.device | str) -> ScalarHead | CategoricalHead:
-    """The critic head of ``algo.name``."""
-    if algo.name == "pql-d":
-        return CategoricalHead(algo.num_atoms, algo.v_min, algo.v_max, device)
-    return ScalarHead()

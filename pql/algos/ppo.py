@@ -1,4 +1,5 @@
-"""PPO as Isaac Gym users know it (rl_games style): GAE, the clipped losses, the adaptive learning rate.
+"""PPO as Isaac Gym users know it (rl_games style): its Gaussian policy, GAE, the clipped losses, the
+adaptive learning rate. The rollouts and updates are :class:`pql.ppo_trainer.PPOTrainer`'s.
 
 Shapes: H horizon steps, N environments, A action size, M minibatch rows.
 """
@@ -9,6 +10,28 @@ import math
 from typing import NamedTuple
 
 import torch
+from torch import nn
+
+from pql.algos.base import Algorithm
+from pql.nets import mlp
+
+
+class PPOPolicy(nn.Module):
+    """PPO's Gaussian policy: mean from an MLP, a state-independent log std; ``forward`` is the
+    deterministic action clamp(mean, -1, 1) ``[B, A]`` (actions are clipped only for the env)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], init_log_std: float = 0.0) -> None:
+        super().__init__()
+        self.net = mlp([obs_dim, *hidden, act_dim])
+        self.log_std = nn.Parameter(torch.full((act_dim,), init_log_std))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).clamp(-1.0, 1.0)
+
+    def distribution(self, obs: torch.Tensor) -> torch.distributions.Normal:
+        """The action distribution, ``[B, A]`` independent Gaussians."""
+        mean = self.net(obs)
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
 
 
 class Advantages(NamedTuple):
@@ -81,3 +104,9 @@ def adapt_learning_rate(lr: float, kl: float, threshold: float, low: float = 1e-
     if math.isfinite(kl) and kl < 0.5 * threshold:
         return min(lr * 1.5, high)
     return lr
+
+
+ALGORITHM = Algorithm(
+    name="ppo", label="PPO", color="#2ca02c", sequential=True, trainer="ppo",
+    make_policy=lambda algo, obs_dim, act_dim: PPOPolicy(obs_dim, act_dim, algo.actor_hidden, algo.ppo.init_log_std),
+)

@@ -1,0 +1,112 @@
+"""What an algorithm declares, and the actor objective shared by the deterministic-policy algorithms.
+
+An :class:`Algorithm` is data: its name, how figures show it, whether it runs only as a
+sequential baseline, which trainer runs it, and the factories of its policy, critic head
+and actor objective. The workers and trainers ask the registry (:mod:`pql.algos`) for
+these and never branch on an algorithm's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from pql.config import AlgoConfig
+
+# Which run loop trains an algorithm: the actor / V-learner / P-learner workers (sync or
+# async), or PPO's on-policy rollouts.
+TRAINERS = ("actor-critic", "ppo")
+
+QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs [B, D], action [B, A]) -> Q [2, B]
+
+
+class CriticHead(Protocol):
+    """How a twin critic's raw output ``[2, B]`` or ``[2, B, K]`` becomes Q-values and a TD loss."""
+
+    out_features: int
+
+    def q_values(self, out: torch.Tensor) -> torch.Tensor:
+        """``[2, B]`` Q-values of a critic output."""
+        ...
+
+    def critic_loss(self, pred: torch.Tensor, target_out: torch.Tensor, ret: torch.Tensor, discount: torch.Tensor,
+                    bonus: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """TD loss of both critics against ret + discount * (target value + bonus)."""
+        ...
+
+
+class ActorObjective(Protocol):
+    """The P-learner's loss for its policy, and whatever else it learns alongside (SAC's temperature)."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The parameters the policy optimiser steps (gradient-clipped)."""
+        ...
+
+    def loss(self, obs: torch.Tensor, q: QFunction, generator: torch.Generator) -> torch.Tensor:
+        """Scalar loss of normalised observations ``obs [B, D]``, differentiable in :meth:`parameters`."""
+        ...
+
+    def after_step(self) -> None:
+        """Called after each policy step (e.g. a temperature step)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Optimiser state beyond the policy's own, for checkpoints (None if there is none)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        ...
+
+
+class DeterministicObjective:
+    """Maximise min(Q1, Q2) at the policy's own action: PQL, PQL-D and DDPG(n)."""
+
+    def __init__(self, policy: nn.Module, cfg: AlgoConfig) -> None:
+        self.policy = policy
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.policy.parameters())
+
+    def loss(self, obs: torch.Tensor, q: QFunction, generator: torch.Generator) -> torch.Tensor:
+        return -q(obs, self.policy(obs)).min(0).values.mean()
+
+    def after_step(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One algorithm's declaration; register it in :data:`pql.algos.ALGORITHMS`."""
+
+    name: str  # the value of algo.name
+    label: str  # in figures, legends and reports
+    color: str  # its line colour in every figure
+    sequential: bool  # a baseline that runs with mode=sync only
+    trainer: str  # one of TRAINERS
+    make_policy: Callable[[AlgoConfig, int, int], nn.Module]  # (algo config, obs dim, act dim) -> policy
+    make_head: Callable[[AlgoConfig, torch.device | str], CriticHead] | None = None  # actor-critic only
+    make_objective: Callable[[nn.Module, AlgoConfig], ActorObjective] | None = None  # actor-critic only
+
+    def __post_init__(self) -> None:
+        assert self.trainer in TRAINERS, self.trainer
+        assert self.trainer != "actor-critic" or (self.make_head and self.make_objective), self.name
+
+    def head(self, algo: AlgoConfig, device: torch.device | str) -> CriticHead:
+        """The critic head of an actor-critic algorithm."""
+        assert self.make_head is not None, f"{self.name} has no critic head"
+        return self.make_head(algo, device)
+
+    def objective(self, policy: nn.Module, algo: AlgoConfig) -> ActorObjective:
+        """The actor objective of an actor-critic algorithm, for ``policy``."""
+        assert self.make_objective is not None, f"{self.name} has no actor objective"
+        return self.make_objective(policy, algo)

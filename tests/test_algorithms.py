@@ -1,0 +1,89 @@
+"""The algorithm registry: each algorithm declared in one place, and one more added by a single entry."""
+
+import csv
+from dataclasses import replace
+
+import pytest
+import torch
+
+from pql.algos import ALGORITHMS, algorithm
+from pql.algos.base import DeterministicObjective
+from pql.algos.critic_heads import CategoricalHead
+from pql.buffers import observation_buffer
+from pql.config import ConfigError, build_config, load_config
+from pql.nets import Actor, TwinCritic
+from pql.normalizer import RunningNormalizer
+from pql.train import train, trainer_class
+from pql.workers import PLearner
+
+
+def test_every_algorithm_is_declared_once_with_its_own_label_and_colour():
+    assert list(ALGORITHMS) == ["pql", "pql-d", "ddpg", "sac", "ppo"]
+    assert len({a.label for a in ALGORITHMS.values()}) == len({a.color for a in ALGORITHMS.values()}) == 5
+    assert [n for n, a in ALGORITHMS.items() if a.sequential] == ["ddpg", "sac", "ppo"]
+    with pytest.raises(KeyError, match="unknown algo 'td3'; known: pql, pql-d, ddpg, sac, ppo"):
+        algorithm("td3")
+
+
+@pytest.mark.parametrize(("name", "expected"), [("pql", "Trainer"), ("ddpg", "Trainer"), ("ppo", "PPOTrainer")])
+def test_the_registry_picks_the_trainer(name, expected):
+    cfg = build_config({"algo": name, "mode": "sync", "max_env_steps": "10"})
+    assert trainer_class(cfg).__name__ == expected
+    assert trainer_class(build_config({"algo": "pql", "max_env_steps": "10"})).__name__ == "ProcessTrainer"
+
+
+def test_categorical_target_is_shifted_by_the_entropy_bonus():
+    """SAC's bonus is part of the bootstrap: with one atom's worth of mass at z' = 0, bonus b and discount
+    g, the target mass sits at ret + g * (0 + b), not at ret (the head once dropped it)."""
+    head = CategoricalHead(num_atoms=5, v_min=-2.0, v_max=2.0, device="cpu")  # atoms -2, -1, 0, 1, 2
+    target_out = torch.full((2, 1, 5), -1e9)
+    target_out[:, :, 2] = 0.0  # both critics: all mass at 0
+    pred = torch.zeros(2, 1, 5, requires_grad=True)  # uniform logits
+    ret, discount, bonus = torch.tensor([0.5]), torch.tensor([0.5]), torch.tensor([1.0])
+    # target value 0.5 + 0.5 * (0 + 1) = 1.0: all mass on the atom 1
+    loss = head.critic_loss(pred, target_out, ret, discount, bonus)
+    loss.backward()
+    expected_grad = torch.full((5,), 0.2)
+    expected_grad[3] -= 1.0  # d/dlogits of -log_softmax at atom 3, per critic (mean over B = 1)
+    assert torch.allclose(pred.grad[0, 0], expected_grad, atol=1e-6)
+    assert torch.allclose(loss, torch.tensor(2 * torch.log(torch.tensor(5.0)).item()))
+    no_bonus = CategoricalHead(5, -2.0, 2.0, "cpu").critic_loss(pred.detach(), target_out, ret + discount * bonus,
+                                                                 discount)
+    assert torch.allclose(loss, no_bonus)
+
+
+class PessimisticObjective(DeterministicObjective):
+    """A made-up algorithm for the test: the policy maximises the mean of both critics minus their gap."""
+
+    def loss(self, obs, q, generator):
+        values = q(obs, self.policy(obs))
+        return -(values.mean(0) - (values[0] - values[1]).abs()).mean()
+
+
+def test_an_algorithm_added_by_one_registry_entry_trains_end_to_end(monkeypatch, tiny):
+    toy = replace(algorithm("pql"), name="toy", label="Toy", color="#000000", make_objective=PessimisticObjective)
+    monkeypatch.setitem(ALGORITHMS, "toy", toy)
+    run = train({**tiny, "algo": "toy", "max_env_steps": "1280"}).path
+    with open(run / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert int(rows[-1]["env_steps"]) == 1280 and float(rows[-1]["p_updates"]) > 0
+    assert load_config(str(run / "config.yaml")).algo.name == "toy"
+    with pytest.raises(ConfigError, match="unknown algo 'tom'"):
+        build_config({"algo": "tom", "max_env_steps": "10"})
+
+
+def test_the_p_learner_steps_the_objective_it_is_given():
+    """The P-learner has no algorithm of its own: a step moves the policy down the objective's loss."""
+    torch.manual_seed(0)
+    cfg = build_config({"algo": "pql", "algo.batch_size": "32", "max_env_steps": "10"}).algo
+    policy = Actor(3, 1, (8,))
+    buffer = observation_buffer(64, 3, "cpu")
+    buffer.add(obs=torch.randn(64, 3))
+    objective = PessimisticObjective(policy, cfg)
+    learner = PLearner(policy, algorithm("pql").head(cfg, "cpu"), TwinCritic(3, 1, (8,)), objective,
+                       RunningNormalizer(3), buffer, cfg, torch.Generator().manual_seed(0))
+    obs = buffer.storage[:64]
+    before = objective.loss(obs, learner.q, torch.Generator()).item()
+    for _ in range(20):
+        learner.update()
+    assert objective.loss(obs, learner.q, torch.Generator()).item() < before - 1e-3
