@@ -23,7 +23,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,8 +123,7 @@ def run_rates(task: str, device: str, overrides: dict[str, Any], mode: str, step
         first = (warmup // (every // n) + 1) * every  # the first row after warm-up
         cfg = _config(task, device, overrides, mode=mode, out=out, eval_envs=1, eval_every_env_steps=every,
                       max_env_steps=first + steps * n, max_time_s="null")
-        run_training(cfg)
-        with open(Path(out) / "metrics.csv") as fh:
+        with open(run_training(cfg).metrics_path) as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["env_steps"]) >= first]
     a, b = rows[0], rows[-1]
     d = {k: float(b[k]) - float(a[k]) for k in ("env_steps", "wall_s", "actor_steps", "v_updates", "p_updates")}

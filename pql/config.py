@@ -227,12 +227,29 @@ def build_config(overrides: dict[str, Any] | None = None) -> Config:
     if "algo" in overrides:  # the shorthand algo=NAME
         overrides["algo.name"] = overrides.pop("algo")
     base = OmegaConf.structured(Config)
+    user = _dotlist(overrides)
+    task = OmegaConf.select(user, "task", default=None) or base.task
+    algo = OmegaConf.select(user, "algo.name", default=None) or base.algo.name
+    return _merged(base, *presets(str(task), str(algo)), user)
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """``cfg`` with the dotted ``overrides`` applied, and no presets (a resolved config holds them
+    already); validated. How a resumed run or a study's job gets its config."""
+    return _merged(OmegaConf.structured(cfg), _dotlist(overrides))
+
+
+def _dotlist(overrides: dict[str, Any]) -> Any:
     try:
-        user = OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]) if overrides else OmegaConf.create()
-        task = OmegaConf.select(user, "task", default=None) or base.task
-        algo = OmegaConf.select(user, "algo.name", default=None) or base.algo.name
-        merged = OmegaConf.merge(base, *presets(str(task), str(algo)), user)
-        cfg = OmegaConf.to_object(merged)
+        return OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]) if overrides else OmegaConf.create()
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad override: {str(err).splitlines()[0]}") from None
+
+
+def _merged(*layers: Any) -> Config:
+    """The layers merged onto the schema, lowest first, as a validated Config (ConfigError naming the key)."""
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or ""
         if "not in" in str(err).split("\n")[0]:
@@ -245,7 +262,12 @@ def build_config(overrides: dict[str, Any] | None = None) -> Config:
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """Plain nested dict (tuples as lists), as written to ``config.yaml``."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return list(value) if isinstance(value, tuple) else value
+
+    return plain(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
 
 
 def yaml_problem(err: yaml.YAMLError) -> str:
@@ -277,14 +299,20 @@ def load_config(path: str) -> Config:
     try:
         with open(path) as fh:
             data = yaml.safe_load(fh)
-        merged = OmegaConf.merge(OmegaConf.structured(Config), data)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: {yaml_problem(err)}") from None
-    except (OmegaConfBaseException, ValueError) as err:
-        raise ConfigError(f"{path} is not a pql config: {str(err).splitlines()[0]}") from None
     except OSError as err:
         raise ConfigError(f"{path}: {err.strerror}") from None
-    cfg = OmegaConf.to_object(merged)
+    return config_from_dict(data, path)
+
+
+def config_from_dict(data: Any, source: str) -> Config:
+    """A Config from the nested dict of :func:`config_to_dict` (ConfigError naming ``source`` if it is
+    not one: a key this version does not know, a bad value). Not validated."""
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+    except (OmegaConfBaseException, ValueError) as err:
+        raise ConfigError(f"{source} is not a pql config: {str(err).splitlines()[0]}") from None
     assert isinstance(cfg, Config)
     return cfg
 

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from pql.algos import algorithm
-from pql.config import load_config
 from pql.envs import make_env
 from pql.normalizer import RunningNormalizer
 from pql.run_dir import RunDir
@@ -40,7 +39,7 @@ def export_policy(run_path: str | Path, out: str | Path | None = None) -> Path:
     run = RunDir(run_path, create=False)
     if not run.checkpoint_path.exists():
         raise FileNotFoundError(f"{run.path}: no checkpoint.pt to export from")
-    cfg = load_config(str(run.path / "config.yaml"))
+    cfg = run.read_config()
     env = make_env(cfg.task, 1, device="cpu")
     state = run.load_checkpoint("cpu")
     actor = algorithm(cfg.algo.name).make_policy(cfg.algo, env.obs_dim, env.act_dim)

@@ -5,6 +5,9 @@ each metrics row is flushed and fsynced, so a crash or ``kill -9`` loses at most
 the row being written and never leaves a half-written status or checkpoint. A write
 that fails (a full disk, a file size limit) removes its temporary file.
 
+This module imports torch only to save or load a checkpoint: a study's job reads its run
+directory before it loads a simulator that must come before torch (Isaac Gym).
+
 Checkpoints hold only tensors, numbers, strings and containers of them, and are read
 with ``weights_only=True``: a crafted ``checkpoint.pt`` cannot run code when loaded.
 """
@@ -16,18 +19,27 @@ import csv
 import io
 import json
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
-from pql.config import ConfigError
+from pql.config import Config, ConfigError, config_to_dict, load_config
+
+if TYPE_CHECKING:
+    import torch
 
 METRIC_COLUMNS = ("env_steps", "wall_s", "train_return", "eval_return", "critic_loss", "actor_loss",
                   "actor_steps", "v_updates", "p_updates", "env_steps_per_s")
-CHECKPOINT = "checkpoint.pt"
+# The columns every metrics.csv has; a file with more (or, from an older version, fewer of the rest) is valid.
+REQUIRED_METRIC_COLUMNS = METRIC_COLUMNS[:4]
+# The files of a run, by name.
+CONFIG, METRICS, STATUS, CHECKPOINT, MANIFEST = "config.yaml", "metrics.csv", "status.json", "checkpoint.pt", \
+    "manifest.json"
+CELL = "cell.json"  # a study's cell: its resolved config, written by pql ablate for the job to run
+RESULT_FILES = (METRICS, STATUS, CONFIG, CHECKPOINT, MANIFEST)
 STATES = ("running", "done", "failed", "interrupted", "queued")
 
 
@@ -55,7 +67,7 @@ MANIFEST_SCHEMA = 1
 
 
 class RunDir:
-    """Files of one run under ``path``."""
+    """Files of one run under ``path``, and the decision whether it starts afresh or resumes."""
 
     def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
@@ -67,19 +79,65 @@ class RunDir:
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.csv"
+        return self.path / METRICS
 
     @property
     def checkpoint_path(self) -> Path:
         return self.path / CHECKPOINT
 
-    def write_config(self, config: dict[str, Any]) -> None:
-        atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    def write_config(self, cfg: Config) -> None:
+        """``config.yaml``: the resolved config, every key."""
+        atomic_write(self.config_path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
+
+    def read_config(self) -> Config:
+        """The run's ``config.yaml`` (ConfigError naming the file if it is missing or not a config)."""
+        return load_config(str(self.config_path))
+
+    def write_cell(self, body: dict[str, Any]) -> None:
+        """``cell.json``: a study cell's identity and resolved config (``config``), for the job to run as is."""
+        atomic_write(self.path / CELL, json.dumps(body, indent=2, default=str).encode())
+
+    def read_cell(self) -> dict[str, Any]:
+        return json.loads((self.path / CELL).read_text())
+
+    def resumable(self) -> bool:
+        """Whether the run continues from its checkpoint: one is there with its config and loads. A
+        checkpoint that does not load is set aside (``checkpoint.pt.corrupt-TIME``) with the run's
+        other results removed, so the run starts afresh; the reason goes to stderr."""
+        if not (self.checkpoint_path.exists() and self.config_path.exists()):
+            return False
+        try:
+            self.load_checkpoint()
+            return True
+        except CheckpointError as err:
+            aside = self.set_checkpoint_aside()
+            self.start_fresh()
+            print(f"pql: {err}; set aside as {aside.name}, the run starts afresh", file=sys.stderr, flush=True)
+            return False
+
+    def start_fresh(self) -> None:
+        """Remove the run's results (metrics, status, config, checkpoint, manifest); other files stay."""
+        for name in RESULT_FILES:
+            (self.path / name).unlink(missing_ok=True)
+
+    def set_aside(self, why: str, keep: tuple[str, ...] = ()) -> Path:
+        """Move every file of the run except ``keep`` into a sibling ``NAME.WHY-TIME/`` (kept for a look,
+        never aggregated); returns that directory."""
+        aside = self.path.with_name(f"{self.path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}")
+        aside.mkdir(exist_ok=True)
+        for item in self.path.iterdir():
+            if item.name not in keep:
+                item.rename(aside / item.name)
+        return aside
 
     def record_session(self, facts: dict[str, Any], resumed: bool) -> None:
         """Write ``manifest.json``: the facts of the session that started the run (code, packages, host,
         hardware: :func:`pql.manifest.session`), and those of each session that resumed it under ``resumes``."""
-        path = self.path / "manifest.json"
+        path = self.path / MANIFEST
         manifest: dict[str, Any] = {"schema": MANIFEST_SCHEMA, **facts, "resumes": []}
         if resumed:
             try:
@@ -93,19 +151,40 @@ class RunDir:
         """``state`` is one of STATES; extra fields (error, signal, step, losses...) go along."""
         assert state in STATES, state
         body = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
-        atomic_write(self.path / "status.json", json.dumps(body, indent=2, default=str).encode())
+        atomic_write(self.path / STATUS, json.dumps(body, indent=2, default=str).encode())
 
     def read_status(self) -> dict[str, Any]:
-        return json.loads((self.path / "status.json").read_text())
+        return json.loads((self.path / STATUS).read_text())
+
+    def _metrics_rows(self) -> tuple[list[str], list[dict[str, str]]]:
+        with open(self.metrics_path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            return list(reader.fieldnames or ()), rows
+
+    def _write_metrics(self, columns: list[str], rows: list[dict[str, str]]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.metrics_path, buf.getvalue().encode())
 
     def append_metrics(self, row: dict[str, float]) -> None:
-        """Append one row (columns ``METRIC_COLUMNS``), writing the header first if the file is new."""
+        """Append one row (columns ``METRIC_COLUMNS``), writing the header first if the file is new. A file
+        from an older version whose header lacks some of the columns is first rewritten with them (empty
+        in its old rows); columns it has beyond them stay."""
         new = not self.metrics_path.exists() or self.metrics_path.stat().st_size == 0
+        columns = list(METRIC_COLUMNS)
+        if not new:
+            header, rows = self._metrics_rows()
+            columns = header + [c for c in METRIC_COLUMNS if c not in header]
+            if columns != header:
+                self._write_metrics(columns, rows)
         with open(self.metrics_path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=columns)
             if new:
                 writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+            writer.writerow({k: row.get(k, "") for k in columns})
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -113,20 +192,20 @@ class RunDir:
         """Keep only the rows up to ``max_env_steps`` (the checkpoint's), so a resume adds no duplicates."""
         if not self.metrics_path.exists():
             return
-        with open(self.metrics_path, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("env_steps") and int(float(r["env_steps"])) <= max_env_steps]
-        buf = [",".join(METRIC_COLUMNS)]
-        buf += [",".join(r.get(k, "") or "" for k in METRIC_COLUMNS) for r in rows]
-        atomic_write(self.metrics_path, ("\n".join(buf) + "\n").encode())
+        header, rows = self._metrics_rows()
+        self._write_metrics(header or list(METRIC_COLUMNS),
+                            [r for r in rows if r.get("env_steps") and int(float(r["env_steps"])) <= max_env_steps])
 
     def clear_status(self) -> None:
         """Remove ``status.json`` where a true one cannot be written (a full disk): a status that says
         ``running`` for a process that is gone must not stay behind."""
-        (self.path / "status.json").unlink(missing_ok=True)
+        (self.path / STATUS).unlink(missing_ok=True)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Serialised in memory first (networks and optimisers only: small), so that a full disk shows
         as the operating system's error, not as torch's zip writer's."""
+        import torch  # here: a job imports this module before its simulator, which must precede torch
+
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write(self.checkpoint_path, buf.getbuffer())
@@ -134,6 +213,8 @@ class RunDir:
     def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         """The checkpoint's contents; CheckpointError naming the file if it is missing, truncated,
         not a checkpoint, or holds anything but tensors, numbers, strings and containers."""
+        import torch
+
         path = self.checkpoint_path
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from pql.algos import algorithm
-from pql.config import Config, ConfigError, build_config, config_to_dict, dotted_overrides, load_config
+from pql.config import Config, ConfigError, apply_overrides, build_config, config_to_dict
 from pql.devices import device_name, gpu_mismatch, resolve_devices
 from pql.interrupt import RunInterrupted, StopSignals
 from pql.locks import locked_run
 from pql.manifest import session
 from pql.parallel import ProcessTrainer, WorkerFailed
 from pql.ppo_trainer import PPOTrainer
-from pql.run_dir import RunDir
+from pql.run_dir import CHECKPOINT, CONFIG, RunDir
 from pql.run_loop import NonFiniteLoss, Progress, RunLoop
 from pql.trainer import Trainer
 
@@ -55,17 +55,15 @@ def resolve(overrides: dict[str, Any]) -> Config:
     if "resume" not in overrides or overrides["resume"] in (None, "", "null"):
         cfg = build_config(overrides)
         return cfg if cfg.out else replace(cfg, out=default_out(cfg))
-    run = Path(str(overrides["resume"]))
-    if not (run / "config.yaml").exists():
-        raise ConfigError(f"resume={run}: no config.yaml there, so it is not a run directory")
-    if not (run / "checkpoint.pt").exists():
-        raise ConfigError(f"resume={run}: no checkpoint.pt there to resume from")
+    run = RunDir(str(overrides["resume"]), create=False)
+    if not run.config_path.exists():
+        raise ConfigError(f"resume={run.path}: no {CONFIG} there, so it is not a run directory")
+    if not run.checkpoint_path.exists():
+        raise ConfigError(f"resume={run.path}: no {CHECKPOINT} there to resume from")
     changed = sorted(set(overrides) - RESUMABLE_KEYS)
     if changed:
         raise ConfigError(f"cannot change {', '.join(changed)} when resuming; only {', '.join(sorted(RESUMABLE_KEYS))}")
-    saved = dotted_overrides(config_to_dict(load_config(str(run / "config.yaml"))))
-    cfg = build_config({**saved, **overrides})
-    return replace(cfg, out=str(run), resume=str(run))
+    return apply_overrides(run.read_config(), {**overrides, "out": str(run.path), "resume": str(run.path)})
 
 
 class ProgressDisplay:
@@ -191,7 +189,7 @@ def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
         trainer.load_state_dict(state)
         run_dir.truncate_metrics(state["progress"]["env_steps"])
     else:
-        run_dir.write_config(config_to_dict(cfg))
+        run_dir.write_config(cfg)
     run_dir.record_session(session(dict(zip(("sim", "v_learner", "p_learner"), trainer.devices, strict=True))),
                            resumed=state is not None)
     sinks: list[Any] = [ProgressDisplay(cfg, cfg.progress, trainer.progress)]

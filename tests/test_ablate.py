@@ -199,11 +199,11 @@ def test_status_cli_counts(tmp_path):
     _run(tmp_path, "one")
     out = subprocess.run([sys.executable, "-m", "pql", "status", str(TINY), "--profile", "one", "--results",
                           str(tmp_path)], capture_output=True, text=True, check=True).stdout
-    assert "done 1  running 0  queued 0  failed 0  pending 0" in out
+    assert "done 1  running 0  queued 0  failed 0  stale 0  pending 0" in out
     shutil.rmtree(tmp_path / "tiny")
     out = subprocess.run([sys.executable, "-m", "pql", "status", str(TINY), "--results", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
-    assert "done 0  running 0  queued 0  failed 0  pending 8" in out
+    assert "done 0  running 0  queued 0  failed 0  stale 0  pending 8" in out
 
 
 def test_dry_run_shows_cells_and_the_sbatch_script_without_running(tmp_path, capsys):

@@ -8,54 +8,42 @@ or timeout) saves the live trainer's state and asks for a requeue.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
-from pql.config import ConfigError
+from pql.config import Config, ConfigError, apply_overrides, config_from_dict
 from pql.interrupt import RunInterrupted
 from pql.locks import locked_run
 from pql.preload import preload_simulator
+from pql.run_dir import CELL, RunDir
 
-CELL_FILE = "cell.json"  # the cell's overrides, in its run directory; this module imports torch only in a job
 _live: dict[str, Any] = {}  # the running trainer (a pql.run_loop.RunLoop), for checkpoint()
 LAUNCHER_PID = "PQL_LAUNCHER_PID"  # set by the local launcher for its jobs
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def cell_overrides(run: Path) -> dict[str, Any]:
-    """The overrides that (re)start the cell in ``run``: resume if it holds a checkpoint that loads,
-    else a fresh run. A checkpoint that does not load is set aside (``checkpoint.pt.corrupt-TIME``)
-    with the run's other files, and the cell starts afresh."""
-    from pql.run_dir import CheckpointError, RunDir
-
-    run_dir = RunDir(run, create=False)
-    if run_dir.checkpoint_path.exists() and (run / "config.yaml").exists():
-        try:
-            run_dir.load_checkpoint()
-            return {"resume": str(run), "progress": "false"}
-        except CheckpointError as err:
-            aside = run_dir.set_checkpoint_aside()
-            for name in ("metrics.csv", "status.json", "config.yaml"):
-                (run / name).unlink(missing_ok=True)
-            print(f"pql: {err}; set aside as {aside.name}, the cell starts afresh", file=sys.stderr, flush=True)
-    cell = json.loads((run / CELL_FILE).read_text())
-    return {**cell["overrides"], "out": str(run), "progress": "false"}
+def cell_config(run_dir: RunDir) -> Config:
+    """What the cell in ``run_dir`` runs: its run resumed from the checkpoint where one loads (see
+    :meth:`RunDir.resumable`), else exactly the resolved config ``pql ablate`` wrote to ``cell.json``
+    (the one its run id hashes), with no presets or defaults applied again."""
+    where = {"out": str(run_dir.path), "progress": "false"}
+    if run_dir.resumable():
+        return apply_overrides(run_dir.read_config(), {**where, "resume": str(run_dir.path)})
+    return apply_overrides(config_from_dict(run_dir.read_cell()["config"], str(run_dir.path / CELL)), where)
 
 
 def run_cell(run_path: str) -> dict[str, Any]:
     """Train the cell whose ``cell.json`` is in ``run_path``, holding its run directory's lock;
     returns its final ``status.json``. RunLocked if another process has the cell."""
-    run = Path(run_path)
-    with locked_run(run):
-        preload_simulator(json.loads((run / CELL_FILE).read_text())["overrides"].get("task", ""))
-        from pql.train import resolve, run_training
+    run_dir = RunDir(run_path, create=False)
+    with locked_run(run_dir.path):
+        preload_simulator(run_dir.read_cell()["config"]["task"])
+        from pql.train import run_training
 
-        run_training(resolve(cell_overrides(run)), on_start=lambda trainer: _live.__setitem__("trainer", trainer))
-        return json.loads((run / "status.json").read_text())
+        run_training(cell_config(run_dir), on_start=lambda trainer: _live.__setitem__("trainer", trainer))
+        return run_dir.read_status()
 
 
 try:

@@ -5,7 +5,7 @@ A spec has ``study`` (its name), ``description``, a ``base`` config, ``axes``
 ``noise: [{kind: fixed, sigma: 0.2}]`` sets two keys at once), ``seeds`` and
 ``profiles`` (``quick``, ``paper``, ...), each of which may replace ``base``
 entries, ``axes`` and ``seeds``. Cells are the cartesian product of the axes
-times the seeds; each cell's run id is a stable hash of its resolved config.
+times the seeds; each cell's run id is a stable hash of its whole resolved config (:func:`run_id`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ SPEC_KEYS = {"study", "description", "base", "axes", "seeds", "profiles", "figur
 PROFILE_KEYS = {"base", "axes", "seeds", "description"}
 # Keys that do not change what a run computes, left out of its id.
 NOT_IN_RUN_ID = {"out", "resume", "progress", "tensorboard", "wandb", "wandb_project", "checkpoint_every_s"}
+# Bumped when what a config means changes without its keys changing (e.g. a fix in an algorithm's
+# maths): results made under another schema are then not reused. 2: ids hash the whole config.
+RUN_ID_SCHEMA = 2
 
 
 @dataclass(frozen=True)
@@ -67,20 +70,16 @@ class Study:
     figure: dict[str, Any]
 
 
-@cache
-def _default_values() -> dict[str, str]:
-    return dotted_overrides(config_to_dict(Config()))
+def run_identity(cfg: Config) -> dict[str, str]:
+    """The values that make a run what it is: every key of the resolved config (dotted, as text) except
+    those in NOT_IN_RUN_ID."""
+    return {k: v for k, v in dotted_overrides(config_to_dict(cfg)).items() if k.split(".")[0] not in NOT_IN_RUN_ID}
 
 
 def run_id(cfg: Config) -> str:
-    """12 hex digits of the SHA-256 of the resolved config's values that differ from the defaults.
-
-    Keys that do not change the run are left out, and so are defaults, so that a new config
-    key (with its default) leaves existing run ids, and their results, where they are.
-    """
-    values = dotted_overrides(config_to_dict(cfg))
-    defaults = _default_values()
-    body = {k: v for k, v in values.items() if k.split(".")[0] not in NOT_IN_RUN_ID and defaults.get(k) != v}
+    """12 hex digits of the SHA-256 of :func:`run_identity` and RUN_ID_SCHEMA: a change of any value, a
+    default's included, names a different run, so a study never reuses a run made with other settings."""
+    body = {"schema": RUN_ID_SCHEMA, "config": run_identity(cfg)}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -4,8 +4,9 @@ A run directory is written only by the process that holds its lock (``RUN_DIR/.l
 ``pql ablate`` while it prepares and launches the cell, then the job; the index only by
 ``pql ablate`` under the study's lock, atomically. A run's state is read from its files and
 locks, never trusted blindly: a cell whose lock another process holds is running or queued
-there; a ``done`` run whose metrics do not parse, repeat or go back in env steps, or stop
-short of its status is corrupt, and is moved aside and redone rather than aggregated.
+there; a run whose ``config.yaml`` is not its cell's config is ``stale``; a ``done`` run whose
+metrics do not parse, repeat or go back in env steps, or stop short of its status is corrupt.
+Stale and corrupt runs are moved aside and redone rather than aggregated.
 """
 
 from __future__ import annotations
@@ -16,19 +17,17 @@ import json
 import os
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from pql.ablate.job import CELL_FILE
-from pql.ablate.spec import Cell, Study
+from pql.ablate.spec import Cell, Study, run_identity
+from pql.config import ConfigError, config_to_dict, load_config
 from pql.locks import LOCK_NAME, FileLock, holder
-from pql.run_dir import CHECKPOINT, METRIC_COLUMNS, atomic_write
+from pql.run_dir import CHECKPOINT, CONFIG, METRICS, REQUIRED_METRIC_COLUMNS, STATUS, RunDir, atomic_write
 
-STATES = ("done", "running", "queued", "failed", "pending", "skipped")
-RUN_FILES = ("metrics.csv", "status.json", "config.yaml", CHECKPOINT)
+STATES = ("done", "running", "queued", "failed", "stale", "pending", "skipped")
 STUDY_LOCK_WAIT_S = 120.0
 
 
@@ -49,8 +48,9 @@ def metrics_problem(path: Path, expected_steps: int | None) -> str | None:
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
-            if tuple(reader.fieldnames or ()) != METRIC_COLUMNS:
-                return f"metrics.csv has columns {reader.fieldnames}, expected {list(METRIC_COLUMNS)}"
+            lacking = [c for c in REQUIRED_METRIC_COLUMNS if c not in (reader.fieldnames or ())]
+            if lacking:
+                return f"metrics.csv lacks the column(s) {', '.join(lacking)}"
             rows = list(reader)
         steps = [int(float(r["env_steps"])) for r in rows]
         for r in rows:
@@ -66,6 +66,23 @@ def metrics_problem(path: Path, expected_steps: int | None) -> str | None:
     if expected_steps is not None and steps[-1] != expected_steps:
         return f"metrics.csv ends at {steps[-1]} env steps but status.json says {expected_steps}"
     return None
+
+
+def stale_reason(cell: Cell, config_path: Path) -> str | None:
+    """Why the run whose ``config.yaml`` is ``config_path`` is not ``cell``'s run, or None (the same
+    config, or none written yet). Keys that do not change results (out, progress, ...) are not compared."""
+    if not config_path.exists():
+        return None
+    try:
+        saved = run_identity(load_config(str(config_path)))
+    except ConfigError as err:
+        return f"its {CONFIG} is not a config of this version ({err})"
+    wanted = run_identity(cell.config)
+    keys = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    if not keys:
+        return None
+    shown = ", ".join(f"{k} {saved.get(k, '(none)')} -> {wanted.get(k, '(none)')}" for k in keys[:4])
+    return f"{CONFIG} differs from the cell: {shown}{' ...' if len(keys) > 4 else ''}"
 
 
 def _alive(status: dict[str, Any]) -> bool:
@@ -109,8 +126,11 @@ class ResultsStore:
         run = self.run_path(cell)
         busy = holder(run / LOCK_NAME)
         has_checkpoint = (run / CHECKPOINT).exists()
+        stale = None if busy else stale_reason(cell, run / CONFIG)
+        if stale is not None:
+            return RunState("stale", f"{stale}; redo")
         try:
-            status = json.loads((run / "status.json").read_text())
+            status = json.loads((run / STATUS).read_text())
         except FileNotFoundError:
             if busy:
                 return RunState("queued", f"taken by {busy}")
@@ -122,7 +142,7 @@ class ResultsStore:
         state = status.get("state")
         where = f"pid {status.get('pid')} on {status.get('host')}"
         if state == "done":
-            problem = metrics_problem(run / "metrics.csv", status.get("env_steps"))
+            problem = metrics_problem(run / METRICS, status.get("env_steps"))
             if problem is None:
                 return RunState("done")
             if busy:
@@ -149,25 +169,20 @@ class ResultsStore:
         return RunState("pending", f"unknown state {state!r}; redo", corrupt=True)
 
     def prepare(self, cell: Cell) -> Path:
-        """Get ``cell``'s directory ready to run (its lock held by this process): a corrupt result's files
-        moved aside into ``RUN_ID.corrupt-TIME/``, a failed or unresumable run's files cleared (an
-        interrupted run keeps its checkpoint to resume), ``cell.json`` written."""
-        run = self.run_path(cell)
+        """Get ``cell``'s directory ready to run (its lock held by this process): a stale or corrupt run's
+        files moved aside into ``RUN_ID.stale-TIME/`` or ``RUN_ID.corrupt-TIME/``, a failed or unresumable
+        run's results cleared (an interrupted run keeps its checkpoint to resume), and ``cell.json``
+        written with the cell's resolved config, which the job runs as it is."""
+        run_dir = RunDir(self.run_path(cell))
         current = self.state(cell)
-        if current.corrupt and run.exists():
-            aside = run.with_name(f"{run.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-            aside.mkdir(exist_ok=True)
-            for item in run.iterdir():
-                if item.name != LOCK_NAME:  # the lock stays: this process holds it
-                    item.rename(aside / item.name)
-        elif current.state == "failed" or not current.resumable:  # start afresh
-            for name in RUN_FILES:
-                (run / name).unlink(missing_ok=True)
-        run.mkdir(parents=True, exist_ok=True)
-        body = {"study": cell.study, "profile": cell.profile, "run_id": cell.run_id, "seed": cell.seed,
-                "axis_values": cell.axis_values, "overrides": cell.overrides, "gpu_model": cell.config.gpu_model}
-        atomic_write(run / CELL_FILE, json.dumps(body, indent=2, default=str).encode())
-        return run
+        if current.state == "stale" or current.corrupt:
+            run_dir.set_aside("stale" if current.state == "stale" else "corrupt", keep=(LOCK_NAME,))  # held here
+        elif current.state == "failed" or not current.resumable:
+            run_dir.start_fresh()
+        run_dir.write_cell({"study": cell.study, "profile": cell.profile, "run_id": cell.run_id, "seed": cell.seed,
+                            "axis_values": cell.axis_values, "overrides": cell.overrides,
+                            "gpu_model": cell.config.gpu_model, "config": config_to_dict(cell.config)})
+        return run_dir.path
 
     def write_index(self, study: Study, known: dict[str, RunState]) -> None:
         """Rewrite ``index-PROFILE.csv``: one row per cell with its run id, axis values, seed and state
