@@ -10,6 +10,7 @@ from collections import Counter
 from pql.config import ConfigError, describe, parse_overrides
 from pql.interrupt import RunInterrupted
 from pql.preload import preload_simulator
+from pql.report.figures import FIGURES as FIGURE_KINDS
 
 
 def _train_help() -> str:
@@ -65,18 +66,35 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Read a study's run directories and report their states and the errors "
                                         "of failed runs.")
     _study_args(status)
+    _by_arg(status, "after the report, count the runs per value of FIELD and state")
 
     report = sub.add_parser("report", help="summary table, figures and markdown report of a study",
-                            description="Aggregate a study's finished runs (curves on common wall-clock and "
-                                        "env-step grids; mean, median, IQM, 95%% bootstrap intervals over seeds; "
-                                        "time and steps to a return threshold) into results/STUDY/summary-PROFILE.csv, "
-                                        "figures plots/STUDY/*.png|pdf and plots/STUDY/README-PROFILE.md.")
+                            description="Aggregate the finished runs that the study's index "
+                                        "(results/STUDY/index-PROFILE.csv, written by pql ablate) lists, each read "
+                                        "from its own config.yaml, status.json and manifest.json (without an index: "
+                                        "the runs of the spec's expansion, and the report says so). Curves on common "
+                                        "wall-clock and env-step grids; mean, median, IQM, 95% bootstrap intervals "
+                                        "over seeds; time and steps to a return threshold. Writes "
+                                        "results/STUDY/summary-PROFILE.csv, results/STUDY/per_run-PROFILE.csv (with "
+                                        "each run's commit, torch version, host and devices), per task the figure "
+                                        f"kinds the spec's 'figures' lists ({', '.join(FIGURE_KINDS)}; default "
+                                        "curves) as plots/STUDY/*.png|pdf, and plots/STUDY/README-PROFILE.md.")
     _study_args(report)
     report.add_argument("--plots", default="plots", help="figures root (default: plots)")
     report.add_argument("--threshold", type=float, default=None,
                         help="return counted as solved for time-to-threshold (default: the spec's "
-                             "figure.threshold, else a per-task default such as -250 for classic/pendulum)")
+                             "figure.threshold, else the task's in pql/presets.yaml 'thresholds', such as -250 for "
+                             "classic/pendulum)")
+    _by_arg(report, "split each cell's line (and its summary row) by the value of FIELD its runs recorded, "
+                    "labelled ' [value]'; every output file name gets -by-FIELD")
     return parser
+
+
+def _by_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--by", metavar="FIELD", default=None,
+                        help=f"{what}. FIELD: a dotted field of the runs' manifest.json, e.g. devices.v_learner, "
+                             "git.commit, packages.torch, cpu, host, gpus.0.name (runs from before manifests: "
+                             "host and devices from status.json; missing values: unknown)")
 
 
 def _study_args(parser: argparse.ArgumentParser) -> None:
@@ -137,10 +155,9 @@ def _report_command(args: argparse.Namespace) -> int:
     from pql.report.study import report_study
 
     report = report_study(args.spec, args.profile, args.results, args.plots, parse_overrides(args.overrides),
-                          args.threshold)
-    for path in [*report.figures, report.markdown]:
+                          args.threshold, by=args.by)
+    for path in [*report.figures, report.markdown, *report.tables]:
         print(f"wrote {path}")
-    print(f"wrote {args.results}/{report.markdown.parent.name}/summary-{args.profile}.csv")
     if report.missing:
         print(f"{len(report.missing)} runs missing or failed (listed in {report.markdown})")
     return 0
@@ -148,15 +165,24 @@ def _report_command(args: argparse.Namespace) -> int:
 
 def _study_command(args: argparse.Namespace) -> int:
     from pql.ablate.launchers import ClusterProfile, DebugLauncher, LocalLauncher, SlurmLauncher
-    from pql.ablate.runner import describe_plan, plan_study, run_study, status_report
+    from pql.ablate.runner import describe_plan, plan_study, run_study, status_report, unique_cells
+    from pql.ablate.store import STATES
+    from pql.report.provenance import by_table, check_field, field_text, lookup, run_facts
 
     overrides = parse_overrides(args.overrides)
+    by = getattr(args, "by", None)
+    if by:
+        check_field(by)
     slurm = getattr(args, "launcher", None) == "slurm"
     running = args.command == "ablate" and not args.dry_run
     plan = plan_study(args.spec, args.profile, overrides, args.results,
                       retry_failed=getattr(args, "retry_failed", False), check_local_gpu=not slurm, claim=running)
     if args.command == "status":
         print(status_report(plan.study, plan.store, plan.skipped))
+        if by:
+            runs = [(field_text(lookup(run_facts(plan.store.run_path(cell)), by)), plan.states[cell.run_id].state)
+                    for cell in unique_cells(plan.study)]
+            print(by_table(by, runs, STATES))
         return 0
     try:
         print(describe_plan(plan))

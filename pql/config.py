@@ -155,6 +155,12 @@ def presets(task: str, algo: str) -> list[dict[str, Any]]:
     return [table.get("algos", {}).get(algo, {}), backend, task_layer, by_algo.get(algo, {})]
 
 
+def thresholds() -> dict[str, float]:
+    """The evaluation return counted as solved, per task (``presets.yaml``'s ``thresholds``), for
+    time- and steps-to-threshold in reports; no run's config reads it."""
+    return {task: float(value) for task, value in (_preset_table().get("thresholds") or {}).items()}
+
+
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """Every dotted key of the config, in declaration order."""
     keys: list[str] = []

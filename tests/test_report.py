@@ -20,7 +20,7 @@ from pql.report.aggregate import (
     stratified_bootstrap_ci,
     summarize,
 )
-from pql.report.figures import study_figure
+from pql.report.figures import FigureData, Series, curves_figure
 from pql.report.study import EmptyStudy, report_study, return_column
 
 from .test_ablate import TINY
@@ -120,8 +120,8 @@ def test_figure_draws_exactly_the_aggregated_table():
     frame = runs_frame({"A:1": [(0, 0, 0), (10, 1, 10)], "A:2": [(0, 0, 2), (10, 2, 14)],
                         "B:1": [(0, 0, -5), (10, 1, -1)]})
     tables = {x: curves(frame, x, common_grid(frame, x, points=5), reps=100) for x in ("wall_s", "env_steps")}
-    labels = {"A": "N = 256", "B": "N = 4096"}
-    fig = study_figure(tables, labels, "envs: classic/pendulum, PQL")
+    series = [Series("A", "N = 256", "A"), Series("B", "N = 4096", "B")]
+    fig = curves_figure(FigureData("envs: classic/pendulum, PQL", series, tables, pd.DataFrame()))
     assert fig._suptitle.get_text() == "envs: classic/pendulum, PQL"
     for ax, (x, table) in zip(fig.axes, tables.items(), strict=True):
         assert ax.get_xlabel() == {"wall_s": "wall-clock time (s)", "env_steps": "environment steps"}[x]
@@ -137,8 +137,9 @@ def test_figure_draws_exactly_the_aggregated_table():
 def test_algorithm_colours_are_the_same_in_every_figure():
     frame = runs_frame({"A:1": [(0, 0, 0), (10, 1, 1)], "B:1": [(0, 0, 0), (10, 1, 2)]})
     tables = {"wall_s": curves(frame, "wall_s", np.array([0.0, 1.0]), reps=10)}
-    one = study_figure(tables, {"A": "PQL", "B": "PQL-D"}, "t", {"A": "pql", "B": "pql-d"})
-    two = study_figure(tables, {"B": "PQL-D", "A": "PQL"}, "t", {"A": "pql", "B": "pql-d"})
+    a, b = Series("A", "PQL", "A", algo="pql"), Series("B", "PQL-D", "B", algo="pql-d")
+    one = curves_figure(FigureData("t", [a, b], tables, pd.DataFrame()))
+    two = curves_figure(FigureData("t", [b, a], tables, pd.DataFrame()))
     colour = lambda fig: {ln.get_label(): ln.get_color() for ln in fig.axes[0].get_lines()}  # noqa: E731
     assert colour(one) == colour(two) and colour(one)["PQL"] != colour(one)["PQL-D"]
 
@@ -181,6 +182,6 @@ def test_legend_names_the_axis_values():
     from pql.report.study import legend_label
 
     cells = expand(load_spec(TINY), "quick").cells
-    texts = {legend_label(c, None, []) for c in cells}
+    texts = {legend_label(c.axis_values, None, []) for c in cells}
     assert "PQL, mixed sigma in [0.05, 0.8]" in texts and "PQL-D, fixed sigma = 0.3" in texts
-    assert legend_label(cells[0], "{algo} with noise", []) == "pql with noise"
+    assert legend_label(cells[0].axis_values, "{algo} with noise", []) == "pql with noise"

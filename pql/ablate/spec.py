@@ -6,6 +6,13 @@ A spec has ``study`` (its name), ``description``, a ``base`` config, ``axes``
 ``profiles`` (``quick``, ``paper``, ...), each of which may replace ``base``
 entries, ``axes`` and ``seeds``. Cells are the cartesian product of the axes
 times the seeds; each cell's run id is a stable hash of its whole resolved config (:func:`run_id`).
+
+What ``pql report`` draws: ``figures``, the figure kinds (:data:`pql.report.figures.FIGURES`,
+default ``[curves]``), and ``figure``: ``x`` (the x axes of ``curves``: ``wall_s``, ``env_steps``),
+``hue`` (an axis: cells with one value of it share a colour), ``style`` (an axis: cells with one
+value of it share a line style, or a hatch in bar figures), ``legend`` (a template, ``{AXIS}``
+replaced by the cell's value) and ``threshold`` (the return counted as solved; default: the task's
+in ``pql/presets.yaml``). All are checked when the spec is read, before anything runs.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,9 +35,13 @@ from pql.config import (
     read_yaml_mapping,
     value_text,
 )
+from pql.report.figures import FIGURES
 
-SPEC_KEYS = {"study", "description", "base", "axes", "seeds", "profiles", "figure"}
+SPEC_KEYS = {"study", "description", "base", "axes", "seeds", "profiles", "figure", "figures"}
 PROFILE_KEYS = {"base", "axes", "seeds", "description"}
+FIGURE_KEYS = {"x", "hue", "style", "legend", "threshold"}
+FIGURE_X = ("wall_s", "env_steps")  # the x axes a curve figure can have, each a metrics.csv column
+DEFAULT_FIGURES = ("curves",)
 # Keys that do not change what a run computes, left out of its id.
 NOT_IN_RUN_ID = {"out", "resume", "progress", "tensorboard", "wandb", "wandb_project", "checkpoint_every_s"}
 # Bumped when what a config means changes without its keys changing (e.g. a fix in an algorithm's
@@ -67,7 +79,8 @@ class Study:
     description: str
     axes: dict[str, list[Any]]
     cells: list[Cell]
-    figure: dict[str, Any]
+    figure: dict[str, Any]  # the spec's figure settings (checked by load_spec)
+    figures: tuple[str, ...] = DEFAULT_FIGURES  # the figure kinds to draw, names in FIGURES
 
 
 def run_identity(cfg: Config) -> dict[str, str]:
@@ -97,7 +110,51 @@ def load_spec(path: str | Path) -> dict[str, Any]:
         bad = set(profile or {}) - PROFILE_KEYS
         if bad:
             raise ConfigError(f"{path}: profile '{name}' has unknown key(s) {', '.join(sorted(bad))}")
+    _check_figures(path, spec)
     return spec
+
+
+def _spec_axes(spec: dict[str, Any]) -> list[str]:
+    """The axis names of the spec and of its profiles."""
+    names = list(spec.get("axes") or {})
+    for profile in (spec.get("profiles") or {}).values():
+        names += [n for n in ((profile or {}).get("axes") or {}) if n not in names]
+    return names
+
+
+def _check_figures(path: Path, spec: dict[str, Any]) -> None:
+    """ConfigError naming a figure kind, figure key or value the report cannot draw, with the allowed ones."""
+    kinds = spec.get("figures", list(DEFAULT_FIGURES))
+    if not isinstance(kinds, list) or not kinds:
+        raise ConfigError(f"{path}: 'figures' must be a list of figure kinds from {', '.join(FIGURES)}")
+    bad = [str(k) for k in kinds if k not in FIGURES]
+    if bad:
+        raise ConfigError(f"{path}: unknown figure kind(s) {', '.join(bad)}; allowed: {', '.join(FIGURES)}")
+    figure = spec.get("figure") or {}
+    if not isinstance(figure, dict):
+        raise ConfigError(f"{path}: 'figure' must be a mapping of {', '.join(sorted(FIGURE_KEYS))}")
+    unknown = set(figure) - FIGURE_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown figure key(s) {', '.join(sorted(map(str, unknown)))}; "
+                          f"allowed: {', '.join(sorted(FIGURE_KEYS))}")
+    x = figure.get("x", list(FIGURE_X))
+    if not isinstance(x, list) or not x or any(v not in FIGURE_X for v in x) or len(set(x)) < len(x):
+        raise ConfigError(f"{path}: figure.x {x} must list x axes of {', '.join(FIGURE_X)}, each once")
+    axes = _spec_axes(spec)
+    for key in ("hue", "style"):
+        if key in figure and figure[key] not in axes:
+            raise ConfigError(f"{path}: figure.{key} '{figure[key]}' is not an axis of the study; "
+                              f"its axes: {', '.join(axes) or 'none'}")
+    legend = figure.get("legend", "")
+    if not isinstance(legend, str):
+        raise ConfigError(f"{path}: figure.legend must be a text such as \"N = {{num_envs}}\"")
+    missing = [name for name in re.findall(r"\{([^{}]*)\}", legend) if name not in axes]
+    if missing:
+        raise ConfigError(f"{path}: figure.legend names {', '.join(missing)}, not an axis of the study; "
+                          f"its axes: {', '.join(axes) or 'none'}")
+    threshold = figure.get("threshold", 0.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ConfigError(f"{path}: figure.threshold must be a number (the return counted as solved)")
 
 
 def expand(spec: dict[str, Any], profile: str, overrides: dict[str, str] | None = None) -> Study:
@@ -137,4 +194,4 @@ def expand(spec: dict[str, Any], profile: str, overrides: dict[str, str] | None 
                 raise ConfigError(f"study '{spec['study']}', cell {axis_values or 'base'}: {err}") from None
             cells.append(Cell(spec["study"], profile, axis_values, int(seed), cell_overrides, cfg))
     return Study(spec["study"], profile, chosen.get("description", spec.get("description", "")), axes, cells,
-                 spec.get("figure") or {})
+                 spec.get("figure") or {}, tuple(spec.get("figures", DEFAULT_FIGURES)))

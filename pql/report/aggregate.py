@@ -33,10 +33,13 @@ STATISTICS: dict[str, Statistic] = {
 
 
 def stratified_bootstrap_ci(values: np.ndarray, strata: np.ndarray | None = None, statistic: Statistic = iqm,
-                            reps: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+                            reps: int = 2000, confidence: float = 0.95, seed: int = 0,
+                            method: str = "linear") -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic``; runs are resampled with replacement within each stratum.
 
-    ``values [R]`` are per-run scores, ``strata [R]`` their groups (e.g. tasks; one group if None).
+    ``values [R]`` are per-run scores, ``strata [R]`` their groups (e.g. tasks; one group if None);
+    ``method``: numpy's quantile method for the interval's ends (``inverted_cdf`` keeps them resampled
+    statistics, so that values of +inf, e.g. never reaching a threshold, stay +inf).
     """
     values = np.asarray(values, dtype=float)
     if values.size == 0:
@@ -49,7 +52,7 @@ def stratified_bootstrap_ci(values: np.ndarray, strata: np.ndarray | None = None
         picks = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups])
         stats[r] = statistic(values[picks])
     alpha = (1.0 - confidence) / 2
-    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha], method=method)
     return float(lo), float(hi)
 
 
@@ -125,4 +128,20 @@ def summarize(run_table: pd.DataFrame, threshold: float, reps: int = 2000, seed:
             "time_to_threshold_median": float(np.median(frame["time_to_threshold"])),
             "steps_to_threshold_median": float(np.median(frame["steps_to_threshold"])),
         })
+    return pd.DataFrame(rows)
+
+
+def threshold_intervals(run_table: pd.DataFrame, reps: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per cell: the 95% stratified-bootstrap interval (ends: resampled medians) of the median time and env
+    steps to the threshold, the statistics :func:`summarize` gives, a run that never got there counting as
+    +inf (so an end is inf where half or more of the resampled runs never did). Columns: cell,
+    time_to_threshold_ci_lo, time_to_threshold_ci_hi, steps_to_threshold_ci_lo, steps_to_threshold_ci_hi."""
+    rows = []
+    for cell, frame in run_table.groupby("cell", sort=False):
+        row: dict[str, object] = {"cell": cell}
+        for metric in ("time_to_threshold", "steps_to_threshold"):
+            lo, hi = stratified_bootstrap_ci(frame[metric].to_numpy(), frame["task"].to_numpy(), STATISTICS["median"],
+                                             reps=reps, seed=seed, method="inverted_cdf")
+            row[f"{metric}_ci_lo"], row[f"{metric}_ci_hi"] = lo, hi
+        rows.append(row)
     return pd.DataFrame(rows)

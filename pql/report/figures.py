@@ -1,61 +1,175 @@
-"""Figures: draw what aggregation computed, nothing more (seaborn/matplotlib)."""
+"""Figures: draw what aggregation computed, nothing more (seaborn/matplotlib).
+
+``FIGURES`` is the registry of figure kinds a spec picks with ``figures: [...]``: a name and a
+function that draws one task's :class:`FigureData` into a figure. matplotlib and seaborn are
+imported on the first draw, so that ``pql ablate`` and ``pql status`` check a spec's figure
+kinds without loading them.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import matplotlib
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import pandas as pd
-import seaborn as sns
-
-# One colour per algorithm in every figure.
-ALGO_COLORS = {"pql": "#1f77b4", "pql-d": "#ff7f0e", "ppo": "#2ca02c", "ddpg": "#d62728", "sac": "#9467bd"}
 AXIS_TITLES = {"wall_s": "wall-clock time (s)", "env_steps": "environment steps"}
+# Per value of a spec's figure.style axis, in the order of its values: a line style (curves), a hatch (bars).
+LINE_STYLES = ("-", "--", ":", "-.")
+HATCHES = ("", "//", "..", "xx")
+THRESHOLD_METRICS = {"time_to_threshold": "time to threshold (s)", "steps_to_threshold": "env steps to threshold"}
+
+
+def _pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _seaborn() -> ModuleType:
+    import seaborn as sns
+
+    return sns
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a curve figure, one bar of a bar figure: the runs of one cell (with ``pql report --by``,
+    those of one cell that share a value of the field)."""
+
+    key: str  # the ``cell`` column of the aggregated frames
+    label: str  # legend text
+    color_group: str  # series of one group share a colour: the value of the spec's figure.hue axis
+    style_group: str | None = None  # series of one group share a line style: the value of figure.style's axis
+    algo: str | None = None  # the series' algorithm, for the suite's colour of it
+
+
+@dataclass(frozen=True)
+class FigureData:
+    """What the figures of one task draw: aggregated tables only."""
+
+    title: str
+    series: list[Series]  # in legend order
+    curves: dict[str, pd.DataFrame]  # x column (wall_s, env_steps) -> frame of pql.report.aggregate.curves
+    thresholds: pd.DataFrame  # per series key (``cell``): pql.report.aggregate.summarize's columns and the
+    # intervals of pql.report.aggregate.threshold_intervals
+    y_label: str = "evaluation return"
 
 
 def cell_colors(cells: list[str], algos: dict[str, str] | None) -> dict[str, str]:
-    """Colours by algorithm when every cell has a distinct one, else a palette in cell order."""
-    if algos and len(set(algos.values())) == len(cells) and all(a in ALGO_COLORS for a in algos.values()):
-        return {c: ALGO_COLORS[algos[c]] for c in cells}
-    palette = sns.color_palette("viridis" if len(cells) > 6 else "deep", len(cells))
-    return {c: matplotlib.colors.to_hex(p) for c, p in zip(cells, palette, strict=True)}
+    """Colours by algorithm (each algorithm's own, from its declaration) when every cell has a distinct one,
+    else a palette in cell order."""
+    from pql.algos import ALGORITHMS  # here: the registry imports torch, which checking a spec does not need
+
+    if algos and len(set(algos.values())) == len(cells) and all(a in ALGORITHMS for a in algos.values()):
+        return {c: ALGORITHMS[algos[c]].color for c in cells}
+    from matplotlib.colors import to_hex
+
+    palette = _seaborn().color_palette("viridis" if len(cells) > 6 else "deep", len(cells))
+    return {c: to_hex(p) for c, p in zip(cells, palette, strict=True)}
 
 
-def study_figure(curves: dict[str, pd.DataFrame], labels: dict[str, str], title: str,
-                 algos: dict[str, str] | None = None, y_label: str = "evaluation return") -> plt.Figure:
-    """Return vs each x axis side by side, one line per cell (its mean) with its interval band.
+def series_colors(series: list[Series]) -> dict[str, str]:
+    """Colour of each series (by key): one per colour group, by :func:`cell_colors` (groups in series order;
+    the algorithm's colour where every group has a distinct algorithm)."""
+    groups = list(dict.fromkeys(s.color_group for s in series))
+    algos = {s.color_group: s.algo for s in series}
+    one_algo = all(len({s.algo for s in series if s.color_group == g}) == 1 and algos[g] is not None for g in groups)
+    colors = cell_colors(groups, {g: str(algos[g]) for g in groups} if one_algo else None)
+    return {s.key: colors[s.color_group] for s in series}
 
-    ``curves`` maps an x column (``wall_s``, ``env_steps``) to the frame of
-    :func:`pql.report.aggregate.curves`; ``labels`` maps a cell to its legend text,
-    in legend order; ``algos`` maps a cell to its algorithm for consistent colours.
-    """
-    sns.set_theme(style="whitegrid", context="notebook")
-    cells = list(labels)
-    colors = cell_colors(cells, algos)
-    fig, axes = plt.subplots(1, len(curves), figsize=(6.0 * len(curves), 4.2), squeeze=False)
-    for ax, (x, frame) in zip(axes[0], curves.items(), strict=True):
-        for cell in cells:
-            data = frame[frame["cell"] == cell]
-            if data.empty:
+
+def series_styles(series: list[Series], styles: tuple[str, ...] = LINE_STYLES) -> dict[str, str]:
+    """Line style (or hatch) of each series (by key): ``styles[0]`` without a style group, else one per group."""
+    groups = list(dict.fromkeys(s.style_group for s in series if s.style_group is not None))
+    return {s.key: styles[groups.index(s.style_group) % len(styles)] if s.style_group is not None else styles[0]
+            for s in series}
+
+
+def curves_figure(data: FigureData) -> Figure:
+    """Return vs each x axis side by side, one line per series (its mean) with its interval band."""
+    plt = _pyplot()
+    _seaborn().set_theme(style="whitegrid", context="notebook")
+    colors, styles = series_colors(data.series), series_styles(data.series)
+    fig, axes = plt.subplots(1, len(data.curves), figsize=(6.0 * len(data.curves), 4.2), squeeze=False)
+    for ax, (x, frame) in zip(axes[0], data.curves.items(), strict=True):
+        for s in data.series:
+            line = frame[frame["cell"] == s.key]
+            if line.empty:
                 continue
-            ax.plot(data["x"], data["mean"], color=colors[cell], label=labels[cell], linewidth=2)
-            ax.fill_between(data["x"], data["ci_lo"], data["ci_hi"], color=colors[cell], alpha=0.2, linewidth=0)
+            ax.plot(line["x"], line["mean"], color=colors[s.key], linestyle=styles[s.key], label=s.label, linewidth=2)
+            ax.fill_between(line["x"], line["ci_lo"], line["ci_hi"], color=colors[s.key], alpha=0.2, linewidth=0)
         ax.set_xlabel(AXIS_TITLES.get(x, x))
-        ax.set_ylabel(y_label)
+        ax.set_ylabel(data.y_label)
     axes[0][-1].legend(loc="lower right", fontsize="small")
-    fig.suptitle(title)
+    fig.suptitle(data.title)
     fig.tight_layout()
     return fig
 
 
-def save_figure(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
+def _threshold_panel(ax: Axes, data: FigureData, metric: str, colors: dict[str, str], hatches: dict[str, str]) -> None:
+    table = data.thresholds.set_index("cell")
+    rows = [table.loc[s.key] for s in data.series]
+    medians = [float(r[f"{metric}_median"]) for r in rows]
+    finite = [v for r, m in zip(rows, medians, strict=True) if math.isfinite(m)
+              for v in (m, float(r[f"{metric}_ci_hi"])) if math.isfinite(v)]
+    top = 1.15 * max(finite) if finite and max(finite) > 0 else 1.0
+    places = range(len(rows))
+    ax.bar(places, [m if math.isfinite(m) else 0.0 for m in medians], color=[colors[s.key] for s in data.series],
+           hatch=[hatches[s.key] for s in data.series], edgecolor="white")
+    for i, (row, median) in enumerate(zip(rows, medians, strict=True)):
+        reached = f"{int(row['reached'])}/{int(row['runs'])}"
+        if not math.isfinite(median):
+            ax.text(i, 0.02 * top, f"never\n({reached})", ha="center", va="bottom", fontsize="small")
+            continue
+        lo, hi = float(row[f"{metric}_ci_lo"]), min(float(row[f"{metric}_ci_hi"]), top)
+        ax.errorbar(i, median, yerr=[[median - lo], [hi - median]], fmt="none", ecolor="black", capsize=4)
+        ax.annotate(reached, (i, hi), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                    fontsize="small")
+    ax.set_ylim(0.0, top * 1.08)
+    ax.set_xticks(list(places), [s.label for s in data.series], rotation=20 if len(rows) > 3 else 0,
+                  ha="right" if len(rows) > 3 else "center")
+    ax.set_ylabel(THRESHOLD_METRICS[metric])
+
+
+def threshold_bars_figure(data: FigureData) -> Figure:
+    """Per series, the median time (left) and env steps (right) to the threshold over its runs, a bar with
+    the 95% bootstrap interval of the median; a run that never got there counts as never, so a median
+    that is never (half or more of the runs) has no bar and says "never". Above each bar: the runs that
+    reached the threshold; an interval reaching the top edge goes on to never."""
+    plt = _pyplot()
+    _seaborn().set_theme(style="whitegrid", context="notebook")
+    colors, hatches = series_colors(data.series), series_styles(data.series, HATCHES)
+    fig, axes = plt.subplots(1, len(THRESHOLD_METRICS), figsize=(6.0 * len(THRESHOLD_METRICS), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], THRESHOLD_METRICS, strict=True):
+        _threshold_panel(ax, data, metric, colors, hatches)
+    threshold = float(data.thresholds["threshold"].iloc[0])
+    fig.suptitle(f"{data.title}: return {threshold:g} reached")
+    fig.tight_layout()
+    return fig
+
+
+FigureKind = Callable[[FigureData], "Figure"]
+# The figure kinds a spec can ask for (``figures: [curves, threshold_bars]``; default ``[curves]``).
+FIGURES: dict[str, FigureKind] = {"curves": curves_figure, "threshold_bars": threshold_bars_figure}
+
+
+def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     """Write ``name``.png and ``name``.pdf into ``out_dir``; closes the figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     for path in paths:  # no creation date: the same data gives the same file
         fig.savefig(path, dpi=120, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
-    plt.close(fig)
+    _pyplot().close(fig)
     return paths

@@ -1,32 +1,38 @@
-"""``pql report SPEC``: from a study's raw run files to its tables, figures and markdown report.
+"""``pql report SPEC``: from a study's run files to its tables, figures and markdown report.
 
-Writes, per profile like the store's ``index-<profile>.csv``:
-``results/<study>/summary-<profile>.csv`` (per cell), ``results/<study>/per_run-<profile>.csv``
-(final return and time / steps to threshold of every run), ``plots/<study>/``
-figures (PNG and PDF, one per task) and ``plots/<study>/README-<profile>.md``.
+The runs are those the store's index lists (``results/<study>/index-<profile>.csv``, written by
+``pql ablate``), each read from its own directory: ``config.yaml`` says its task and algorithm,
+``status.json`` whether it finished, ``manifest.json`` with what code and where it ran. Results
+from before the index are found by expanding the spec instead, and the report says so. The spec
+gives the study's name, description and figure settings, and the order of the cells' axes.
+
+Writes, per profile like the index: ``results/<study>/summary-<profile>.csv`` (per cell),
+``results/<study>/per_run-<profile>.csv`` (final return, time / steps to threshold and provenance
+of every run), ``plots/<study>/`` figures (PNG and PDF, per task one of each kind the spec asks
+for) and ``plots/<study>/README-<profile>.md``. With ``by`` (a manifest field), each cell is split
+by the field's value and every file name gets ``-by-<field>``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from pql.ablate.runner import unique_cells
-from pql.ablate.spec import Cell, Study, expand, load_spec
-from pql.ablate.store import ResultsStore
-from pql.config import ConfigError
-from pql.report.aggregate import common_grid, curves, per_run, summarize
-from pql.report.figures import save_figure, study_figure
-
-# Evaluation return that counts as solved, for time-to-threshold (a spec's figure.threshold wins).
-DEFAULT_THRESHOLDS = {"classic/pendulum": -250.0, "gym/Pendulum-v1": -250.0, "classic/mountaincar": 90.0,
-                      "playground/CartpoleBalance": 900.0}
-ALGO_NAMES = {"pql": "PQL", "pql-d": "PQL-D", "ppo": "PPO", "ddpg": "DDPG(n)", "sac": "SAC(n)"}
+from pql.ablate.spec import FIGURE_X, Study, expand, load_spec
+from pql.ablate.store import ResultsStore, metrics_problem
+from pql.algos import ALGORITHMS
+from pql.config import ConfigError, thresholds, value_text
+from pql.report.aggregate import common_grid, curves, per_run, summarize, threshold_intervals
+from pql.report.figures import FIGURES, FigureData, Series, save_figure
+from pql.report.provenance import PROVENANCE_COLUMNS, check_field, field_text, lookup, provenance, run_facts
 
 
 class EmptyStudy(ConfigError):
@@ -41,6 +47,44 @@ class Report:
     figures: list[Path]
     markdown: Path
     missing: list[dict[str, Any]]
+    tables: list[Path]  # the summary and per-run CSV files
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run of the study as the store's index lists it (or, for results from before the index, the spec's
+    expansion)."""
+
+    run_id: str
+    label: str  # the cell's label, e.g. ``num_envs=1024``
+    axis_values: dict[str, Any]  # in the order of the spec's axes
+    seed: int
+
+
+@dataclass
+class SeriesRuns:
+    """The finished runs of one line of the figures: a cell's, or with ``by`` those of a cell with one value."""
+
+    record: RunRecord  # the cell's first run: its label and axis values
+    algo: str
+    by_value: str | None
+    devices: list[str]  # the device names its runs recorded, in order of appearance
+
+
+@dataclass
+class FoundRuns:
+    """What the report found of a study's runs."""
+
+    frame: pd.DataFrame  # metrics rows of the finished runs, with run_id, cell (series key), seed, task, algo
+    series: dict[str, SeriesRuns]  # by series key, in the order of the runs
+    provenance: pd.DataFrame  # per run_id: the PROVENANCE_COLUMNS
+    missing: list[dict[str, Any]]
+    left_out: list[str]  # runs of the index that ran with other KEY=VALUE overrides than the report's
+
+
+def algo_label(name: str) -> str:
+    """How figures and reports name an algorithm: its declared label (the name of one not registered)."""
+    return ALGORITHMS[name].label if name in ALGORITHMS else name
 
 
 def _value_text(key: str, value: Any) -> str:
@@ -49,7 +93,7 @@ def _value_text(key: str, value: Any) -> str:
             return f"mixed sigma in [{value.get('sigma_min')}, {value.get('sigma_max')}]"
         return f"fixed sigma = {value.get('sigma')}"
     if key == "algo":
-        return ALGO_NAMES.get(str(value), str(value))
+        return algo_label(str(value))
     if key == "algo.batch_size":
         return f"B = {value}"
     if key == "num_envs":
@@ -62,12 +106,12 @@ def _value_text(key: str, value: Any) -> str:
 Y_LABELS = {"eval_return": "evaluation return", "train_return": "training return (exploring policy)"}
 
 
-def legend_label(cell: Cell, template: str | None, device_names: list[str]) -> str:
+def legend_label(axis_values: dict[str, Any], template: str | None, device_names: list[str]) -> str:
     """Legend text of a cell: the spec's ``figure.legend`` template ({key} replaced), or one phrase per axis.
 
     A ``gpu_model`` axis shows the device names its runs recorded.
     """
-    values = dict(cell.axis_values)
+    values = dict(axis_values)
     if "gpu_model" in values:
         values["gpu_model"] = " / ".join(device_names) or values["gpu_model"]
     if template:
@@ -84,27 +128,197 @@ def return_column(runs: pd.DataFrame) -> str:
     return "eval_return" if runs["eval_return"].notna().any() else "train_return"
 
 
-def load_runs(study: Study, store: ResultsStore) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, list[str]]]:
-    """Tidy frame of every finished run's metrics; the runs that are missing; device names per cell."""
-    frames, missing, devices = [], [], {}
-    for cell in unique_cells(study):
-        state = store.state(cell)
-        if state.state != "done":
-            missing.append({"run_id": cell.run_id, "cell": cell.label, "seed": cell.seed, "state": state.state,
-                            "detail": state.detail})
-            continue
-        run = store.run_path(cell)
-        frame = pd.read_csv(run / "metrics.csv")
-        frame["run_id"], frame["cell"], frame["seed"] = cell.run_id, cell.label, cell.seed
-        frame["task"], frame["algo"] = cell.config.task, cell.config.algo.name
-        frames.append(frame)
+def index_path(store: ResultsStore, profile: str) -> Path:
+    return store.path / f"index-{profile}.csv"
+
+
+def index_records(study: Study, store: ResultsStore) -> list[RunRecord] | None:
+    """The runs the store's index of ``study.profile`` lists (each run id once, in its order); None without
+    an index."""
+    path = index_path(store, study.profile)
+    if not path.exists():
+        return None
+    order = list(study.axes)
+    records: dict[str, RunRecord] = {}
+    try:
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                values = json.loads(row["axis_values"])
+                ordered = sorted(values, key=lambda k: order.index(k) if k in order else len(order))
+                records.setdefault(row["run_id"], RunRecord(row["run_id"], row["label"],
+                                                            {k: values[k] for k in ordered}, int(row["seed"])))
+    except (OSError, KeyError, TypeError, ValueError, csv.Error) as err:
+        raise ConfigError(f"{path} is not a study index ({type(err).__name__}: {err}); "
+                          f"pql ablate rewrites it") from None
+    return list(records.values())
+
+
+def run_state(run: Path) -> tuple[str, str]:
+    """``("done", "")`` for a run whose ``status.json`` says done and whose metrics read whole (as the
+    store decides), else its state and why."""
+    try:
         status = json.loads((run / "status.json").read_text())
-        names = devices.setdefault(cell.label, [])
+    except FileNotFoundError:
+        return "pending", ""
+    except (OSError, ValueError) as err:
+        return "pending", f"status.json unreadable ({err})"
+    if not isinstance(status, dict):
+        return "pending", "status.json unreadable (not a mapping)"
+    state = str(status.get("state"))
+    if state == "done":
+        problem = metrics_problem(run / "metrics.csv", status.get("env_steps"))
+        return ("done", "") if problem is None else ("pending", f"corrupt result: {problem}")
+    return state, str(status.get("error", ""))
+
+
+def _task_and_algo(run: Path) -> tuple[str, str]:
+    """The task and algorithm the run's ``config.yaml`` says it ran."""
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        return str(config["task"]), str(config["algo"]["name"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise ConfigError(f"config.yaml does not say the run's task and algorithm ({type(err).__name__}: {err})") \
+            from None
+
+
+def _other_overrides(run: Path, overrides: dict[str, str]) -> list[str]:
+    """The ``overrides`` that the run's ``cell.json`` (what ``pql ablate`` gave it) does not have."""
+    try:
+        given = json.loads((run / "cell.json").read_text()).get("overrides") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f"{k}={v}" for k, v in overrides.items() if str(given.get(k)) != v]
+
+
+def load_runs(records: list[RunRecord], store: ResultsStore, by: str | None = None,
+              overrides: dict[str, str] | None = None) -> FoundRuns:
+    """Metrics of every finished run of ``records``, one series per cell (per cell and value of the manifest
+    field ``by``); the runs that are missing; the runs left out for their other ``overrides``."""
+    frames, missing, left_out, prov = [], [], [], []
+    series: dict[str, SeriesRuns] = {}
+    for record in records:
+        run = store.path / record.run_id
+        state, detail = run_state(run)
+        try:
+            task, algo = _task_and_algo(run) if state == "done" else ("", "")
+        except ConfigError as err:
+            state, detail = "pending", f"corrupt result: {err}"
+        if state != "done":
+            missing.append({"run_id": record.run_id, "cell": record.label, "seed": record.seed, "state": state,
+                            "detail": detail})
+            continue
+        other = _other_overrides(run, overrides or {})
+        if other:
+            left_out.append(f"{record.run_id} ({record.label}, seed {record.seed}): {', '.join(other)}")
+            continue
+        facts = run_facts(run)
+        by_value = field_text(lookup(facts, by)) if by else None
+        key = record.label + (f" [{by_value}]" if by else "")
+        frame = pd.read_csv(run / "metrics.csv")
+        frame["run_id"], frame["cell"], frame["seed"] = record.run_id, key, record.seed
+        frame["task"], frame["algo"] = task, algo
+        frames.append(frame)
+        prov.append({"run_id": record.run_id, **provenance(facts)})
+        names = series.setdefault(key, SeriesRuns(record, algo, by_value, [])).devices
+        status = json.loads((run / "status.json").read_text())
         for name in sorted(set((status.get("devices") or {}).values())):
             if name not in names:
                 names.append(name)
     runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return runs, missing, devices
+    return FoundRuns(runs, series, pd.DataFrame(prov, columns=["run_id", *PROVENANCE_COLUMNS]), missing, left_out)
+
+
+def figure_series(found: FoundRuns, keys: list[str], study: Study) -> list[Series]:
+    """The lines (bars) of one task's figures: legend text, colour by the spec's ``figure.hue`` axis and line
+    style by its ``figure.style`` axis; each line its own colour where hue and style alone would not tell
+    two lines apart (or without hue)."""
+    hue, style, template = study.figure.get("hue"), study.figure.get("style"), study.figure.get("legend")
+    out = []
+    for key in keys:
+        runs = found.series[key]
+        values, tag = runs.record.axis_values, f" [{runs.by_value}]" if runs.by_value is not None else ""
+        out.append(Series(key, legend_label(values, template, runs.devices) + tag,
+                          (value_text(values[hue]) if hue in values else key) + tag,
+                          value_text(values[style]) if style in values else None, runs.algo))
+    if len({(s.color_group, s.style_group) for s in out}) < len(out):
+        out = [replace(s, color_group=s.key) for s in out]
+    return out
+
+
+def report_study(spec_path: str | Path, profile: str, results: str | Path = "results", plots: str | Path = "plots",
+                 overrides: dict[str, str] | None = None, threshold: float | None = None, reps: int = 1000,
+                 by: str | None = None) -> Report:
+    """Aggregate the study's finished runs, draw the spec's figure kinds per task, write the tables and the
+    report. ``threshold`` wins over the spec's ``figure.threshold``, which wins over the task's preset;
+    ``by``: split each cell by this manifest field's value."""
+    if by:
+        check_field(by)
+    spec = load_spec(spec_path)
+    study = expand(spec, profile, overrides)
+    store = ResultsStore(results, study.name)
+    records = index_records(study, store)
+    notes = []
+    if records is None:
+        records = [RunRecord(c.run_id, c.label, c.axis_values, c.seed) for c in unique_cells(study)]
+        notes.append(f"No `{index_path(store, profile).name}` in `{store.path}` (results from before the index): "
+                     "the runs were found by expanding the spec.")
+        found = load_runs(records, store, by)
+    else:
+        notes.append(f"Runs: those listed in `{index_path(store, profile)}`.")
+        found = load_runs(records, store, by, overrides)
+        listed = {(r.label, r.seed) for r in records}
+        found.missing += [{"run_id": c.run_id, "cell": c.label, "seed": c.seed, "state": "pending",
+                           "detail": "not in the index: not launched yet"}
+                          for c in unique_cells(study) if (c.label, c.seed) not in listed]
+    if found.left_out:
+        notes.append(f"Left out, for they ran with other KEY=VALUE than this report's: {'; '.join(found.left_out)}.")
+    if found.frame.empty:
+        raise _empty_study(study, store, spec_path, found)
+    suffix = f"-by-{by}" if by else ""
+    out_dir = Path(plots) / study.name
+    xs = study.figure.get("x", list(FIGURE_X))
+    preset_thresholds = thresholds()
+    tables, run_tables, figures = [], [], []
+    for task, task_runs in found.frame.groupby("task", sort=False):
+        thr = threshold if threshold is not None else study.figure.get("threshold", preset_thresholds.get(task))
+        thr = math.nan if thr is None else float(thr)
+        y = return_column(task_runs)
+        runs_of_task = per_run(task_runs, thr, y=y)
+        run_tables.append(runs_of_task)
+        table = summarize(runs_of_task, thr, reps=reps)
+        table.insert(0, "task", task)
+        tables.append(table)
+        series = figure_series(found, [k for k in found.series if k in set(task_runs["cell"])], study)
+        algo_names = ", ".join(algo_label(a) for a in dict.fromkeys(s.algo for s in series))
+        curve_frames = {x: curves(task_runs, x, common_grid(task_runs, x), y=y, reps=reps) for x in xs} \
+            if "curves" in study.figures else {}
+        data = FigureData(f"{study.name}: {task}, {algo_names}", series, curve_frames,
+                          table.merge(threshold_intervals(runs_of_task, reps=reps), on="cell"), Y_LABELS[y])
+        for kind in study.figures:
+            if kind == "threshold_bars" and math.isnan(thr):
+                notes.append(f"No threshold_bars figure of {task}: no threshold is known for it (give --threshold "
+                             "or the spec's figure.threshold).")
+                continue
+            name = f"{study.name}-{task.replace('/', '-')}" + ("" if kind == "curves" else f"-{kind}") + suffix
+            figures += save_figure(FIGURES[kind](data), out_dir, name)
+    summary = pd.concat(tables, ignore_index=True)
+    paths = [store.path / f"summary-{profile}{suffix}.csv", store.path / f"per_run-{profile}{suffix}.csv"]
+    summary.to_csv(paths[0], index=False)
+    per_runs = pd.concat(run_tables, ignore_index=True).merge(found.provenance, on="run_id", how="left")
+    per_runs.to_csv(paths[1], index=False)
+    markdown = write_markdown(study, summary, figures, found.missing, out_dir / f"README-{profile}{suffix}.md",
+                              notes, by)
+    return Report(summary, figures, markdown, found.missing, paths)
+
+
+def _empty_study(study: Study, store: ResultsStore, spec_path: str | Path, found: FoundRuns) -> EmptyStudy:
+    named = "".join(f"\n  {m['run_id']} ({m['cell']}, seed {m['seed']}): {m['state']}"
+                    + (f", {m['detail']}" if m["detail"] else "")
+                    for m in found.missing if m["state"] != "pending" or m["detail"])
+    named += "".join(f"\n  {line}: ran with other KEY=VALUE" for line in found.left_out)
+    return EmptyStudy(f"study '{study.name}' (profile {study.profile}) has no finished runs in {store.path}"
+                      + (f"; what is there:{named}\n" if named else "; ")
+                      + f"run them with: pql ablate {spec_path} --profile {study.profile}")
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -117,64 +331,28 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return head + "".join("| " + " | ".join(fmt(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
 
 
-def report_study(spec_path: str | Path, profile: str, results: str | Path = "results", plots: str | Path = "plots",
-                 overrides: dict[str, str] | None = None, threshold: float | None = None,
-                 reps: int = 1000) -> Report:
-    """Aggregate the study's finished runs, draw one figure per task, write the summary and the report."""
-    spec = load_spec(spec_path)
-    study = expand(spec, profile, overrides)
-    store = ResultsStore(results, study.name)
-    runs, missing, devices = load_runs(study, store)
-    if runs.empty:
-        found = [m for m in missing if m["state"] != "pending" or m["detail"]]
-        named = "".join(f"\n  {m['run_id']} ({m['cell']}, seed {m['seed']}): {m['state']}"
-                        + (f", {m['detail']}" if m["detail"] else "") for m in found)
-        raise EmptyStudy(f"study '{study.name}' (profile {profile}) has no finished runs in {store.path}"
-                         + (f"; what is there:{named}\n" if named else "; ")
-                         + f"run them with: pql ablate {spec_path} --profile {profile}")
-    cells = {c.label: c for c in unique_cells(study)}
-    template = study.figure.get("legend")
-    out_dir = Path(plots) / study.name
-    tables, run_tables, figures = [], [], []
-    for task, task_runs in runs.groupby("task", sort=False):
-        thr = threshold if threshold is not None else study.figure.get("threshold", DEFAULT_THRESHOLDS.get(task))
-        thr = math.nan if thr is None else float(thr)
-        y = return_column(task_runs)
-        curve_frames = {x: curves(task_runs, x, common_grid(task_runs, x), y=y, reps=reps)
-                        for x in ("wall_s", "env_steps")}
-        runs_of_task = per_run(task_runs, thr, y=y)
-        run_tables.append(runs_of_task)
-        table = summarize(runs_of_task, thr, reps=reps)
-        table.insert(0, "task", task)
-        tables.append(table)
-        present = [label for label in cells if label in set(task_runs["cell"])]
-        labels = {label: legend_label(cells[label], template, devices.get(label, [])) for label in present}
-        algos = {label: cells[label].config.algo.name for label in present}
-        algo_names = ", ".join(ALGO_NAMES.get(a, a) for a in dict.fromkeys(algos.values()))
-        fig = study_figure(curve_frames, labels, f"{study.name}: {task}, {algo_names}", algos, Y_LABELS[y])
-        figures += save_figure(fig, out_dir, f"{study.name}-{task.replace('/', '-')}")
-    summary = pd.concat(tables, ignore_index=True)
-    summary.to_csv(store.path / f"summary-{profile}.csv", index=False)
-    pd.concat(run_tables, ignore_index=True).to_csv(store.path / f"per_run-{profile}.csv", index=False)
-    markdown = write_markdown(study, summary, figures, missing, out_dir)
-    return Report(summary, figures, markdown, missing)
-
-
 def write_markdown(study: Study, summary: pd.DataFrame, figures: list[Path], missing: list[dict[str, Any]],
-                   out_dir: Path) -> Path:
-    """``plots/<study>/README-<profile>.md``: the figures, the summary table, the missing or failed runs."""
-    lines = [f"# Study `{study.name}` (profile `{study.profile}`)", "", study.description, ""]
+                   path: Path, notes: list[str], by: str | None = None) -> Path:
+    """The report at ``path``: the figures, the summary table, the missing or failed runs."""
+    lines = [f"# Study `{study.name}` (profile `{study.profile}`)" + (f", by `{by}`" if by else ""), "",
+             study.description, ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
     lines += ["", "Lines: mean evaluation return over seeds (the training episodes' return where the runs had no "
               "evaluation environments, eval_envs=0); bands: 95% bootstrap interval of the mean. "
               "Final return: last evaluation of each run. Time/steps to threshold: median over runs, "
-              "a run that never reached the threshold counting as never.", "", "## Summary", ""]
+              "a run that never reached the threshold counting as never."]
+    if "threshold_bars" in study.figures:
+        lines += ["", "Bars: that median, with the 95% bootstrap interval of the median (an interval reaching the "
+                  "top edge goes on to never); above each bar, the runs that reached the threshold."]
+    if by:
+        lines += ["", f"Each cell is split by its runs' `{by}` (manifest.json), shown as `[value]`."]
+    lines += ["", *notes, "", "## Summary", ""]
     lines.append(_markdown_table(summary))
     lines += ["## Missing or failed runs", ""]
     if missing:
         lines.append(_markdown_table(pd.DataFrame(missing)))
     else:
         lines.append("None: every run of the study finished.")
-    path = out_dir / f"README-{study.profile}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
