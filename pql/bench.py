@@ -4,7 +4,7 @@ Run ``python -m pql.bench`` (``--help`` for the options). It prints three tables
 
 1. env-steps/s of batched tasks (the classic ones unless ``--tasks`` names others, e.g.
    ``playground/CartpoleBalance``) stepped with fixed random actions, compilation excluded;
-2. ``Trainer.v_update()`` updates/s against a bare TD step of copies of the same
+2. ``SyncTrainer.v_update()`` updates/s against a bare TD step of copies of the same
    networks on a fixed, pre-normalised batch of the same size, timed in
    alternating blocks; the overhead is ``t_trainer / t_bare - 1``;
 3. sync against async mode on the same config (:mod:`pql.bench_modes`): env-steps/s and
@@ -30,8 +30,8 @@ from torch.nn import functional as F
 from pql.bench_modes import MODE_TASKS, available_cores, compare
 from pql.config import build_config
 from pql.envs import make_env, task_problem
-from pql.run_dir import RunDir
-from pql.trainer import Trainer
+from pql.training.run_dir import RunDir
+from pql.training.sync import SyncTrainer
 
 ENV_TASKS = "classic/pendulum,classic/mountaincar"
 V_TASK = "classic/pendulum"
@@ -117,7 +117,7 @@ class BareCriticStep:
     target = ret + discount * min(Q1', Q2')(next_obs, policy(next_obs)), MSE, AdamW step.
     """
 
-    def __init__(self, trainer: Trainer, seed: int = 1) -> None:
+    def __init__(self, trainer: SyncTrainer, seed: int = 1) -> None:
         v = trainer.v
         self.critic = copy.deepcopy(v.critic)
         self.target = copy.deepcopy(v.target)
@@ -155,17 +155,17 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, seco
     return {name: statistics.median(ts) for name, ts in per_call.items()}
 
 
-def build_trainer(overrides: dict[str, Any], device: torch.device, num_envs: int, out: str) -> Trainer:
-    """A real Trainer for ``V_TASK`` with its preset plus ``overrides``, every part on ``device``."""
+def build_trainer(overrides: dict[str, Any], device: torch.device, num_envs: int, out: str) -> SyncTrainer:
+    """A real SyncTrainer for ``V_TASK`` with its preset plus ``overrides``, every part on ``device``."""
     dev = str(device)
     cfg = build_config({"task": V_TASK, "num_envs": num_envs, "max_time_s": 1, "progress": False, "out": out,
                         "device.sim": dev, "device.v_learner": dev, "device.p_learner": dev, **overrides})
-    return Trainer(cfg, RunDir(out))
+    return SyncTrainer(cfg, RunDir(out))
 
 
 def v_overhead(overrides: dict[str, Any], device: torch.device, num_envs: int, fill_steps: int,
                seconds: float, blocks: int) -> dict[str, Any]:
-    """Trainer vs bare per-update seconds for one network configuration, plus its sizes."""
+    """SyncTrainer vs bare per-update seconds for one network configuration, plus its sizes."""
     with tempfile.TemporaryDirectory(prefix="pql-bench-") as out:
         trainer = build_trainer(overrides, device, num_envs, out)
         for _ in range(fill_steps):
@@ -193,7 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m pql.bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Benchmark classic-env throughput (env-steps/s) and the V-learner overhead: "
-                    "Trainer.v_update() against a bare critic TD step of the same networks and batch size.")
+                    "SyncTrainer.v_update() against a bare critic TD step of the same networks and batch size.")
     p.add_argument("--device", default="cpu",
                    help="device of envs, trainer and bare step: cpu, cuda, cuda:N, or auto (cuda if available)")
     p.add_argument("--tasks", default=ENV_TASKS,
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nV-learner overhead ({V_TASK}, {args.v_envs} envs, {args.fill_steps} fill steps, "
               f"median of {args.blocks} alternating blocks per side)")
         print(format_table(["config", "actor", "critic", "batch", "trainer upd/s", "bare upd/s", "overhead"], rows))
-        print("trainer = Trainer.v_update(): slot pulls, buffer sample, normalisation, target with noise, loss,\n"
+        print("trainer = SyncTrainer.v_update(): slot pulls, buffer sample, normalisation, target with noise, loss,\n"
               "backward, grad clip, AdamW step, soft target update, publish. bare = fixed pre-normalised batch,\n"
               "target without noise, MSE, backward, AdamW step. overhead = t_trainer / t_bare - 1.\n")
 

@@ -2,11 +2,11 @@
 
 For each task (its preset, every part on the CPU unless ``--device`` says otherwise):
 
-1. **Sync split**: a sync :class:`~pql.trainer.Trainer` takes ``steps`` actor steps after its
+1. **Sync split**: a sync :class:`~pql.training.sync.SyncTrainer` takes ``steps`` actor steps after its
    warm-up with each part timed (actor step, V-updates, P-updates); the shares of the sync
    step and its time per actor step.
 2. **Each worker alone**, with the torch threads async mode gives it
-   (:func:`pql.parallel.thread_plan`): seconds per actor step of the actor, of beta_a:v
+   (:func:`pql.training.parallel.thread_plan`): seconds per actor step of the actor, of beta_a:v
    V-updates and of beta_a:v / beta_p:v P-updates. Async cannot beat its slowest worker, nor
    the sum of the three spread over the cores, so the **ceiling** of the speed-up is
    sync time per actor step / max(slowest worker, sum / cores).
@@ -29,16 +29,16 @@ import torch
 
 from pql.balance import critic_sample_ratio
 from pql.config import Config, build_config
-from pql.parallel import ROLES, core_budget, thread_plan
-from pql.run_dir import RunDir
-from pql.train import run_training
-from pql.trainer import Trainer
+from pql.training.parallel import ROLES, core_budget, thread_plan
+from pql.training.run import run_training
+from pql.training.run_dir import RunDir
+from pql.training.sync import SyncTrainer
 
 MODE_TASKS = "classic/pendulum,gym/Pendulum-v1,playground/CartpoleBalance"
 
 
 def available_cores() -> int:
-    """The cores a run here may use (:func:`pql.parallel.core_budget`)."""
+    """The cores a run here may use (:func:`pql.training.parallel.core_budget`)."""
     return core_budget()[1]
 
 
@@ -73,7 +73,7 @@ def time_split(task: str, device: str, overrides: dict[str, Any], steps: int) ->
     """Sync's parts over ``steps`` actor steps after warm-up, then each worker alone (see the module docstring)."""
     with tempfile.TemporaryDirectory(prefix="pql-bench-") as out:
         cfg = _config(task, device, overrides, max_env_steps=1, out=out, mode="sync")
-        trainer = Trainer(cfg, RunDir(out))
+        trainer = SyncTrainer(cfg, RunDir(out))
         while not trainer.learning():
             trainer.actor_step()
         spent = dict.fromkeys(ROLES, 0.0)

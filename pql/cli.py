@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             overrides = parse_overrides(args.overrides)
             preload_simulator(str(overrides.get("task", "")))
-            from pql.train import resolve, run_training
+            from pql.training.run import resolve, run_training
 
             cfg = resolve(overrides)
             run_dir = run_training(cfg)

@@ -10,7 +10,7 @@ from torch import nn
 from pql.algos import algorithm
 from pql.envs import make_env
 from pql.normalizer import RunningNormalizer
-from pql.run_dir import RunDir
+from pql.training.run_dir import RunDir
 
 
 class DeployedPolicy(nn.Module):

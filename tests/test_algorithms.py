@@ -13,7 +13,7 @@ from pql.buffers import observation_buffer
 from pql.config import ConfigError, build_config, load_config
 from pql.nets import Actor, TwinCritic
 from pql.normalizer import RunningNormalizer
-from pql.train import train, trainer_class
+from pql.training.run import train, trainer_class
 from pql.workers import PLearner
 
 
@@ -25,7 +25,7 @@ def test_every_algorithm_is_declared_once_with_its_own_label_and_colour():
         algorithm("td3")
 
 
-@pytest.mark.parametrize(("name", "expected"), [("pql", "Trainer"), ("ddpg", "Trainer"), ("ppo", "PPOTrainer")])
+@pytest.mark.parametrize(("name", "expected"), [("pql", "SyncTrainer"), ("ddpg", "SyncTrainer"), ("ppo", "PPOTrainer")])
 def test_the_registry_picks_the_trainer(name, expected):
     cfg = build_config({"algo": name, "mode": "sync", "max_env_steps": "10"})
     assert trainer_class(cfg).__name__ == expected

@@ -13,7 +13,7 @@ from pql.config import ConfigError, build_config
 from pql.export import export_policy
 from pql.nets import TwinCritic
 from pql.normalizer import RunningNormalizer
-from pql.train import train
+from pql.training.run import train
 from pql.workers import PLearner
 
 

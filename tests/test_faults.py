@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pql.ablate.store import metrics_problem
-from pql.run_dir import METRIC_COLUMNS, RunDir
+from pql.training.run_dir import METRIC_COLUMNS, RunDir
 
 from .conftest import TINY, wait_gone
 
@@ -211,7 +211,7 @@ def test_full_disk_fails_the_run_with_its_error_and_leaves_no_temporary_files(tm
 
 
 def test_status_that_cannot_be_rewritten_is_removed_rather_than_left_running(tmp_path, capsys):
-    from pql.train import _record
+    from pql.training.run import _record
 
     run = RunDir(tmp_path / "run")
     run.write_status("running", pid=os.getpid())

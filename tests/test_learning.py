@@ -5,7 +5,7 @@ a loaded machine makes these slower, never different."""
 import pandas as pd
 import pytest
 
-from pql.train import resolve, run_training
+from pql.training.run import resolve, run_training
 
 
 def _train(tmp_path, **overrides) -> pd.DataFrame:

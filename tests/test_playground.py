@@ -86,7 +86,7 @@ def test_missing_playground_gives_the_install_command(monkeypatch):
 @pytest.mark.slow
 def test_pql_learns_cartpole_balance_on_real_physics(tmp_path):
     """About 3 minutes on 2 CPU cores: PQL with the CPU preset balances the pole (return > 900 of 1000)."""
-    from pql.train import train
+    from pql.training.run import train
 
     run = train({"task": "playground/CartpoleBalance", "algo": "pql", "seed": "0", "max_time_s": "150",
                  "out": str(tmp_path / "run"), "progress": "false"}).path

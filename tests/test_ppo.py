@@ -11,7 +11,7 @@ from pql.algos.ppo import PPOPolicy, adapt_learning_rate, bootstrap_truncated, g
 from pql.config import ConfigError, build_config
 from pql.export import export_policy
 from pql.normalizer import RunningNormalizer
-from pql.train import train
+from pql.training.run import train
 
 G, L = 0.9, 0.8
 

@@ -25,7 +25,7 @@ from pql.report.aggregate import per_run, summarize, threshold_intervals
 from pql.report.figures import FIGURES, FigureData, Series, threshold_bars_figure
 from pql.report.provenance import MANIFEST_FIELDS, PROVENANCE_COLUMNS, field_text, lookup
 from pql.report.study import report_study
-from pql.run_dir import RunDir
+from pql.training.run_dir import RunDir
 
 SHIPPED = sorted((Path(__file__).parent.parent / "ablations").glob("*.yaml"))
 SPEC = """\

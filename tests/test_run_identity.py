@@ -14,7 +14,7 @@ from pql.ablate.launchers import DebugLauncher
 from pql.ablate.runner import describe_plan, plan_study, run_study
 from pql.ablate.store import metrics_problem
 from pql.config import build_config, config_to_dict
-from pql.run_dir import METRIC_COLUMNS, RunDir
+from pql.training.run_dir import METRIC_COLUMNS, RunDir
 
 from .test_ablate import TINY
 

@@ -10,8 +10,8 @@ import torch
 from pql.envs import register
 from pql.envs.classic import Pendulum
 from pql.export import export_policy
-from pql.run_dir import METRIC_COLUMNS
-from pql.train import resolve, train
+from pql.training.run import resolve, train
+from pql.training.run_dir import METRIC_COLUMNS
 from pql.workers import exploration_std
 
 

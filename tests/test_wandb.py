@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pql.train import resolve, run_training
+from pql.training.run import resolve, run_training
 
 wandb = pytest.importorskip("wandb", reason="wandb is not installed: pip install wandb")
 from wandb.proto import wandb_internal_pb2  # noqa: E402

@@ -17,9 +17,9 @@ from pql.config import Config, ConfigError, apply_overrides, config_from_dict
 from pql.interrupt import RunInterrupted
 from pql.locks import locked_run
 from pql.preload import preload_simulator
-from pql.run_dir import CELL, RunDir
+from pql.training.run_dir import CELL, RunDir
 
-_live: dict[str, Any] = {}  # the running trainer (a pql.run_loop.RunLoop), for checkpoint()
+_live: dict[str, Any] = {}  # the running trainer (a pql.training.loop.RunLoop), for checkpoint()
 LAUNCHER_PID = "PQL_LAUNCHER_PID"  # set by the local launcher for its jobs
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -40,7 +40,7 @@ def run_cell(run_path: str) -> dict[str, Any]:
     run_dir = RunDir(run_path, create=False)
     with locked_run(run_dir.path):
         preload_simulator(run_dir.read_cell()["config"]["task"])
-        from pql.train import run_training
+        from pql.training.run import run_training
 
         run_training(cell_config(run_dir), on_start=lambda trainer: _live.__setitem__("trainer", trainer))
         return run_dir.read_status()

@@ -30,7 +30,7 @@ from pql.ablate.spec import Cell
 from pql.config import ConfigError, read_yaml_mapping
 from pql.interrupt import RunInterrupted, StopSignals
 from pql.locks import INHERITED_FD, FileLock
-from pql.run_dir import RunDir
+from pql.training.run_dir import RunDir
 
 STOP_GRACE_S = 120.0  # how long an interrupted launcher waits for its runs to checkpoint before killing them
 

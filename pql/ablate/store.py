@@ -25,7 +25,7 @@ from typing import Any
 from pql.ablate.spec import Cell, Study, run_identity
 from pql.config import ConfigError, config_to_dict, load_config
 from pql.locks import LOCK_NAME, FileLock, holder
-from pql.run_dir import CHECKPOINT, CONFIG, METRICS, REQUIRED_METRIC_COLUMNS, STATUS, RunDir, atomic_write
+from pql.training.run_dir import CHECKPOINT, CONFIG, METRICS, REQUIRED_METRIC_COLUMNS, STATUS, RunDir, atomic_write
 
 STATES = ("done", "running", "queued", "failed", "stale", "pending", "skipped")
 STUDY_LOCK_WAIT_S = 120.0

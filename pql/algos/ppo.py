@@ -1,5 +1,5 @@
 """PPO as Isaac Gym users know it (rl_games style): its Gaussian policy, GAE, the clipped losses, the
-adaptive learning rate. The rollouts and updates are :class:`pql.ppo_trainer.PPOTrainer`'s.
+adaptive learning rate. The rollouts and updates are :class:`pql.training.ppo.PPOTrainer`'s.
 
 Shapes: H horizon steps, N environments, A action size, M minibatch rows.
 """

@@ -17,7 +17,7 @@ from typing import Any
 
 from pql.config import ConfigError
 
-# The top-level keys of manifest.json: pql.manifest.session()'s, with pql.run_dir.RunDir.record_session's.
+# The top-level keys of manifest.json: pql.manifest.session()'s, with pql.training.run_dir.RunDir.record_session's.
 MANIFEST_FIELDS = ("schema", "started", "git", "python", "packages", "host", "platform", "cpu", "cpus",
                    "memory_gib", "gpus", "devices", "command", "resumes", "resumed_without_manifest")
 STATUS_FIELDS = ("host", "devices")  # also in status.json, for runs without a manifest

@@ -1,7 +1,7 @@
 """``mode=async``: the actor, the V-learner and the P-learner, each in its own process.
 
 The workers are started with torch.multiprocessing's ``spawn``. Each process builds its
-worker with the functions sync mode uses (:mod:`pql.trainer`), on its own device
+worker with the functions sync mode uses (:mod:`pql.training.sync`), on its own device
 (``device.sim`` / ``v_learner`` / ``p_learner``) and with its own torch thread count.
 Everything that crosses a process boundary is allocated by the parent before they start:
 
@@ -49,9 +49,9 @@ from pql.config import Config
 from pql.devices import resolve_devices
 from pql.envs import EnvFactory, env_factory, make_env
 from pql.exchange import ModuleSlot, TransitionRing
-from pql.run_dir import RunDir
-from pql.run_loop import NonFiniteLoss, Progress, RunLoop, make_eval_env
-from pql.trainer import (
+from pql.training.loop import NonFiniteLoss, Progress, RunLoop, make_eval_env
+from pql.training.run_dir import RunDir
+from pql.training.sync import (
     Networks,
     build_actor,
     build_p_learner,

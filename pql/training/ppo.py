@@ -23,8 +23,8 @@ from pql.devices import resolve_devices, seeded_generator
 from pql.envs import make_env
 from pql.nets import mlp
 from pql.normalizer import RunningNormalizer
-from pql.run_dir import RunDir
-from pql.run_loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
+from pql.training.loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
+from pql.training.run_dir import RunDir
 from pql.workers import EpisodeReturns, Evaluator, to_env_units
 
 

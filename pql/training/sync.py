@@ -1,6 +1,6 @@
 """The workers of a PQL-family run built from its config, and ``mode=sync``: one thread, interleaved by the ratios.
 
-``mode=async`` (:mod:`pql.parallel`) builds the same workers with the same functions,
+``mode=async`` (:mod:`pql.training.parallel`) builds the same workers with the same functions,
 one per process. Sync is bit-for-bit deterministic under a seed on CPU.
 """
 
@@ -25,8 +25,8 @@ from pql.envs import VecEnv, make_env
 from pql.exchange import ModuleSlot
 from pql.nets import OffPolicyActor, TwinCritic
 from pql.normalizer import RunningNormalizer
-from pql.run_dir import RunDir
-from pql.run_loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
+from pql.training.loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
+from pql.training.run_dir import RunDir
 from pql.workers import ActorWorker, Evaluator, PLearner, VLearner, exploration_std
 
 # Seeds of the workers' generators, offsets from cfg.seed.
@@ -89,7 +89,7 @@ def ratio_controller(cfg: Config) -> RatioController:
                            algo.critic_actor_ratio)
 
 
-class Trainer(RunLoop):
+class SyncTrainer(RunLoop):
     """A PQL / PQL-D / DDPG(n) / SAC(n) run in sync mode: actor, V-learner and P-learner in one thread."""
 
     def __init__(self, cfg: Config, run_dir: RunDir, on_row: Callable[[dict[str, float]], None] | None = None) -> None:

@@ -1,10 +1,8 @@
-"""Run one training job end to end: run directory, status, progress display, failures."""
+"""Run one training job end to end: its config, run directory, status, sinks and failures."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import math
 import os
 import signal
 import socket
@@ -17,16 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from pql.algos import algorithm
-from pql.config import Config, ConfigError, apply_overrides, build_config, config_to_dict
+from pql.config import Config, ConfigError, apply_overrides, build_config
 from pql.devices import device_name, gpu_mismatch, resolve_devices
 from pql.interrupt import RunInterrupted, StopSignals
 from pql.locks import locked_run
 from pql.manifest import session
-from pql.parallel import ProcessTrainer, WorkerFailed
-from pql.ppo_trainer import PPOTrainer
-from pql.run_dir import CHECKPOINT, CONFIG, RunDir
-from pql.run_loop import NonFiniteLoss, Progress, RunLoop
-from pql.trainer import Trainer
+from pql.training.loop import NonFiniteLoss, RunLoop
+from pql.training.parallel import ProcessTrainer, WorkerFailed
+from pql.training.ppo import PPOTrainer
+from pql.training.run_dir import CHECKPOINT, CONFIG, RunDir
+from pql.training.sinks import ProgressDisplay, TensorBoardSink, WandbSink
+from pql.training.sync import SyncTrainer
 
 # Keys a resumed run may change: they alter the budget or the display, not the experiment.
 RESUMABLE_KEYS = {"resume", "max_time_s", "max_env_steps", "progress", "tensorboard", "wandb", "wandb_project",
@@ -42,7 +41,7 @@ def trainer_class(cfg: Config) -> type[RunLoop]:
     """The run loop of ``cfg``'s algorithm: PPO's, or the actor-critic workers in one process (sync) or three."""
     if algorithm(cfg.algo.name).trainer == "ppo":
         return PPOTrainer
-    return ProcessTrainer if cfg.mode == "async" else Trainer
+    return ProcessTrainer if cfg.mode == "async" else SyncTrainer
 
 
 def default_out(cfg: Config) -> str:
@@ -66,65 +65,6 @@ def resolve(overrides: dict[str, Any]) -> Config:
     return apply_overrides(run.read_config(), {**overrides, "out": str(run.path), "resume": str(run.path)})
 
 
-class ProgressDisplay:
-    """A tqdm bar over the run's budget (time or env steps) showing returns and env-steps/s.
-
-    A resumed run's bar starts where its checkpoint left off (its rate and remaining time
-    count only this session), and the position never passes the budget, so the bar ends at
-    100% with no negative remaining time.
-    """
-
-    def __init__(self, cfg: Config, enabled: bool, start: Progress | None = None) -> None:
-        self.bar = None
-        if not enabled:
-            return
-        from tqdm import tqdm
-
-        self.by_time = cfg.max_env_steps is None
-        self.total = cfg.max_time_s if self.by_time else cfg.max_env_steps
-        initial = 0.0 if start is None else self._position(start.wall_s, start.env_steps)
-        unit = "s" if self.by_time else "step"
-        layout = "{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}{postfix}]"
-        self.bar = tqdm(total=self.total, initial=initial, unit=unit, desc=f"{cfg.task} {cfg.algo.name}",
-                        dynamic_ncols=True, bar_format=layout)
-
-    def _position(self, wall_s: float, env_steps: float) -> float:
-        value = wall_s if self.by_time else env_steps
-        return value if self.total is None else min(value, self.total)
-
-    def __call__(self, row: dict[str, float]) -> None:
-        if self.bar is None:
-            return
-        self.bar.n = self._position(row["wall_s"], row["env_steps"])
-        fmt = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"  # noqa: E731
-        self.bar.set_postfix_str(f"eval {fmt(row['eval_return'])} train {fmt(row['train_return'])} "
-                                 f"{row['env_steps_per_s'] or 0:,.0f} env-steps/s", refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class TensorBoardSink:
-    """Writes every metrics row as scalars against env steps, to RUN_DIR/tb."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            raise ConfigError("tensorboard=true needs the tensorboard package: pip install tensorboard") from err
-        self.writer = SummaryWriter(str(path))
-
-    def __call__(self, row: dict[str, float]) -> None:
-        for key, value in row.items():
-            if key != "env_steps" and isinstance(value, (int, float)) and not math.isnan(value):
-                self.writer.add_scalar(key, value, int(row["env_steps"]))
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 def _record(run_dir: RunDir, state: str, **fields: Any) -> None:
     """Write ``status.json``; where that fails (a full disk) remove it rather than leave one that is
     no longer true, and say so on the terminal."""
@@ -135,29 +75,6 @@ def _record(run_dir: RunDir, state: str, **fields: Any) -> None:
               f"does not claim the run is still running", file=sys.stderr)
         with contextlib.suppress(OSError):
             run_dir.clear_status()
-
-
-class WandbSink:
-    """Logs the resolved config once and every metrics row (``env_steps`` as its x axis) to Weights &
-    Biases, the W&B files under RUN_DIR/wandb. A resumed run continues the same W&B run."""
-
-    def __init__(self, cfg: Config, path: Path) -> None:
-        try:
-            import wandb
-        except ImportError as err:
-            raise ConfigError("wandb=true needs the wandb package: pip install wandb") from err
-        path.mkdir(exist_ok=True)
-        run_id = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-        self.run = wandb.init(project=cfg.wandb_project, dir=str(path), id=run_id, resume="allow",
-                              name=path.parent.name, config=config_to_dict(cfg),
-                              settings=wandb.Settings(console="off", silent=True))
-        self.run.define_metric("*", step_metric="env_steps")
-
-    def __call__(self, row: dict[str, float]) -> None:
-        self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not math.isnan(v)})
-
-    def close(self) -> None:
-        self.run.finish()
 
 
 def run_training(cfg: Config, on_start: Callable[[RunLoop], None] | None = None) -> RunDir:

@@ -13,7 +13,7 @@ import torch
 
 from pql.config import Config, config_to_dict
 from pql.envs import VecEnv, make_env
-from pql.run_dir import RunDir
+from pql.training.run_dir import RunDir
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation environments are seeded apart from the training ones
 
