@@ -6,11 +6,15 @@ import argparse
 import sys
 import textwrap
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from pql.config import ConfigError, describe, parse_overrides
 from pql.interrupt import RunInterrupted
 from pql.preload import preload_simulator
 from pql.report.figures import FIGURES as FIGURE_KINDS
+
+if TYPE_CHECKING:
+    from pql.ablate.runner import Plan
 
 
 def _train_help() -> str:
@@ -57,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: clusters/default.yaml beside the spec, e.g. ablations/clusters/default.yaml)")
     ablate.add_argument("--wait", action="store_true", help="slurm launcher: block until every task ended")
     ablate.add_argument("--dry-run", action="store_true",
-                        help="print the cells and what would run (and, for slurm, the sbatch scripts); run nothing")
+                        help="print the cells, what would run, the memory each cell will need on each device "
+                             "(with a warning for a cell that does not fit) and, for slurm, the sbatch scripts; "
+                             "run nothing")
     ablate.add_argument("--retry-failed", action="store_true",
                         help="run failed cells again, from scratch (interrupted cells always resume by themselves)")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -185,13 +191,16 @@ def _study_command(args: argparse.Namespace) -> int:
             print(by_table(by, runs, STATES))
         return 0
     try:
+        if slurm:
+            profile, source = (ClusterProfile.load(args.cluster), args.cluster) if args.cluster \
+                else ClusterProfile.default_for(args.spec)
         print(describe_plan(plan))
+        if args.dry_run:
+            _print_memory(plan, profile.mem_gb if slurm else None, slurm)
         if plan.elsewhere:
             print(f"{len(plan.elsewhere)} cell(s) are being run by another pql ablate or SLURM job: left to it "
                   f"(pql status {args.spec} follows them)")
         if slurm:
-            profile, source = (ClusterProfile.load(args.cluster), args.cluster) if args.cluster \
-                else ClusterProfile.default_for(args.spec)
             print(f"cluster profile: {source}")
             launcher: LocalLauncher | DebugLauncher | SlurmLauncher = SlurmLauncher(
                 profile, plan.store.path / "slurm", f"pql-{plan.study.name}", wait=args.wait)
@@ -217,6 +226,22 @@ def _study_command(args: argparse.Namespace) -> int:
     for line in problems:
         print(f"pql: {line}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _print_memory(plan: Plan, slurm_mem_gb: float | None, slurm: bool) -> None:
+    """The dry run's memory estimate per cell; a warning on stderr for each cell that does not fit. A cell's
+    host memory is this machine's, or on SLURM the cluster profile's ``mem_gb``; a GPU's is that of its
+    ``gpu_model``, or (not on SLURM) that of the GPU here."""
+    from pql.ablate.runner import describe_memory
+    from pql.manifest import memory_gib
+    from pql.memory import device_capacity
+
+    host_gib = slurm_mem_gb if slurm else memory_gib()
+    text, warnings = describe_memory(
+        plan, lambda device, gpu_model: device_capacity(device, gpu_model, host_gib, local_gpus=not slurm))
+    print(text)
+    for line in warnings:
+        print(f"pql: warning: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import contextlib
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from pql.ablate.store import STATES, STUDY_LOCK_WAIT_S, ResultsStore, RunState
 from pql.config import ConfigError
 from pql.devices import gpu_mismatch, resolve_devices
 from pql.locks import FileLock, holder, run_lock
+from pql.memory import Capacity, TaskDims, estimate, misfits, probe_task, summary
 
 
 @dataclass
@@ -117,6 +118,26 @@ def describe_plan(plan: Plan) -> str:
         detail = f"  ({st.detail})" if st.detail else ""
         lines.append(f"  {cell.run_id}  {action:<4}  {st.state:<8}  {cell.label}, seed {cell.seed}{detail}")
     return "\n".join(lines)
+
+
+def describe_memory(plan: Plan, capacity: Callable[[str, str | None], Capacity | None]) -> tuple[str, list[str]]:
+    """The memory each cell will need on each device (:mod:`pql.memory`), one line per cell, and a warning
+    naming the cell for each device it does not fit. ``capacity(device, gpu_model)`` is a device's memory
+    (None: unknown, not checked). Each task is built once, with one environment on the CPU, for its sizes."""
+    dims: dict[str, TaskDims] = {}
+    lines = ["memory per cell (persistent + one update's activations; the simulator's own only for classic/ tasks):"]
+    warnings = []
+    for cell in unique_cells(plan.study):
+        cfg = cell.config
+        if cfg.task not in dims:
+            dims[cfg.task] = probe_task(cfg.task)
+        est = estimate(cfg, dims[cfg.task])
+        caps = {device: capacity(device, cfg.gpu_model) for device in est.device_bytes()}
+        lines.append(f"  {cell.run_id}  {summary(est, caps.get)}")
+        for problem in misfits(est, caps.get):
+            lines.append(f"    does not fit: {problem}")
+            warnings.append(f"cell {cell.run_id} ({cell.label}, seed {cell.seed}) {problem}")
+    return "\n".join(lines), warnings
 
 
 def run_study(plan: Plan, launcher: Launcher, progress: bool = True) -> list[str]:

@@ -38,6 +38,11 @@ class TorchClassicEnv(VecEnv):
 
     default_time_limit: int
 
+    @property
+    def bytes_per_env(self) -> int:
+        """Bytes of state held per environment: the state components and the step counter."""
+        return sum(s.element_size() for s in self.state) + self.elapsed.element_size()
+
     def _uniform(self, n: int, low: float, high: float) -> torch.Tensor:
         u = torch.rand(n, generator=self.generator, device=self.device, dtype=self.dtype)
         return low + (high - low) * u

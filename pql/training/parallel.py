@@ -409,18 +409,24 @@ class ProcessTrainer(RunLoop):
         finally:
             self._stop()
 
-    def _start(self) -> None:
+    def share(self, ctx: Any) -> Shared:
+        """What the workers share, allocated here (``ctx``: the multiprocessing context they start in):
+        the transition ring ``[RING_SLOTS, N, 2D + A + 2]`` on the sim device, and the slots of the policy,
+        critic and normaliser (whose modules move to the P-learner's, V-learner's and sim device)."""
         cfg, (sim, vdev, pdev) = self.cfg, self.devices
-        ctx = mp.get_context("spawn")
         width = 2 * self.obs_dim + self.act_dim + 2
         nets = self.nets
-        self.shared = Shared(
+        return Shared(
             cfg, env_factory(cfg.task), self.obs_dim, self.act_dim,
             TransitionRing(RING_SLOTS, cfg.num_envs, width, readers=2, device=sim).share_memory(),
             ModuleSlot(nets.policy.to(pdev)).share_memory(ctx.Lock()),
             ModuleSlot(nets.critic.to(vdev)).share_memory(ctx.Lock()),
             ModuleSlot(nets.normalizer.to(sim)).share_memory(ctx.Lock()),
             self.controller, self.board)
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
+        self.shared = self.share(ctx)
         flags = self.board.flags
         flags.update(pause=1, epoch=0, stop=0, actor_limit=self._actor_limit(), actor_steps=self.progress.actor_steps,
                      env_steps=self.progress.env_steps)
