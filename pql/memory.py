@@ -1,7 +1,7 @@
 """How much memory a run will need on each of its devices, from its config and its task's sizes.
 
-A pure count of what the builders allocate (:mod:`pql.trainer`, :mod:`pql.parallel`,
-:mod:`pql.ppo_trainer`), in float32 (4 bytes) unless said otherwise. D = observation size,
+A pure count of what the builders allocate (:mod:`pql.training.sync`, :mod:`pql.training.parallel`,
+:mod:`pql.training.ppo`), in float32 (4 bytes) unless said otherwise. D = observation size,
 A = action size, N = ``num_envs``, C = ``algo.buffer_size``, B = ``algo.batch_size``,
 W = 2D + A + 2 (a packed n-step transition, :meth:`pql.buffers.Transitions.packed`).
 
@@ -35,7 +35,7 @@ import torch
 
 from pql.config import Config
 from pql.devices import resolve_devices
-from pql.parallel import RING_SLOTS
+from pql.training.parallel import RING_SLOTS
 
 FLOAT = 4  # bytes of a float32
 BACKWARD = 2  # the backward pass holds about as many gradient floats as the forward pass kept activations
@@ -173,7 +173,7 @@ def _simulator(cfg: Config, d: int, a: int, per_env: int | None) -> list[Compone
 
 
 def _off_policy(cfg: Config, d: int, a: int) -> list[Component]:
-    """PQL, PQL-D, DDPG(n), SAC(n): the actor, V-learner and P-learner of :mod:`pql.trainer`, in either mode."""
+    """PQL, PQL-D, DDPG(n), SAC(n): the actor, V-learner and P-learner of :mod:`pql.training.sync`, in either mode."""
     algo, n, b = cfg.algo, cfg.num_envs, cfg.algo.batch_size
     run_async, evals, sac = cfg.mode == "async", int(cfg.eval_envs > 0), algo.name == "sac"
     k = algo.num_atoms if algo.name == "pql-d" else 1
@@ -222,7 +222,7 @@ def _off_policy(cfg: Config, d: int, a: int) -> list[Component]:
 
 
 def _ppo(cfg: Config, d: int, a: int) -> list[Component]:
-    """PPO (:class:`pql.ppo_trainer.PPOTrainer`): everything on the simulation device."""
+    """PPO (:class:`pql.training.ppo.PPOTrainer`): everything on the simulation device."""
     algo, ppo, n = cfg.algo, cfg.algo.ppo, cfg.num_envs
     rows, m = ppo.horizon * n, ppo.minibatch_size
     policy_sizes, value_sizes = [d, *algo.actor_hidden, a], [d, *algo.critic_hidden, 1]

@@ -28,10 +28,10 @@ from pql.memory import (
     probe_task,
     size_text,
 )
-from pql.parallel import ActorRole, LearnerRole, ProcessTrainer
-from pql.ppo_trainer import PPOTrainer
-from pql.run_dir import RunDir
-from pql.trainer import Trainer
+from pql.training.parallel import ActorRole, LearnerRole, ProcessTrainer
+from pql.training.ppo import PPOTrainer
+from pql.training.run_dir import RunDir
+from pql.training.sync import SyncTrainer
 
 TINY_STUDY = Path(__file__).parent / "data" / "tiny_study.yaml"
 # Networks and buffer of similar sizes, so that a network copy too many or a buffer column too wide shows.
@@ -94,9 +94,14 @@ class Measured(NamedTuple):
     envs: int  # bytes of the training and evaluation environments
 
 
+def _temperature_optimizer(p_learner):
+    """SAC's temperature optimiser (its objective's), None for the other algorithms."""
+    return getattr(p_learner.objective, "temperature_optimizer", None)
+
+
 def _measure_sync(cfg, tmp_path) -> Measured:
-    """What a sync Trainer holds after 4 actor steps and one update of each learner."""
-    trainer = Trainer(cfg, RunDir(tmp_path / "run"))
+    """What a sync SyncTrainer holds after 4 actor steps and one update of each learner."""
+    trainer = SyncTrainer(cfg, RunDir(tmp_path / "run"))
     for _ in range(4):
         trainer.actor_step()
     trainer.v_update()
@@ -107,7 +112,7 @@ def _measure_sync(cfg, tmp_path) -> Measured:
     roles = {"v_learner": count(v, trainer.critic_slot), "p_learner": count(p, trainer.policy_slot),
              "sim": envs + count(trainer.actor, trainer.evaluator, trainer.norm_slot)}
     counters = {"v_learner": _counters([v.optimizer], [trainer.critic_slot]),
-                "p_learner": _counters([p.optimizer, p.temperature_optimizer], [trainer.policy_slot]),
+                "p_learner": _counters([p.optimizer, _temperature_optimizer(p)], [trainer.policy_slot]),
                 "sim": _counters([], [trainer.norm_slot])}
     return Measured(roles, counters, sum(roles.values()) + count(trainer), envs)
 
@@ -135,7 +140,7 @@ def _measure_async(cfg, tmp_path) -> Measured:
              "sim": envs + count(actor.worker, shared.ring, shared.normalizer, parent.nets.normalizer,
                                  parent.evaluator)}
     counters = {"v_learner": _counters([v.worker.optimizer], [shared.critic]),
-                "p_learner": _counters([p.worker.optimizer, p.worker.temperature_optimizer], [shared.policy]),
+                "p_learner": _counters([p.worker.optimizer, _temperature_optimizer(p.worker)], [shared.policy]),
                 "sim": _counters([], [shared.normalizer], (shared.ring,))}
     return Measured(roles, counters, sum(roles.values()) + count(parent, actor, v, p), envs)
 
@@ -194,7 +199,7 @@ def _saved_activations(update, params: list[torch.Tensor]) -> int:
 def test_activation_estimate_covers_what_one_update_saves(algo, tmp_path):
     cfg = _config(algo, "sync", **{"algo.batch_size": "512", "algo.critic_hidden": "[256,256]",
                                    "algo.actor_hidden": "[256,256]"})
-    trainer = Trainer(cfg, RunDir(tmp_path / "run"))
+    trainer = SyncTrainer(cfg, RunDir(tmp_path / "run"))
     for _ in range(4):
         trainer.actor_step()
     est = {c.name.split(" (")[0]: c.nbytes for c in estimate(cfg, probe_task(cfg.task)).components if c.transient}

@@ -64,7 +64,7 @@ class EntropyRegularisedObjective:
         self.policy = policy
         self.target_entropy = -float(policy.act_dim)
         self.temperature_optimizer = torch.optim.AdamW([policy.log_alpha], lr=cfg.alpha_lr, weight_decay=0.0)
-        self._log_prob = torch.zeros(())
+        self._log_prob: torch.Tensor | None = None  # the last loss's, for the temperature step after it
 
     def parameters(self) -> list[nn.Parameter]:
         """The policy network's parameters, without the temperature (it has its own optimiser)."""
@@ -77,7 +77,9 @@ class EntropyRegularisedObjective:
         return (alpha * log_prob - q(obs, action).min(0).values).mean()
 
     def after_step(self) -> None:
-        temperature_loss = -(self.policy.log_alpha * (self._log_prob + self.target_entropy)).mean()
+        assert self._log_prob is not None, "after_step follows a loss"
+        log_prob, self._log_prob = self._log_prob, None
+        temperature_loss = -(self.policy.log_alpha * (log_prob + self.target_entropy)).mean()
         self.temperature_optimizer.zero_grad(set_to_none=True)
         temperature_loss.backward()
         self.temperature_optimizer.step()
