@@ -285,10 +285,11 @@ def test_status_by_counts_runs_per_value_and_state(tmp_path, capsys):
     args = ["status", str(spec), "--results", str(tmp_path / "results")]
     assert main([*args, "--by", "devices.v_learner"]) == 0
     table = capsys.readouterr().out.split("runs by devices.v_learner:\n")[1].splitlines()
-    counts = {" ".join(line.split()[:-6]): [int(v) for v in line.split()[-6:]] for line in table[1:]}
-    assert table[0].split() == ["devices.v_learner", "done", "running", "queued", "failed", "pending", "skipped"]
-    assert counts == {"NVIDIA A100": [1, 0, 0, 0, 0, 0], "NVIDIA H100": [6, 0, 0, 0, 0, 0],
-                      "unknown": [0, 0, 0, 0, 1, 0]}
+    counts = {" ".join(line.split()[:-7]): [int(v) for v in line.split()[-7:]] for line in table[1:]}
+    assert table[0].split() == ["devices.v_learner", "done", "running", "queued", "failed", "stale", "pending",
+                                "skipped"]
+    assert counts == {"NVIDIA A100": [1, 0, 0, 0, 0, 0, 0], "NVIDIA H100": [6, 0, 0, 0, 0, 0, 0],
+                      "unknown": [0, 0, 0, 0, 0, 1, 0]}
     assert main([*args, "--by", "gpus.0.name"]) == 0 and "NVIDIA A100" in capsys.readouterr().out
     assert main([*args, "--by", "gpu.0.name"]) == 2
     err = capsys.readouterr().err

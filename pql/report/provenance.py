@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pql.config import ConfigError
+from pql.training.run_dir import MANIFEST, STATUS
 
 # The top-level keys of manifest.json: pql.manifest.session()'s, with pql.training.run_dir.RunDir.record_session's.
 MANIFEST_FIELDS = ("schema", "started", "git", "python", "packages", "host", "platform", "cpu", "cpus",
@@ -49,10 +50,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def run_facts(run: Path) -> dict[str, Any]:
     """The run's manifest; for a run without one, the fields its ``status.json`` also records."""
-    manifest = _read_json(run / "manifest.json")
+    manifest = _read_json(run / MANIFEST)
     if manifest:
         return manifest
-    status = _read_json(run / "status.json")
+    status = _read_json(run / STATUS)
     return {key: status[key] for key in STATUS_FIELDS if key in status}
 
 

@@ -33,6 +33,7 @@ from pql.config import ConfigError, thresholds, value_text
 from pql.report.aggregate import common_grid, curves, per_run, summarize, threshold_intervals
 from pql.report.figures import FIGURES, FigureData, Series, save_figure
 from pql.report.provenance import PROVENANCE_COLUMNS, check_field, field_text, lookup, provenance, run_facts
+from pql.training.run_dir import CELL, CONFIG, METRICS, STATUS
 
 
 class EmptyStudy(ConfigError):
@@ -157,7 +158,7 @@ def run_state(run: Path) -> tuple[str, str]:
     """``("done", "")`` for a run whose ``status.json`` says done and whose metrics read whole (as the
     store decides), else its state and why."""
     try:
-        status = json.loads((run / "status.json").read_text())
+        status = json.loads((run / STATUS).read_text())
     except FileNotFoundError:
         return "pending", ""
     except (OSError, ValueError) as err:
@@ -166,7 +167,7 @@ def run_state(run: Path) -> tuple[str, str]:
         return "pending", "status.json unreadable (not a mapping)"
     state = str(status.get("state"))
     if state == "done":
-        problem = metrics_problem(run / "metrics.csv", status.get("env_steps"))
+        problem = metrics_problem(run / METRICS, status.get("env_steps"))
         return ("done", "") if problem is None else ("pending", f"corrupt result: {problem}")
     return state, str(status.get("error", ""))
 
@@ -174,7 +175,7 @@ def run_state(run: Path) -> tuple[str, str]:
 def _task_and_algo(run: Path) -> tuple[str, str]:
     """The task and algorithm the run's ``config.yaml`` says it ran."""
     try:
-        config = yaml.safe_load((run / "config.yaml").read_text())
+        config = yaml.safe_load((run / CONFIG).read_text())
         return str(config["task"]), str(config["algo"]["name"])
     except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
         raise ConfigError(f"config.yaml does not say the run's task and algorithm ({type(err).__name__}: {err})") \
@@ -184,7 +185,7 @@ def _task_and_algo(run: Path) -> tuple[str, str]:
 def _other_overrides(run: Path, overrides: dict[str, str]) -> list[str]:
     """The ``overrides`` that the run's ``cell.json`` (what ``pql ablate`` gave it) does not have."""
     try:
-        given = json.loads((run / "cell.json").read_text()).get("overrides") or {}
+        given = json.loads((run / CELL).read_text()).get("overrides") or {}
     except (OSError, ValueError, AttributeError):
         return []
     return [f"{k}={v}" for k, v in overrides.items() if str(given.get(k)) != v]
@@ -214,13 +215,13 @@ def load_runs(records: list[RunRecord], store: ResultsStore, by: str | None = No
         facts = run_facts(run)
         by_value = field_text(lookup(facts, by)) if by else None
         key = record.label + (f" [{by_value}]" if by else "")
-        frame = pd.read_csv(run / "metrics.csv")
+        frame = pd.read_csv(run / METRICS)
         frame["run_id"], frame["cell"], frame["seed"] = record.run_id, key, record.seed
         frame["task"], frame["algo"] = task, algo
         frames.append(frame)
         prov.append({"run_id": record.run_id, **provenance(facts)})
         names = series.setdefault(key, SeriesRuns(record, algo, by_value, [])).devices
-        status = json.loads((run / "status.json").read_text())
+        status = json.loads((run / STATUS).read_text())
         for name in sorted(set((status.get("devices") or {}).values())):
             if name not in names:
                 names.append(name)
