@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
+from torch import nn
 
+from pql.algos import algorithm
 from pql.config import Config
 from pql.devices import resolve_devices
 from pql.training.parallel import RING_SLOTS
@@ -145,7 +147,8 @@ def normalizer_bytes(obs_dim: int) -> int:
 def estimate(cfg: Config, dims: TaskDims) -> MemoryEstimate:
     """The memory of a run of ``cfg`` on a task of ``dims`` (see the module docstring for what is counted)."""
     sim, v, p = (str(d) for d in resolve_devices(cfg))
-    if cfg.algo.name == "ppo":  # PPOTrainer: everything on the simulation device
+    on_policy = algorithm(cfg.algo.name).trainer == "ppo"
+    if on_policy:  # PPOTrainer: everything on the simulation device
         devices = {"sim": sim}
     else:
         devices = {"sim": sim, "v_learner": v, "p_learner": p}
@@ -153,7 +156,7 @@ def estimate(cfg: Config, dims: TaskDims) -> MemoryEstimate:
         return MemoryEstimate(devices, problem=f"task dims unknown ({dims.problem})")
     d, a = dims.obs_dim, dims.act_dim
     parts = _simulator(cfg, d, a, dims.sim_bytes_per_env)
-    parts += _ppo(cfg, d, a) if cfg.algo.name == "ppo" else _off_policy(cfg, d, a)
+    parts += _ppo(cfg, d, a) if on_policy else _off_policy(cfg, d, a)
     return MemoryEstimate(devices, tuple(parts), simulator_estimated=dims.sim_bytes_per_env is not None)
 
 
@@ -165,7 +168,7 @@ def _simulator(cfg: Config, d: int, a: int, per_env: int | None) -> list[Compone
         envs = 1 + (evals > 0)
         parts.append(Component("sim", "simulator state", (n + evals) * per_env + envs * 2 * a * FLOAT,
                                "lower num_envs"))
-    noise = n * FLOAT if cfg.algo.name != "ppo" else 0  # per-env exploration std [N]
+    noise = n * FLOAT if algorithm(cfg.algo.name).trainer != "ppo" else 0  # per-env exploration std [N]
     # observations to act on [N, D] and the running returns [N] (+ a float64 and an int64 tally)
     parts.append(Component("sim", "actor state (obs, noise std, returns)", n * (d + 1) * FLOAT + noise + 16,
                            "lower num_envs"))
@@ -175,16 +178,22 @@ def _simulator(cfg: Config, d: int, a: int, per_env: int | None) -> list[Compone
 def _off_policy(cfg: Config, d: int, a: int) -> list[Component]:
     """PQL, PQL-D, DDPG(n), SAC(n): the actor, V-learner and P-learner of :mod:`pql.training.sync`, in either mode."""
     algo, n, b = cfg.algo, cfg.num_envs, cfg.algo.batch_size
-    run_async, evals, sac = cfg.mode == "async", int(cfg.eval_envs > 0), algo.name == "sac"
-    k = algo.num_atoms if algo.name == "pql-d" else 1
-    policy_sizes = [d, *algo.actor_hidden, 2 * a if sac else a]  # SAC's Gaussian: mean and log std
+    run_async, evals = cfg.mode == "async", int(cfg.eval_envs > 0)
+    declared = algorithm(algo.name)
+    with torch.device("meta"):  # the algorithm's own policy and head, sized without allocating
+        net = declared.make_policy(algo, d, a)
+    head = declared.head(algo, "meta")
+    out = [m for m in net.modules() if isinstance(m, nn.Linear)][-1].out_features
+    k = head.out_features
+    policy_sizes = [d, *algo.actor_hidden, out]
     critic_sizes = [d + a, *algo.critic_hidden, k]
-    policy = (mlp_params(policy_sizes) + sac) * FLOAT  # + SAC's log_alpha
+    policy = sum(p.numel() for p in net.parameters()) * FLOAT  # SAC's: with log_alpha
     critic = 2 * mlp_params(critic_sizes) * FLOAT  # twin
     norm = normalizer_bytes(d)
-    atoms = k * FLOAT if algo.name == "pql-d" else 0  # CategoricalHead.atoms [K], on each learner
+    atoms = sum(t.numel() for t in vars(head).values() if isinstance(t, torch.Tensor)) * FLOAT  # C51's [K]
     width = 2 * d + a + 2
-    gaussian = 8 * a if sac else 0  # per row: GaussianActor.sample's mean, log std, eps, u, log-prob terms
+    stochastic = out == 2 * a  # a Gaussian policy (SAC's) outputs a mean and a log std per action
+    gaussian = 8 * a if stochastic else 0  # per row: its sample's mean, log std, eps, u, log-prob terms
     parent = " (+ the parent's)" if run_async else ""
     parts = [
         Component("sim", "n-step window", algo.nstep * n * ((2 * d + a + 1) * FLOAT + 2) + algo.nstep * FLOAT,
