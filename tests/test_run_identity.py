@@ -5,6 +5,7 @@ import csv
 import json
 from dataclasses import replace
 
+import pytest
 import yaml
 
 from pql import config as config_module
@@ -14,6 +15,7 @@ from pql.ablate.launchers import DebugLauncher
 from pql.ablate.runner import describe_plan, plan_study, run_study
 from pql.ablate.store import metrics_problem
 from pql.config import build_config, config_to_dict
+from pql.report.study import EmptyStudy, report_study
 from pql.training.run_dir import METRIC_COLUMNS, RunDir
 
 from .test_ablate import TINY
@@ -45,6 +47,8 @@ def test_a_run_whose_config_differs_from_its_cell_is_stale_and_redone(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     state = plan.store.state(cell)
     assert state.state == "stale" and "algo.tau 0.5 -> 0.05" in state.detail
+    with pytest.raises(EmptyStudy, match="stale"):  # the report decides as the store does: not aggregated
+        report_study(TINY, "one", tmp_path, tmp_path / "plots", reps=10)
     again = plan_study(TINY, "one", {}, tmp_path)
     assert again.to_run == [cell] and "stale" in describe_plan(again)
     _, problems = _plan_and_run(tmp_path)

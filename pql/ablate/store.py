@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pql.ablate.spec import Cell, Study, run_identity
-from pql.config import ConfigError, config_to_dict, load_config
+from pql.config import Config, ConfigError, config_to_dict, load_config
 from pql.locks import LOCK_NAME, FileLock, holder
 from pql.training.run_dir import CHECKPOINT, CONFIG, METRICS, REQUIRED_METRIC_COLUMNS, STATUS, RunDir, atomic_write
 
@@ -68,16 +68,17 @@ def metrics_problem(path: Path, expected_steps: int | None) -> str | None:
     return None
 
 
-def stale_reason(cell: Cell, config_path: Path) -> str | None:
-    """Why the run whose ``config.yaml`` is ``config_path`` is not ``cell``'s run, or None (the same
-    config, or none written yet). Keys that do not change results (out, progress, ...) are not compared."""
+def stale_reason(expected: Config, config_path: Path) -> str | None:
+    """Why the run whose ``config.yaml`` is ``config_path`` is not a run of ``expected`` (its cell's config),
+    or None (the same config, or none written yet). Keys that do not change results (out, progress, ...)
+    are not compared."""
     if not config_path.exists():
         return None
     try:
         saved = run_identity(load_config(str(config_path)))
     except ConfigError as err:
         return f"its {CONFIG} is not a config of this version ({err})"
-    wanted = run_identity(cell.config)
+    wanted = run_identity(expected)
     keys = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
     if not keys:
         return None
@@ -123,10 +124,14 @@ class ResultsStore:
 
     def state(self, cell: Cell) -> RunState:
         """The state of ``cell``'s run as its files and its lock tell it."""
-        run = self.run_path(cell)
+        return self.run_state(self.run_path(cell), cell.config)
+
+    def run_state(self, run: Path, expected: Config | None) -> RunState:
+        """The state of the run in ``run`` as its files and its lock tell it; stale when its config is not
+        ``expected`` (None: not compared, e.g. a run the index lists that the spec no longer expands to)."""
         busy = holder(run / LOCK_NAME)
         has_checkpoint = (run / CHECKPOINT).exists()
-        stale = None if busy else stale_reason(cell, run / CONFIG)
+        stale = None if busy or expected is None else stale_reason(expected, run / CONFIG)
         if stale is not None:
             return RunState("stale", f"{stale}; redo")
         try:

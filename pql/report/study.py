@@ -23,17 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from pql.ablate.runner import unique_cells
 from pql.ablate.spec import FIGURE_X, Study, expand, load_spec
-from pql.ablate.store import ResultsStore, metrics_problem
+from pql.ablate.store import ResultsStore
 from pql.algos import ALGORITHMS
-from pql.config import ConfigError, thresholds, value_text
+from pql.config import Config, ConfigError, thresholds, value_text
 from pql.report.aggregate import common_grid, curves, per_run, summarize, threshold_intervals
 from pql.report.figures import FIGURES, FigureData, Series, save_figure
 from pql.report.provenance import PROVENANCE_COLUMNS, check_field, field_text, lookup, provenance, run_facts
-from pql.training.run_dir import CELL, CONFIG, METRICS, STATUS
+from pql.training.run_dir import CELL, METRICS, STATUS, RunDir
 
 
 class EmptyStudy(ConfigError):
@@ -154,34 +153,6 @@ def index_records(study: Study, store: ResultsStore) -> list[RunRecord] | None:
     return list(records.values())
 
 
-def run_state(run: Path) -> tuple[str, str]:
-    """``("done", "")`` for a run whose ``status.json`` says done and whose metrics read whole (as the
-    store decides), else its state and why."""
-    try:
-        status = json.loads((run / STATUS).read_text())
-    except FileNotFoundError:
-        return "pending", ""
-    except (OSError, ValueError) as err:
-        return "pending", f"status.json unreadable ({err})"
-    if not isinstance(status, dict):
-        return "pending", "status.json unreadable (not a mapping)"
-    state = str(status.get("state"))
-    if state == "done":
-        problem = metrics_problem(run / METRICS, status.get("env_steps"))
-        return ("done", "") if problem is None else ("pending", f"corrupt result: {problem}")
-    return state, str(status.get("error", ""))
-
-
-def _task_and_algo(run: Path) -> tuple[str, str]:
-    """The task and algorithm the run's ``config.yaml`` says it ran."""
-    try:
-        config = yaml.safe_load((run / CONFIG).read_text())
-        return str(config["task"]), str(config["algo"]["name"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
-        raise ConfigError(f"config.yaml does not say the run's task and algorithm ({type(err).__name__}: {err})") \
-            from None
-
-
 def _other_overrides(run: Path, overrides: dict[str, str]) -> list[str]:
     """The ``overrides`` that the run's ``cell.json`` (what ``pql ablate`` gave it) does not have."""
     try:
@@ -191,19 +162,23 @@ def _other_overrides(run: Path, overrides: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in overrides.items() if str(given.get(k)) != v]
 
 
-def load_runs(records: list[RunRecord], store: ResultsStore, by: str | None = None,
+def load_runs(records: list[RunRecord], store: ResultsStore, expected: dict[str, Config], by: str | None = None,
               overrides: dict[str, str] | None = None) -> FoundRuns:
-    """Metrics of every finished run of ``records``, one series per cell (per cell and value of the manifest
-    field ``by``); the runs that are missing; the runs left out for their other ``overrides``."""
+    """Metrics of every finished run of ``records`` (finished as the store decides: a run whose config is not
+    its ``expected`` one, by run id, is stale and left out), one series per cell (per cell and value of the
+    manifest field ``by``); the runs that are missing; the runs left out for their other ``overrides``."""
     frames, missing, left_out, prov = [], [], [], []
     series: dict[str, SeriesRuns] = {}
     for record in records:
         run = store.path / record.run_id
-        state, detail = run_state(run)
-        try:
-            task, algo = _task_and_algo(run) if state == "done" else ("", "")
-        except ConfigError as err:
-            state, detail = "pending", f"corrupt result: {err}"
+        run_state = store.run_state(run, expected.get(record.run_id))
+        state, detail = run_state.state, run_state.detail
+        if state == "done":
+            try:
+                config = RunDir(run, create=False).read_config()
+                task, algo = config.task, config.algo.name
+            except ConfigError as err:
+                state, detail = "pending", f"corrupt result: {err}"
         if state != "done":
             missing.append({"run_id": record.run_id, "cell": record.label, "seed": record.seed, "state": state,
                             "detail": detail})
@@ -258,15 +233,16 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
     study = expand(spec, profile, overrides)
     store = ResultsStore(results, study.name)
     records = index_records(study, store)
+    expected = {c.run_id: c.config for c in unique_cells(study)}
     notes = []
     if records is None:
         records = [RunRecord(c.run_id, c.label, c.axis_values, c.seed) for c in unique_cells(study)]
         notes.append(f"No `{index_path(store, profile).name}` in `{store.path}` (results from before the index): "
                      "the runs were found by expanding the spec.")
-        found = load_runs(records, store, by)
+        found = load_runs(records, store, expected, by)
     else:
         notes.append(f"Runs: those listed in `{index_path(store, profile)}`.")
-        found = load_runs(records, store, by, overrides)
+        found = load_runs(records, store, expected, by, overrides)
         listed = {(r.label, r.seed) for r in records}
         found.missing += [{"run_id": c.run_id, "cell": c.label, "seed": c.seed, "state": "pending",
                            "detail": "not in the index: not launched yet"}

@@ -176,10 +176,11 @@ class RunDir:
         new = not self.metrics_path.exists() or self.metrics_path.stat().st_size == 0
         columns = list(METRIC_COLUMNS)
         if not new:
-            header, rows = self._metrics_rows()
+            with open(self.metrics_path, newline="") as fh:
+                header = next(csv.reader(fh), [])
             columns = header + [c for c in METRIC_COLUMNS if c not in header]
-            if columns != header:
-                self._write_metrics(columns, rows)
+            if columns != header:  # once per run at most: an older file gets this version's columns
+                self._write_metrics(columns, self._metrics_rows()[1])
         with open(self.metrics_path, "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
             if new:
