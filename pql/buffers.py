@@ -147,6 +147,10 @@ class RingBuffer:
         idx = torch.randint(self.size, (batch_size,), generator=generator, device=self.storage.device)
         return self._split(self.storage[idx])
 
+    def stand_in(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """B rows of zeros laid out as :meth:`sample`'s (same shapes and strides), to compile on."""
+        return self._split(self.storage.new_zeros(batch_size, self.width))
+
 
 def transition_buffer(capacity: int, obs_dim: int, act_dim: int, device: torch.device | str) -> RingBuffer:
     """The V-learner's buffer of n-step transitions (fields as in :class:`Transitions`)."""

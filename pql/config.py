@@ -127,6 +127,11 @@ class Config:
     noise: NoiseConfig = _opt(NoiseConfig(), "exploration noise")
     device: DeviceConfig = _opt(DeviceConfig(), "devices")
     gpu_model: str | None = _opt(None, "GPU model the run must get (e.g. A100, H100, RTX4090); null: any device")
+    compile: str = _opt("off", "torch.compile the learners' updates and the actor's policy step (PPO: its "
+                               "minibatch loss): off, default, reduce-overhead (CUDA graphs; CUDA only), "
+                               "max-autotune; compilation runs before the clock starts (status.json compile_s)")
+    amp: str = _opt("off", "mixed precision of the learners' forward passes: off (float32) or bf16 (autocast; "
+                           "needs native bfloat16: a CUDA GPU from Ampere on, a CPU with AVX512-BF16 or AMX)")
     eval_envs: int = _opt(16, "separate environments for deterministic evaluation; 0: none (eval_return "
                                 "stays empty, figures use the training return; for simulators with one "
                                 "instance per process, e.g. Isaac Gym)")
@@ -327,6 +332,7 @@ def validate(cfg: Config) -> None:
     """Raise ConfigError for values that cannot make a run, before any work starts."""
     from pql.algos import ALGORITHMS  # local: the algorithms and envs import torch
     from pql.envs import ONE_SIMULATION_PER_PROCESS, task_problem
+    from pql.speed import AMP_MODES, COMPILE_MODES
 
     a, n = cfg.algo, cfg.noise
 
@@ -340,6 +346,8 @@ def validate(cfg: Config) -> None:
     need(cfg.mode in MODES, f"mode must be one of {', '.join(MODES)}, got '{cfg.mode}'")
     need(cfg.mode == "sync" or not ALGORITHMS[a.name].sequential,
          f"algo={a.name} is a sequential baseline: it runs with mode=sync only")
+    need(cfg.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got '{cfg.compile}'")
+    need(cfg.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got '{cfg.amp}'")
     need(n.kind in NOISE_KINDS, f"noise.kind must be one of {', '.join(NOISE_KINDS)}, got '{n.kind}'")
     need(cfg.num_envs >= 1, f"num_envs must be >= 1, got {cfg.num_envs}")
     need(cfg.eval_envs >= 0, f"eval_envs must be >= 0, got {cfg.eval_envs}")

@@ -26,13 +26,15 @@ class OffPolicyActor(nn.Module):
     ``[B, A]`` in [-1, 1] (evaluation, export); :meth:`explore` the actor's; :meth:`target_action` the
     V-learner's for the bootstrap."""
 
-    def explore(self, obs: torch.Tensor, noise_std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Exploration actions ``[B, A]`` for normalised ``obs [B, D]`` (``noise_std [B, 1]``: per-row std)."""
+    def explore(self, obs: torch.Tensor, noise_std: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Exploration actions ``[B, A]`` for normalised ``obs [B, D]`` (``noise_std [B, 1]``: per-row std;
+        ``noise [B, A]``: standard normal draws, made by the caller so that this stays a pure function)."""
         raise NotImplementedError
 
-    def target_action(self, obs: torch.Tensor, generator: torch.Generator, noise_std: float,
+    def target_action(self, obs: torch.Tensor, noise: torch.Tensor, noise_std: float,
                       noise_clip: float) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """(next action ``[B, A]``, a bonus added to the target's value: ``[B]`` or 0.0)."""
+        """(next action ``[B, A]``, a bonus added to the target's value: ``[B]`` or 0.0), from standard
+        normal ``noise [B, A]``."""
         raise NotImplementedError
 
 
@@ -46,18 +48,14 @@ class Actor(OffPolicyActor):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs)
 
-    def explore(self, obs: torch.Tensor, noise_std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def explore(self, obs: torch.Tensor, noise_std: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The policy's actions plus Gaussian noise of per-row std ``noise_std [B, 1]``, clamped to [-1, 1]."""
-        action = self(obs)
-        noise = torch.randn(action.shape, generator=generator, device=action.device) * noise_std
-        return (action + noise).clamp(-1.0, 1.0)
+        return (self(obs) + noise * noise_std).clamp(-1.0, 1.0)
 
-    def target_action(self, obs: torch.Tensor, generator: torch.Generator, noise_std: float,
+    def target_action(self, obs: torch.Tensor, noise: torch.Tensor, noise_std: float,
                       noise_clip: float) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Target policy smoothing: action plus clipped noise, and no bonus (0)."""
-        action = self(obs)
-        noise = torch.randn(action.shape, generator=generator, device=action.device) * noise_std
-        return (action + noise.clamp(-noise_clip, noise_clip)).clamp(-1.0, 1.0), 0.0
+        return (self(obs) + (noise * noise_std).clamp(-noise_clip, noise_clip)).clamp(-1.0, 1.0), 0.0
 
 
 class EnsembleLinear(nn.Module):

@@ -19,6 +19,7 @@ from pql.config import AlgoConfig
 from pql.envs import VecEnv
 from pql.nets import OffPolicyActor
 from pql.normalizer import RunningNormalizer
+from pql.speed import Speed, state_kept, timed_warm_up
 
 
 def to_env_units(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -62,12 +63,29 @@ class ActorWorker:
     """Steps all N environments with the policy plus per-env Gaussian noise and emits n-step transitions."""
 
     def __init__(self, env: VecEnv, policy: OffPolicyActor, normalizer: RunningNormalizer, noise_std: torch.Tensor,
-                 window: NStepWindow, reward_scale: float, generator: torch.Generator) -> None:
+                 window: NStepWindow, reward_scale: float, generator: torch.Generator,
+                 speed: Speed | None = None) -> None:
         self.env, self.policy, self.normalizer = env, policy, normalizer
         self.noise_std = noise_std[:, None]  # [N, 1]
         self.window, self.reward_scale, self.generator = window, reward_scale, generator
+        self.speed = speed or Speed(device=env.device)
+        self._act = self.speed.compile(self._explore)
         self.obs = env.reset()
         self.episodes = EpisodeReturns(env.num_envs, env.device, env.dtype)
+
+    def _explore(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Exploration actions ``[N, A]`` of raw ``obs [N, D]`` given standard normal ``noise [N, A]``."""
+        return self.policy.explore(self.normalizer(obs), self.noise_std, noise)
+
+    def warm_up(self) -> float:
+        """Compile the policy step on stand-in inputs; returns the seconds it took (0 when not compiling)."""
+        if not self.speed.compiling:
+            return 0.0
+        env = self.env
+        obs = torch.zeros(env.num_envs, env.obs_dim, device=env.device, dtype=env.dtype)
+        noise = torch.zeros(env.num_envs, env.act_dim, device=env.device)
+        with torch.no_grad():
+            return timed_warm_up([lambda: self._act(obs, noise)], env.device)
 
     @property
     def emitting(self) -> bool:
@@ -83,7 +101,7 @@ class ActorWorker:
         if random:
             action = torch.rand(shape, generator=self.generator, device=env.device) * 2 - 1
         else:
-            action = self.policy.explore(self.normalizer(self.obs), self.noise_std, self.generator)
+            action = self._act(self.obs, torch.randn(shape, generator=self.generator, device=env.device))
         next_obs, reward, terminated, truncated, info = env.step(to_env_units(action, env.action_low, env.action_high))
         self.episodes.record(reward, terminated | truncated)
         out = self.window.push(self.obs, action, reward * self.reward_scale, info["final_obs"], terminated, truncated)
@@ -108,13 +126,17 @@ class VLearner:
 
     def __init__(self, critic: nn.Module, head: CriticHead, policy: OffPolicyActor,
                  normalizer: RunningNormalizer, buffer: RingBuffer, cfg: AlgoConfig,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, speed: Speed | None = None) -> None:
         self.critic, self.head, self.policy, self.normalizer = critic, head, policy, normalizer
         self.target = copy.deepcopy(critic).requires_grad_(False)
         self.buffer, self.cfg, self.generator = buffer, cfg, generator
         self.optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr)
         self._params = list(critic.parameters())
         self._target_params = list(self.target.parameters())
+        self.device = buffer.storage.device
+        self.speed = speed or Speed(device=self.device)
+        self._loss = self.speed.compile(self.td_loss)
+        self._apply = self.speed.compile(self.apply_gradients)
 
     def add(self, rows: torch.Tensor) -> torch.Tensor:
         """Store packed transitions ``[B, 2D + A + 2]`` (:meth:`Transitions.packed`); returns the buffer's storage."""
@@ -133,23 +155,50 @@ class VLearner:
 
     def update(self) -> torch.Tensor:
         """One critic step on a sampled batch; returns the (detached) loss."""
-        cfg = self.cfg
-        batch = self.buffer.sample(cfg.batch_size, self.generator)
-        obs, next_obs = self.normalizer(batch["obs"]), self.normalizer(batch["next_obs"])
-        with torch.no_grad():
-            next_action, bonus = self.policy.target_action(next_obs, self.generator, cfg.target_noise_std,
-                                                           cfg.target_noise_clip)
-            target_out = self.target(next_obs, next_action)
-        loss = self.head.critic_loss(self.critic(obs, batch["action"]), target_out, batch["ret"], batch["discount"],
-                                     bonus)
+        batch = self.buffer.sample(self.cfg.batch_size, self.generator)
+        noise = torch.randn(batch["action"].shape, generator=self.generator, device=self.device)
+        return self.step(batch["obs"], batch["action"], batch["ret"], batch["discount"], batch["next_obs"], noise)
+
+    def step(self, obs: torch.Tensor, action: torch.Tensor, ret: torch.Tensor, discount: torch.Tensor,
+             next_obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """One critic step on a given batch (shapes as :meth:`td_loss`'s); returns the (detached) loss."""
+        loss = self._loss(obs, action, ret, discount, next_obs, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm)
+        self._apply()
+        return loss.detach()
+
+    def td_loss(self, obs: torch.Tensor, action: torch.Tensor, ret: torch.Tensor, discount: torch.Tensor,
+                next_obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The TD loss of raw ``obs [B, D]``, ``action [B, A]``, n-step ``ret [B]``, ``discount [B]``,
+        ``next_obs [B, D]``, with standard normal ``noise [B, A]`` for the target action (pure: compilable)."""
+        cfg = self.cfg
+        obs, next_obs = self.normalizer(obs), self.normalizer(next_obs)
+        with self.speed.autocast():
+            with torch.no_grad():
+                next_action, bonus = self.policy.target_action(next_obs, noise, cfg.target_noise_std,
+                                                               cfg.target_noise_clip)
+                target_out = self.target(next_obs, next_action).float()
+            return self.head.critic_loss(self.critic(obs, action).float(), target_out, ret, discount, bonus)
+
+    def apply_gradients(self) -> None:
+        """Clip the critic's gradients, step AdamW, move the target toward the critic."""
+        if self.cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self._params, self.cfg.max_grad_norm)
         self.optimizer.step()
         with torch.no_grad():
-            torch._foreach_lerp_(self._target_params, self._params, cfg.tau)
-        return loss.detach()
+            torch._foreach_lerp_(self._target_params, self._params, self.cfg.tau)
+
+    def warm_up(self) -> float:
+        """Compile the update on a stand-in batch, leaving the networks and optimiser as they were;
+        returns the seconds it took (0 when not compiling)."""
+        if not self.speed.compiling:
+            return 0.0
+        batch = self.buffer.stand_in(self.cfg.batch_size)
+        noise = torch.zeros_like(batch["action"])
+        with state_kept([self.critic, self.target], [self.optimizer]):
+            return timed_warm_up([lambda: self.step(batch["obs"], batch["action"], batch["ret"], batch["discount"],
+                                                    batch["next_obs"], noise)], self.device)
 
 
 class PLearner:
@@ -158,12 +207,18 @@ class PLearner:
 
     def __init__(self, policy: OffPolicyActor, head: CriticHead, critic: nn.Module, objective: ActorObjective,
                  normalizer: RunningNormalizer, buffer: RingBuffer, cfg: AlgoConfig,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, speed: Speed | None = None) -> None:
         self.policy, self.head, self.objective, self.normalizer = policy, head, objective, normalizer
         self.critic = critic.requires_grad_(False)
         self.buffer, self.cfg, self.generator = buffer, cfg, generator
         self._policy_params = objective.parameters()
         self.optimizer = torch.optim.AdamW(self._policy_params, lr=cfg.actor_lr)
+        self.device = buffer.storage.device
+        with torch.no_grad():
+            self.act_dim = int(policy(torch.zeros(1, buffer.width, device=self.device)).shape[-1])
+        self.speed = speed or Speed(device=self.device)
+        self._loss = self.speed.compile(self.policy_loss)
+        self._apply = self.speed.compile(self.apply_gradients)
 
     def add(self, rows: torch.Tensor) -> torch.Tensor:
         """Store the observations of packed transitions ``[B, >= D]`` (their first D columns); returns the
@@ -188,15 +243,44 @@ class PLearner:
     def update(self) -> torch.Tensor:
         """One policy step (then the objective's own, e.g. SAC's temperature) on sampled observations;
         returns the policy loss."""
-        obs = self.normalizer(self.buffer.sample(self.cfg.batch_size, self.generator)["obs"])
-        loss = self.objective.loss(obs, self.q, self.generator)
+        obs = self.buffer.sample(self.cfg.batch_size, self.generator)["obs"]
+        noise = (torch.randn((obs.shape[0], self.act_dim), generator=self.generator, device=self.device)
+                 if self.objective.stochastic else None)
+        return self.step(obs, noise)
+
+    def step(self, obs: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """One policy step on raw observations ``obs [B, D]`` (``noise [B, A]`` for a stochastic
+        objective, else None); returns the (detached) loss."""
+        loss, aux = self._loss(obs, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._apply()
+        self.objective.after_step(aux)
+        return loss.detach()
+
+    def policy_loss(self, obs: torch.Tensor,
+                    noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The objective's loss (and its ``aux``) at raw ``obs [B, D]`` (pure: compilable)."""
+        with self.speed.autocast():
+            loss, aux = self.objective.loss(self.normalizer(obs), self.q, noise)
+        return loss.float(), aux
+
+    def apply_gradients(self) -> None:
+        """Clip the policy's gradients and step AdamW."""
         if self.cfg.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(self._policy_params, self.cfg.max_grad_norm)
         self.optimizer.step()
-        self.objective.after_step()
-        return loss.detach()
+
+    def warm_up(self) -> float:
+        """Compile the update on stand-in observations, leaving the policy, the objective's state and the
+        optimisers as they were; returns the seconds it took (0 when not compiling)."""
+        if not self.speed.compiling:
+            return 0.0
+        obs = self.buffer.stand_in(self.cfg.batch_size)["obs"]
+        noise = torch.zeros(self.cfg.batch_size, self.act_dim, device=self.device) if self.objective.stochastic \
+            else None
+        with state_kept([self.policy], [self.optimizer, *self.objective.optimizers()]):
+            return timed_warm_up([lambda: self.step(obs, noise)], self.device)
 
 
 class Evaluator:

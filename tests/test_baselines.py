@@ -35,7 +35,7 @@ def test_sac_log_prob_matches_torch_distributions():
     torch.manual_seed(0)
     actor = GaussianActor(3, 2, (16,))
     obs = torch.randn(256, 3)
-    action, log_prob = actor.sample(obs, torch.Generator().manual_seed(1))
+    action, log_prob = actor.sample(obs, torch.randn(256, 2, generator=torch.Generator().manual_seed(1)))
     mean, log_std = actor.net(obs).chunk(2, -1)
     dist = torch.distributions.TransformedDistribution(
         torch.distributions.Normal(mean, log_std.clamp(-5, 2).exp()), [torch.distributions.TanhTransform()])

@@ -40,18 +40,30 @@ class CriticHead(Protocol):
 
 
 class ActorObjective(Protocol):
-    """The P-learner's loss for its policy, and whatever else it learns alongside (SAC's temperature)."""
+    """The P-learner's loss for its policy, and whatever else it learns alongside (SAC's temperature).
+
+    :meth:`loss` is a pure function of its tensors (the P-learner may compile it): a stochastic
+    objective gets its standard normal draws as ``noise``.
+    """
+
+    stochastic: bool  # loss() takes noise [B, A]; otherwise it gets None
 
     def parameters(self) -> list[nn.Parameter]:
         """The parameters the policy optimiser steps (gradient-clipped)."""
         ...
 
-    def loss(self, obs: torch.Tensor, q: QFunction, generator: torch.Generator) -> torch.Tensor:
-        """Scalar loss of normalised observations ``obs [B, D]``, differentiable in :meth:`parameters`."""
+    def loss(self, obs: torch.Tensor, q: QFunction,
+             noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scalar loss of normalised observations ``obs [B, D]``, differentiable in :meth:`parameters`;
+        a detached tensor :meth:`after_step` gets, or None)."""
         ...
 
-    def after_step(self) -> None:
-        """Called after each policy step (e.g. a temperature step)."""
+    def after_step(self, aux: torch.Tensor | None) -> None:
+        """Called after each policy step with the loss's ``aux`` (e.g. SAC's temperature step)."""
+        ...
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimisers :meth:`after_step` steps, besides the policy's."""
         ...
 
     def state_dict(self) -> dict[str, Any] | None:
@@ -65,17 +77,22 @@ class ActorObjective(Protocol):
 class DeterministicObjective:
     """Maximise min(Q1, Q2) at the policy's own action: PQL, PQL-D and DDPG(n)."""
 
+    stochastic = False
+
     def __init__(self, policy: nn.Module, cfg: AlgoConfig) -> None:
         self.policy = policy
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.policy.parameters())
 
-    def loss(self, obs: torch.Tensor, q: QFunction, generator: torch.Generator) -> torch.Tensor:
-        return -q(obs, self.policy(obs)).min(0).values.mean()
+    def loss(self, obs: torch.Tensor, q: QFunction, noise: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        return -q(obs, self.policy(obs)).min(0).values.mean(), None
 
-    def after_step(self) -> None:
+    def after_step(self, aux: torch.Tensor | None) -> None:
         pass
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return []
 
     def state_dict(self) -> dict[str, Any] | None:
         return None

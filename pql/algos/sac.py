@@ -34,55 +34,58 @@ class GaussianActor(OffPolicyActor):
         mean, _ = self.net(obs).chunk(2, dim=-1)
         return torch.tanh(mean)
 
-    def sample(self, obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(action ``[B, A]`` in (-1, 1), log pi(action | obs) ``[B]``), differentiable in the network."""
+    def sample(self, obs: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action ``[B, A]`` in (-1, 1), log pi(action | obs) ``[B]``) reparameterised by standard normal
+        ``eps [B, A]``, differentiable in the network."""
         mean, log_std = self.net(obs).chunk(2, dim=-1)
         log_std = log_std.clamp(self.log_std_min, self.log_std_max)
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device)
         u = mean + eps * log_std.exp()
         gaussian = -0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)
         # log|d tanh(u)/du| = log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|
         squash = 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u))
         return torch.tanh(u), (gaussian - squash).sum(-1)
 
-    def explore(self, obs: torch.Tensor, noise_std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def explore(self, obs: torch.Tensor, noise_std: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Sampled actions; SAC explores through its own entropy, so ``noise_std`` is not used."""
-        return self.sample(obs, generator)[0]
+        return self.sample(obs, noise)[0]
 
-    def target_action(self, obs: torch.Tensor, generator: torch.Generator, noise_std: float,
+    def target_action(self, obs: torch.Tensor, noise: torch.Tensor, noise_std: float,
                       noise_clip: float) -> tuple[torch.Tensor, torch.Tensor | float]:
         """A sampled next action and its entropy bonus -alpha * log pi ``[B]``."""
-        action, log_prob = self.sample(obs, generator)
+        action, log_prob = self.sample(obs, noise)
         return action, -self.log_alpha.exp() * log_prob
 
 
 class EntropyRegularisedObjective:
     """Minimise alpha * log pi(a|s) - min(Q1, Q2)(s, a) at sampled actions; after each policy step, one
-    AdamW step of log(alpha) on -log alpha * (log pi + target entropy)."""
+    AdamW step of log(alpha) on -log alpha * (log pi + target entropy), with that loss's log pi."""
+
+    stochastic = True
 
     def __init__(self, policy: GaussianActor, cfg: AlgoConfig) -> None:
         self.policy = policy
         self.target_entropy = -float(policy.act_dim)
         self.temperature_optimizer = torch.optim.AdamW([policy.log_alpha], lr=cfg.alpha_lr, weight_decay=0.0)
-        self._log_prob: torch.Tensor | None = None  # the last loss's, for the temperature step after it
 
     def parameters(self) -> list[nn.Parameter]:
         """The policy network's parameters, without the temperature (it has its own optimiser)."""
         return list(self.policy.net.parameters())
 
-    def loss(self, obs: torch.Tensor, q: QFunction, generator: torch.Generator) -> torch.Tensor:
-        action, log_prob = self.policy.sample(obs, generator)
-        self._log_prob = log_prob.detach()
+    def loss(self, obs: torch.Tensor, q: QFunction, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        assert noise is not None, "SAC's objective samples actions"
+        action, log_prob = self.policy.sample(obs, noise)
         alpha = self.policy.log_alpha.exp().detach()
-        return (alpha * log_prob - q(obs, action).min(0).values).mean()
+        return (alpha * log_prob - q(obs, action).min(0).values).mean(), log_prob.detach()
 
-    def after_step(self) -> None:
-        assert self._log_prob is not None, "after_step follows a loss"
-        log_prob, self._log_prob = self._log_prob, None
+    def after_step(self, log_prob: torch.Tensor | None) -> None:
+        assert log_prob is not None, "after_step follows a loss"
         temperature_loss = -(self.policy.log_alpha * (log_prob + self.target_entropy)).mean()
         self.temperature_optimizer.zero_grad(set_to_none=True)
         temperature_loss.backward()
         self.temperature_optimizer.step()
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.temperature_optimizer]
 
     def state_dict(self) -> dict[str, Any] | None:
         return self.temperature_optimizer.state_dict()

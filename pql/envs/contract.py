@@ -21,6 +21,9 @@ Isaac Lab tasks truncate at ``max_episode_length - 1`` steps, so for them it is 
 the next step (Isaac Gym): there obs equals final_obs on the step that ended an episode,
 and the new episode's first observation comes one step later.
 
+``compile_s`` is the time a backend spent compiling its simulation (Playground's JAX jit), all
+of it done by the first ``reset``, so that no step pays for it.
+
 ``generator`` is the torch.Generator behind the environments' resets; checkpoints save
 its state so that a resumed run resets as the uninterrupted one would have.
 """
@@ -48,6 +51,7 @@ class VecEnv(abc.ABC):
     max_episode_steps: int | None
     generator: torch.Generator
     reset_deferred: bool = False
+    compile_s: float = 0.0  # seconds spent compiling the simulation (JAX's jit), all before the first step
 
     @abc.abstractmethod
     def reset(self) -> torch.Tensor:

@@ -19,6 +19,7 @@ share the GPU.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import torch
@@ -141,8 +142,14 @@ class PlaygroundVecEnv(VecEnv):
         seed = self.seed if not self._seeded else int(torch.randint(2**31 - 1, (), generator=self.generator))
         self._seeded = True
         key = self._jax.device_put(self._jax.random.PRNGKey(seed), self._device)
+        compiling = self.compile_s == 0.0
+        begun = time.perf_counter()
         self._state, self._key = self._reset_fn(key)
         self._steps = self._jax.device_put(self._jnp.zeros(self.num_envs, self._jnp.int32), self._device)
+        if compiling:  # compile the step now (a pure function: the result is dropped), not in the first step
+            idle = self._jnp.zeros((self.num_envs, self.act_dim), self._jnp.float32)
+            self._jax.block_until_ready(self._step_fn(self._state, self._steps, self._key, idle))
+            self.compile_s = time.perf_counter() - begun
         return torch.from_dlpack(self._state.obs)
 
     def step(self, actions: torch.Tensor) -> StepResult:

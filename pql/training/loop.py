@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 
 from pql.config import Config, config_to_dict
 from pql.envs import VecEnv, make_env
+from pql.speed import log_recompiles
 from pql.training.run_dir import RunDir
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation environments are seeded apart from the training ones
@@ -36,14 +38,60 @@ def make_eval_env(cfg: Config, device: torch.device) -> VecEnv | None:
 
 @dataclass
 class Progress:
-    """Counters of a run; saved in the checkpoint and continued on resume."""
+    """Counters of a run; saved in the checkpoint and continued on resume. ``compile_s``: seconds spent
+    compiling (torch's and JAX's) before the clock started, over all sessions; not in ``wall_s``."""
 
     actor_steps: int = 0
     env_steps: int = 0
     wall_s: float = 0.0
     next_eval: int = 0
     rows: int = 0
+    compile_s: float = 0.0
     losses: dict[str, float] = field(default_factory=dict)
+
+
+PHASES = ("collect", "learn")  # metrics.csv's collect_s and learn_s
+
+
+class PhaseClock:
+    """Seconds spent in each of :data:`PHASES` since the last :meth:`take`.
+
+    On a CUDA device the phases are timed by CUDA events on the current stream, so timing costs no
+    host synchronisation per phase (only one at :meth:`take`); elsewhere by ``time.perf_counter``.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.events: dict[str, list[tuple[Any, Any]]] = {name: [] for name in PHASES}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.events[name].append((start, end))
+        else:
+            begun = time.perf_counter()
+            yield
+            self.seconds[name] += time.perf_counter() - begun
+
+    def add(self, name: str, seconds: float) -> None:
+        """Count ``seconds`` measured elsewhere (another process) in phase ``name``."""
+        self.seconds[name] += seconds
+
+    def take(self) -> dict[str, float]:
+        """``{"collect_s": ..., "learn_s": ...}`` since the last call; resets."""
+        for name, pairs in self.events.items():
+            if pairs:
+                pairs[-1][1].synchronize()
+                self.seconds[name] += sum(a.elapsed_time(b) for a, b in pairs) / 1e3
+                pairs.clear()
+        out = {f"{name}_s": round(self.seconds[name], 4) for name in PHASES}
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        return out
 
 
 class RunLoop(abc.ABC):
@@ -58,6 +106,7 @@ class RunLoop(abc.ABC):
                  loss_devices: dict[str, torch.device]) -> None:
         self.cfg, self.run_dir, self.on_row = cfg, run_dir, on_row
         self.progress = Progress()
+        self.clock = PhaseClock(next(iter(loss_devices.values())))
         self.resumed = False
         self.stop_signal: int | None = None  # set by request_stop: the run ends at its next step boundary
         self._loss_sums = {k: torch.zeros((), device=d) for k, d in loss_devices.items()}
@@ -87,7 +136,20 @@ class RunLoop(abc.ABC):
     def load_model_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`model_state` saved."""
 
+    def warm_up(self) -> float:
+        """Compile what the run will compile, before its clock starts; returns the seconds it took
+        (0 for a run that compiles nothing)."""
+        return 0.0
+
     # -- shared -------------------------------------------------------------------------
+    def start_clock(self) -> float:
+        """Warm up (its seconds go to ``progress.compile_s``), then the ``time.monotonic()`` the run's
+        ``wall_s`` counts from."""
+        self.progress.compile_s += self.warm_up()
+        if self.cfg.compile != "off":
+            log_recompiles()
+        return time.monotonic() - self.progress.wall_s
+
     def add_loss(self, name: str, loss: torch.Tensor | float, count: int = 1) -> None:
         """Tally a (detached) loss, or the sum of ``count`` of them, for the next metrics row, without a host sync."""
         self._loss_sums[name] += loss
@@ -128,6 +190,7 @@ class RunLoop(abc.ABC):
             "eval_return": eval_return, **losses, "actor_steps": pr.actor_steps,
             "v_updates": v_updates, "p_updates": p_updates,
             "env_steps_per_s": (pr.env_steps - self._last_row_steps) / dt if dt > 0 else float("nan"),
+            **self.clock.take(),
         }
         self._last_row_time, self._last_row_steps = pr.wall_s, pr.env_steps
         self.run_dir.append_metrics(row)
@@ -141,13 +204,14 @@ class RunLoop(abc.ABC):
         pr = self.progress
         return {"config": config_to_dict(self.cfg),
                 "progress": {"actor_steps": pr.actor_steps, "env_steps": pr.env_steps, "wall_s": pr.wall_s,
-                             "next_eval": pr.next_eval, "rows": pr.rows},
+                             "next_eval": pr.next_eval, "rows": pr.rows, "compile_s": pr.compile_s},
                 **self.model_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint: counters, then the subclass's models; marks the run resumed."""
         pr = state["progress"]
-        self.progress = Progress(pr["actor_steps"], pr["env_steps"], pr["wall_s"], pr["next_eval"], pr["rows"])
+        self.progress = Progress(pr["actor_steps"], pr["env_steps"], pr["wall_s"], pr["next_eval"], pr["rows"],
+                                 pr.get("compile_s", 0.0))
         self._last_row_time, self._last_row_steps = pr["wall_s"], pr["env_steps"]
         self.load_model_state(state)
         self.resumed = True

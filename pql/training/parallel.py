@@ -49,7 +49,8 @@ from pql.config import Config
 from pql.devices import resolve_devices
 from pql.envs import EnvFactory, env_factory, make_env
 from pql.exchange import ModuleSlot, TransitionRing
-from pql.training.loop import NonFiniteLoss, Progress, RunLoop, make_eval_env
+from pql.speed import log_recompiles
+from pql.training.loop import NonFiniteLoss, PhaseClock, Progress, RunLoop, make_eval_env
 from pql.training.run_dir import RunDir
 from pql.training.sync import (
     Networks,
@@ -92,7 +93,7 @@ class Board:
     FLAGS = ("stop", "pause", "epoch", "actor_limit", "actor_steps", "env_steps", "parked_actor", "parked_v",
              "parked_p")
     STATS = ("critic_loss_sum", "critic_loss_count", "actor_loss_sum", "actor_loss_count", "return_sum",
-             "return_count")
+             "return_count", "collect_s", "learn_s_v", "learn_s_p", "compile_s_actor", "compile_s_v", "compile_s_p")
 
     def __init__(self) -> None:
         self.flags = SharedTable(self.FLAGS, torch.int64)
@@ -186,6 +187,10 @@ class ActorRole:
         self.seen = shared.policy.version
         flags = shared.board.flags
         self.actor_steps, self.env_steps = flags["actor_steps"], flags["env_steps"]
+        self.clock = PhaseClock(device)
+
+    def warm_up(self) -> float:
+        return self.worker.env.compile_s + self.worker.warm_up()
 
     def work(self) -> float:
         """One step of every env if due; returns how long to wait before asking again (0: stepped)."""
@@ -200,7 +205,8 @@ class ActorRole:
         self.seen = s.policy.pull(w.policy, self.seen)
         if counted:
             s.controller.begin("actor")
-        transitions = w.step(random=self.actor_steps < cfg.algo.warmup_steps and not self.resumed)
+        with self.clock.phase("collect"):
+            transitions = w.step(random=self.actor_steps < cfg.algo.warmup_steps and not self.resumed)
         if transitions is not None:
             s.ring.put(transitions.packed())
         s.normalizer.publish(w.normalizer)
@@ -215,6 +221,7 @@ class ActorRole:
         episodes, stats = self.worker.episodes, self.shared.board.stats
         stats["return_sum"] += float(episodes.finished_sum)
         stats["return_count"] += int(episodes.finished_count)
+        stats["collect_s"] += self.clock.take()["collect_s"]
         episodes.finished_sum.zero_()
         episodes.finished_count.zero_()
 
@@ -243,6 +250,10 @@ class LearnerRole:
         self.seen = [slot.version for slot, _ in self.reads]
         self.loss_sum = torch.zeros((), device=device)
         self.loss_count = 0
+        self.clock = PhaseClock(device)
+
+    def warm_up(self) -> float:
+        return self.worker.warm_up()
 
     def drain(self) -> None:
         ring = self.shared.ring
@@ -267,7 +278,8 @@ class LearnerRole:
         for i, (slot, module) in enumerate(self.reads):
             self.seen[i] = slot.pull(module, self.seen[i])
         ctl.begin(self.role)
-        self.loss_sum += self.worker.update()
+        with self.clock.phase("learn"):
+            self.loss_sum += self.worker.update()
         ctl.end(self.role)
         self.publishes.publish(self.own)
         self.loss_count += 1
@@ -280,6 +292,7 @@ class LearnerRole:
         stats = self.shared.board.stats
         stats[f"{self.loss}_sum"] += float(self.loss_sum)
         stats[f"{self.loss}_count"] += self.loss_count
+        stats[f"learn_s_{self.role}"] += self.clock.take()["learn_s"]
         self.loss_sum.zero_()
         self.loss_count = 0
 
@@ -307,6 +320,9 @@ def worker_process(role: str, shared: Shared, device: torch.device, threads: int
     try:
         state = None if checkpoint is None else _from_bytes(checkpoint)
         worker = ActorRole(shared, device, state) if role == "actor" else LearnerRole(role, shared, device, state)
+        shared.board.stats[f"compile_s_{role}"] = worker.warm_up()  # before the first park: off the clock
+        if shared.cfg.compile != "off":
+            log_recompiles()
         flags, parked = shared.board.flags, f"parked_{role}"
         while not flags["stop"]:
             if flags["pause"]:
@@ -367,6 +383,10 @@ class ProcessTrainer(RunLoop):
         self._seen["policy"] = self.shared.policy.pull(self.evaluator.policy, self._seen["policy"])
         self._seen["normalizer"] = self.shared.normalizer.pull(self.evaluator.normalizer, self._seen["normalizer"])
         return self.evaluator.run()
+
+    def warm_up(self) -> float:
+        """The evaluation envs' compilation; the workers warm up in their processes (see :meth:`_collect`)."""
+        return 0.0 if self.eval_env is None else self.eval_env.compile_s
 
     def take_train_return(self) -> float:
         total, count = self._returns
@@ -456,7 +476,7 @@ class ProcessTrainer(RunLoop):
 
     def _train(self) -> None:
         pr, flags = self.progress, self.board.flags
-        start = time.monotonic() - pr.wall_s
+        start = self.start_clock()
         while True:
             self._check_workers()
             pr.actor_steps, pr.env_steps = flags["actor_steps"], flags["env_steps"]
@@ -505,6 +525,10 @@ class ProcessTrainer(RunLoop):
                 self.add_loss(name, stats[f"{name}_sum"], int(stats[f"{name}_count"]))
         self._returns[0] += stats["return_sum"]
         self._returns[1] += int(stats["return_count"])
+        self.clock.add("collect", stats["collect_s"])
+        self.clock.add("learn", stats["learn_s_v"] + stats["learn_s_p"])
+        # The workers compile at the same time, each before it first parks: the run waits for the slowest.
+        self.progress.compile_s += max(stats[f"compile_s_{role}"] for role in ROLES)
         stats.tensor.zero_()
         self.progress.actor_steps = self.board.flags["actor_steps"]
         self.progress.env_steps = self.board.flags["env_steps"]

@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from pql.algos import algorithm
-from pql.algos.ppo import PPOPolicy, adapt_learning_rate, bootstrap_truncated, gae, ppo_losses
+from pql.algos.ppo import Losses, PPOPolicy, adapt_learning_rate, bootstrap_truncated, gae, ppo_losses
 from pql.config import Config
 from pql.devices import resolve_devices, seeded_generator
 from pql.envs import make_env
 from pql.nets import mlp
 from pql.normalizer import RunningNormalizer
+from pql.speed import Speed, state_kept, timed_warm_up
 from pql.training.loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
 from pql.training.run_dir import RunDir
 from pql.workers import EpisodeReturns, Evaluator, to_env_units
@@ -67,6 +68,44 @@ class PPOTrainer(RunLoop):
         self.episodes = EpisodeReturns(cfg.num_envs, sim, self.env.dtype)
         self.obs = self.env.reset()
         self.updates = 0
+        self.speed = Speed(cfg.compile, cfg.amp, sim)
+        self._losses = self.speed.compile(self.minibatch_losses)
+
+    def minibatch_losses(self, obs: torch.Tensor, old_mean: torch.Tensor, old_std: torch.Tensor,
+                         actions: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                         old_values: torch.Tensor, returns: torch.Tensor) -> Losses:
+        """The losses of one minibatch of M rows (``obs [M, D]``, ``old_mean``, ``old_std``, ``actions [M, A]``,
+        the rest ``[M]``; values and returns in normalised units); pure, so it may be compiled."""
+        ppo = self.ppo
+        if ppo.normalize_advantage:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        with self.speed.autocast():
+            mean = self.policy.net(obs).float()
+            values = self.value(obs).squeeze(-1).float()
+        dist = torch.distributions.Normal(mean, self.policy.log_std.exp().expand_as(mean), validate_args=False)
+        return ppo_losses(dist, old_mean, old_std, actions, old_log_prob, advantages, values, old_values, returns,
+                          ppo.clip, ppo.value_clip, ppo.value_coef, ppo.entropy_coef)
+
+    def minibatch_step(self, *rows: torch.Tensor) -> Losses:
+        """One gradient step on a minibatch (the arguments of :meth:`minibatch_losses`)."""
+        losses = self._losses(*rows)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        if self.cfg.algo.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.params, self.cfg.algo.max_grad_norm)
+        self.optimizer.step()
+        return losses
+
+    def warm_up(self) -> float:
+        envs = [self.env] + ([self.eval_env] if self.eval_env is not None else [])
+        compile_s = sum(env.compile_s for env in envs)
+        if not self.speed.compiling:
+            return compile_s
+        m, d, a, dev = self.ppo.minibatch_size, self.env.obs_dim, self.env.act_dim, self.obs.device
+        rows = (torch.zeros(m, d, device=dev), torch.zeros(m, a, device=dev), torch.ones(m, a, device=dev),
+                torch.zeros(m, a, device=dev), *(torch.zeros(m, device=dev) for _ in range(4)))
+        with state_kept([self.policy, self.value], [self.optimizer]):
+            return compile_s + timed_warm_up([lambda: self.minibatch_step(*rows)], dev)
 
     def value_of(self, obs: torch.Tensor) -> torch.Tensor:
         """Values ``[B]`` in return units of normalised observations ``[B, D]``."""
@@ -117,19 +156,9 @@ class PPOTrainer(RunLoop):
             order = torch.randperm(rows, generator=self.generator, device=rollout.obs.device)
             for start in range(0, rows - size + 1, size):
                 idx = order[start : start + size]
-                adv = rollout.advantages[idx]
-                if ppo.normalize_advantage:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                obs = rollout.obs[idx]
-                losses = ppo_losses(self.policy.distribution(obs), rollout.mean[idx], rollout.std[idx],
-                                    rollout.actions[idx], rollout.log_prob[idx], adv, self.value(obs).squeeze(-1),
-                                    old_values[idx], returns[idx], ppo.clip, ppo.value_clip, ppo.value_coef,
-                                    ppo.entropy_coef)
-                self.optimizer.zero_grad(set_to_none=True)
-                losses.total.backward()
-                if self.cfg.algo.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_(self.params, self.cfg.algo.max_grad_norm)
-                self.optimizer.step()
+                losses = self.minibatch_step(rollout.obs[idx], rollout.mean[idx], rollout.std[idx],
+                                             rollout.actions[idx], rollout.log_prob[idx], rollout.advantages[idx],
+                                             old_values[idx], returns[idx])
                 self.add_loss("critic_loss", losses.value.detach())
                 self.add_loss("actor_loss", losses.policy.detach())
                 self.updates += 1
@@ -143,9 +172,12 @@ class PPOTrainer(RunLoop):
         pr = self.progress
         if pr.rows == 0:
             self.evaluate_and_log()
-        start = time.monotonic() - pr.wall_s
+        start = self.start_clock()
         while not self.done():
-            self.update(self.collect())
+            with self.clock.phase("collect"):
+                rollout = self.collect()
+            with self.clock.phase("learn"):
+                self.update(rollout)
             pr.actor_steps += self.ppo.horizon
             pr.env_steps += self.ppo.horizon * self.cfg.num_envs
             pr.wall_s = time.monotonic() - start

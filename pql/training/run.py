@@ -20,6 +20,7 @@ from pql.devices import device_name, gpu_mismatch, resolve_devices
 from pql.interrupt import RunInterrupted, StopSignals
 from pql.locks import locked_run
 from pql.manifest import session
+from pql.speed import speed_problem
 from pql.training.loop import NonFiniteLoss, RunLoop
 from pql.training.parallel import ProcessTrainer, WorkerFailed
 from pql.training.ppo import PPOTrainer
@@ -87,9 +88,13 @@ def run_training(cfg: Config, on_start: Callable[[RunLoop], None] | None = None)
     (a scheduler's preemption handler uses it to checkpoint).
     """
     assert cfg.out is not None
-    mismatch = gpu_mismatch(cfg.gpu_model, resolve_devices(cfg))
+    devices = resolve_devices(cfg)
+    mismatch = gpu_mismatch(cfg.gpu_model, devices)
     if mismatch is not None:
         raise WrongHardware(mismatch)
+    problem = speed_problem(cfg.compile, cfg.amp, devices)
+    if problem is not None:
+        raise ConfigError(problem)
     run_dir = RunDir(cfg.out)
     with locked_run(run_dir.path), StopSignals() as signals:
         return _train_locked(cfg, run_dir, signals, on_start)
@@ -157,10 +162,10 @@ def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
     if trainer.stop_signal is not None:
         name = signal.Signals(trainer.stop_signal).name
         _record(run_dir, "interrupted", signal=name, env_steps=progress.env_steps, wall_s=round(progress.wall_s, 3),
-                **host)
+                compile_s=round(progress.compile_s, 3), **host)
         raise RunInterrupted(trainer.stop_signal, _resume_hint(run_dir, trainer.stop_signal, progress.env_steps))
     _record(run_dir, "done", env_steps=progress.env_steps, wall_s=round(progress.wall_s, 3),
-            losses=progress.losses, **host)
+            compile_s=round(progress.compile_s, 3), losses=progress.losses, **host)
     return run_dir
 
 

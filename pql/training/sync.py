@@ -25,6 +25,7 @@ from pql.envs import VecEnv, make_env
 from pql.exchange import ModuleSlot
 from pql.nets import OffPolicyActor, TwinCritic
 from pql.normalizer import RunningNormalizer
+from pql.speed import Speed
 from pql.training.loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
 from pql.training.run_dir import RunDir
 from pql.workers import ActorWorker, Evaluator, PLearner, VLearner, exploration_std
@@ -61,7 +62,8 @@ def build_actor(cfg: Config, env: VecEnv, nets: Networks) -> ActorWorker:
     noise = exploration_std(cfg.noise.kind, cfg.num_envs, cfg.noise.sigma_min, cfg.noise.sigma_max,
                             cfg.noise.sigma, sim)
     return ActorWorker(env, copy.deepcopy(nets.policy).to(sim), copy.deepcopy(nets.normalizer).to(sim), noise,
-                       window, cfg.algo.reward_scale, seeded_generator(sim, cfg.seed + ACTOR_SEED))
+                       window, cfg.algo.reward_scale, seeded_generator(sim, cfg.seed + ACTOR_SEED),
+                       Speed(cfg.compile, "off", sim))
 
 
 def build_v_learner(cfg: Config, nets: Networks, device: torch.device) -> VLearner:
@@ -69,7 +71,7 @@ def build_v_learner(cfg: Config, nets: Networks, device: torch.device) -> VLearn
     return VLearner(copy.deepcopy(nets.critic).to(device), algorithm(cfg.algo.name).head(cfg.algo, device),
                     copy.deepcopy(nets.policy).to(device), copy.deepcopy(nets.normalizer).to(device),
                     transition_buffer(cfg.algo.buffer_size, nets.obs_dim, nets.act_dim, device), cfg.algo,
-                    seeded_generator(device, cfg.seed + V_SEED))
+                    seeded_generator(device, cfg.seed + V_SEED), Speed(cfg.compile, cfg.amp, device))
 
 
 def build_p_learner(cfg: Config, nets: Networks, device: torch.device) -> PLearner:
@@ -79,7 +81,7 @@ def build_p_learner(cfg: Config, nets: Networks, device: torch.device) -> PLearn
     return PLearner(policy, declared.head(cfg.algo, device), copy.deepcopy(nets.critic).to(device),
                     declared.objective(policy, cfg.algo), copy.deepcopy(nets.normalizer).to(device),
                     observation_buffer(cfg.algo.buffer_size, nets.obs_dim, device), cfg.algo,
-                    seeded_generator(device, cfg.seed + P_SEED))
+                    seeded_generator(device, cfg.seed + P_SEED), Speed(cfg.compile, cfg.amp, device))
 
 
 def ratio_controller(cfg: Config) -> RatioController:
@@ -140,6 +142,10 @@ class SyncTrainer(RunLoop):
         self.policy_slot.publish(self.p.policy)
 
     # -- what the run loop needs ----------------------------------------------------------
+    def warm_up(self) -> float:
+        envs = [self.env] + ([self.eval_env] if self.eval_env is not None else [])
+        return sum(env.compile_s for env in envs) + self.actor.warm_up() + self.v.warm_up() + self.p.warm_up()
+
     def evaluate(self) -> float:
         if self.evaluator is None:
             return math.nan
@@ -172,7 +178,7 @@ class SyncTrainer(RunLoop):
         if self.progress.rows == 0:
             self.evaluate_and_log()  # the untrained policy's row at step 0
         pr = self.progress
-        start = time.monotonic() - pr.wall_s
+        start = self.start_clock()
         while not self.done():
             self.step()
             pr.wall_s = time.monotonic() - start
@@ -185,14 +191,16 @@ class SyncTrainer(RunLoop):
         ctl = self.controller
         if self.learning():
             ctl.counts["actor"] += 1
-        call("actor", self.actor_step)
+        with self.clock.phase("collect"):
+            call("actor", self.actor_step)
         if self.learning():
-            while ctl.v_due():
-                call("v", self.v_update)
-                ctl.counts["v"] += 1
-                while ctl.p_due():
-                    call("p", self.p_update)
-                    ctl.counts["p"] += 1
+            with self.clock.phase("learn"):
+                while ctl.v_due():
+                    call("v", self.v_update)
+                    ctl.counts["v"] += 1
+                    while ctl.p_due():
+                        call("p", self.p_update)
+                        ctl.counts["p"] += 1
 
 
 def run_state(controller: RatioController, eval_env: VecEnv | None) -> dict[str, Any]:

@@ -1,0 +1,139 @@
+"""The speed path: torch.compile of a worker's hot step, bf16 autocast for the learners, and the
+compilation time kept out of ``wall_s``.
+
+A worker hands its pure tensor functions (no generators, no host syncs) to :meth:`Speed.compile`
+and wraps its forward passes in :meth:`Speed.autocast`. Before the run's clock starts, it calls
+them a few times on stand-in inputs inside :func:`state_kept`, so torch compiles (and, with
+``reduce-overhead`` on CUDA, records its CUDA graphs) while nothing of the run changes; the
+seconds that took are the worker's ``compile_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+AMP_MODES = ("off", "bf16")
+# Calls of each compiled function in a warm-up: the first compiles, the second sees the optimiser
+# state the first created (a second graph), the third lets reduce-overhead record its CUDA graph.
+WARMUP_CALLS = 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch's inductor would use on a CPU (``$CXX``, else g++ or clang++), or None."""
+    for name in (os.environ.get("CXX"), "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (CUDA: Ampere or newer; CPU: AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def speed_problem(compile_mode: str, amp: str, devices: Iterable[torch.device]) -> str | None:
+    """Why ``compile=compile_mode`` and ``amp=amp`` cannot run on ``devices`` (None when they can)."""
+    devices = list(devices)
+    if compile_mode != "off":
+        if compile_mode == "reduce-overhead" and any(d.type != "cuda" for d in devices):
+            cpus = ", ".join(sorted({str(d) for d in devices if d.type != "cuda"}))
+            return (f"compile=reduce-overhead replays CUDA graphs, and {cpus} has none; use compile=default "
+                    f"or max-autotune there")
+        if any(d.type == "cpu" for d in devices) and cpp_compiler() is None:
+            return (f"compile={compile_mode} on a CPU needs a C++ compiler for torch's inductor (g++ or clang++ "
+                    f"on PATH, or $CXX); none found: install one or use compile=off")
+    if amp == "bf16":
+        lacking = sorted({str(d) for d in devices if not bf16_supported(d)})
+        if lacking:
+            return (f"amp=bf16: {', '.join(lacking)} has no native bfloat16 (CUDA needs Ampere or newer, a CPU "
+                    f"AVX512-BF16 or AMX); use amp=off")
+    return None
+
+
+class Speed:
+    """How one worker runs its hot functions on ``device``: compiled under ``compile_mode``, forward
+    passes under bf16 autocast when ``amp`` is bf16."""
+
+    def __init__(self, compile_mode: str = "off", amp: str = "off", device: torch.device | str = "cpu") -> None:
+        assert compile_mode in COMPILE_MODES and amp in AMP_MODES, (compile_mode, amp)
+        self.compile_mode, self.amp, self.device = compile_mode, amp, torch.device(device)
+
+    @property
+    def compiling(self) -> bool:
+        return self.compile_mode != "off"
+
+    def compile(self, fn: F) -> F:
+        """``fn`` compiled by torch.compile in this mode (``fn`` itself when compile is off)."""
+        if not self.compiling:
+            return fn
+        return torch.compile(fn, mode=self.compile_mode)  # type: ignore[return-value]
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on this device when amp is bf16; else nothing."""
+        if self.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def state_kept(modules: Iterable[nn.Module], optimizers: Iterable[torch.optim.Optimizer]) -> Iterator[None]:
+    """Leave the parameters and buffers of ``modules`` and the states of ``optimizers`` as they were,
+    whatever runs inside; restored in place (the same tensors, so compiled code keeps its guards).
+    Optimiser state first created inside is zeroed, which is a fresh AdamW/Adam state; gradients are
+    dropped."""
+    modules, optimizers = list(modules), list(optimizers)
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    saved = [t.detach().clone() for t in tensors]
+    before = [{id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for p, s in opt.state.items()}
+              for opt in optimizers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, s in zip(tensors, saved, strict=True):
+                t.copy_(s)
+            for opt, old in zip(optimizers, before, strict=True):
+                for p, state in opt.state.items():
+                    for k, v in state.items():
+                        if not torch.is_tensor(v):
+                            continue
+                        if id(p) in old:
+                            v.copy_(old[id(p)][k])
+                        else:
+                            v.zero_()
+                for group in opt.param_groups:
+                    for p in group["params"]:
+                        p.grad = None
+
+
+def log_recompiles() -> None:
+    """From now on, log every recompilation with the guard that failed (call after the warm-up, whose
+    compilations are expected: e.g. each optimiser's step compiles once for its own state)."""
+    torch._logging.set_logs(recompiles=True)
+
+
+def timed_warm_up(calls: Iterable[Callable[[], Any]], device: torch.device) -> float:
+    """Seconds taken by ``WARMUP_CALLS`` rounds of ``calls`` (device synchronised at the end)."""
+    calls = list(calls)
+    start = time.perf_counter()
+    for _ in range(WARMUP_CALLS):
+        for call in calls:
+            call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
