@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 from omegaconf import OmegaConf
@@ -250,11 +250,29 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     return _merged(OmegaConf.structured(cfg), _dotlist(overrides))
 
 
+def _text_keys(cls: type = Config, prefix: str = "") -> set[str]:
+    """The dotted keys whose type is plain ``str``: their override values are kept as written (YAML would
+    read ``compile=off`` as the boolean false)."""
+    hints = get_type_hints(cls)
+    keys: set[str] = set()
+    for f in fields(cls):
+        if is_dataclass(hints[f.name]):
+            keys |= _text_keys(hints[f.name], prefix + f.name + ".")
+        elif hints[f.name] is str:
+            keys.add(prefix + f.name)
+    return keys
+
+
 def _dotlist(overrides: dict[str, Any]) -> Any:
+    text_keys = _text_keys()
+    verbatim = {k: v for k, v in overrides.items() if k in text_keys and isinstance(v, str)}
     try:
-        return OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]) if overrides else OmegaConf.create()
+        conf = OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items() if k not in verbatim])
+        for key, value in verbatim.items():
+            OmegaConf.update(conf, key, value, force_add=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"bad override: {str(err).splitlines()[0]}") from None
+    return conf
 
 
 def _merged(*layers: Any) -> Config:
@@ -346,8 +364,11 @@ def validate(cfg: Config) -> None:
     need(cfg.mode in MODES, f"mode must be one of {', '.join(MODES)}, got '{cfg.mode}'")
     need(cfg.mode == "sync" or not ALGORITHMS[a.name].sequential,
          f"algo={a.name} is a sequential baseline: it runs with mode=sync only")
-    need(cfg.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got '{cfg.compile}'")
-    need(cfg.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got '{cfg.amp}'")
+    yaml_hint = " (in a YAML file write 'off' in quotes: a bare off reads as false)"
+    need(cfg.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got '{cfg.compile}'"
+                                       + (yaml_hint if cfg.compile == "False" else ""))
+    need(cfg.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got '{cfg.amp}'"
+                               + (yaml_hint if cfg.amp == "False" else ""))
     need(n.kind in NOISE_KINDS, f"noise.kind must be one of {', '.join(NOISE_KINDS)}, got '{n.kind}'")
     need(cfg.num_envs >= 1, f"num_envs must be >= 1, got {cfg.num_envs}")
     need(cfg.eval_envs >= 0, f"eval_envs must be >= 0, got {cfg.eval_envs}")
