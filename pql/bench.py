@@ -1,40 +1,38 @@
-"""Benchmarks: env throughput, the V-learner's overhead over a bare critic step, sync vs async.
+"""Benchmarks: env throughput, each worker against its bare limit, sync vs async.
 
-Run ``python -m pql.bench`` (``--help`` for the options). It prints three tables:
+Run ``python -m pql.bench`` (``--help`` for the options). It prints, in one run:
 
 1. env-steps/s of batched tasks (the classic ones unless ``--tasks`` names others, e.g.
    ``playground/CartpoleBalance``) stepped with fixed random actions, compilation excluded;
-2. ``SyncTrainer.v_update()`` updates/s against a bare TD step of copies of the same
-   networks on a fixed, pre-normalised batch of the same size, timed in
-   alternating blocks; the overhead is ``t_trainer / t_bare - 1``;
+2. each worker against its bare limit (:mod:`pql.bench_limits`): the embedded simulator against
+   its dynamics kernel at 4096 envs; ``v_update()`` against a bare forward+backward+AdamW step of
+   the same networks and batch, eager and compiled, with the GEMM floor that bounds what
+   compilation can gain; the actor's step against a bare policy forward + env step;
 3. sync against async mode on the same config (:mod:`pql.bench_modes`): env-steps/s and
    V-updates/s of real runs, the ratios async held, sync's time split and the ceiling it
    implies for async.
+
+Compilation and warm-up happen before any timing. Every ratio compares two things measured in
+alternating blocks of the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
-import statistics
-import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
+from pql.bench_limits import SIM_ENVS, actor_vs_bare, calibrate, sim_vs_kernel, timed, v_update_vs_bare
 from pql.bench_modes import MODE_TASKS, available_cores, compare
-from pql.config import build_config
 from pql.envs import make_env, task_problem
-from pql.training.run_dir import RunDir
-from pql.training.sync import SyncTrainer
+from pql.speed import COMPILE_MODES
 
 ENV_TASKS = "classic/pendulum,classic/mountaincar"
-V_TASK = "classic/pendulum"
+ACTOR_TASK = "classic/pendulum"
 # (row name, overrides on top of the task preset)
 V_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("pendulum preset", {}),
@@ -67,32 +65,6 @@ def busy_cpus(interval_s: float = 0.3) -> float | None:
     return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(1, total1 - total0))
 
 
-def sync(device: torch.device) -> None:
-    """Wait for queued kernels on ``device`` (no-op on cpu)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], n: int, device: torch.device) -> float:
-    """Wall-clock seconds of ``n`` calls of ``fn``, with the device synchronised before and after."""
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def calibrate(fn: Callable[[], object], device: torch.device, target_s: float) -> int:
-    """Number of calls of ``fn`` that take about ``target_s``: one warm-up call, then a doubling probe."""
-    timed(fn, 1, device)
-    probe_s = min(0.25, target_s / 4)
-    n = 1
-    while (elapsed := timed(fn, n, device)) < probe_s:
-        n *= 2
-    return max(1, round(n * target_s / elapsed))
-
-
 def env_throughput(task: str, num_envs: int, device: torch.device, seconds: float,
                    warmup: int = 5) -> tuple[int, float]:
     """(steps timed, env-steps/s) of ``task`` with ``num_envs`` float32 envs and one fixed random action batch."""
@@ -110,74 +82,6 @@ def env_throughput(task: str, num_envs: int, device: torch.device, seconds: floa
     return n, num_envs * n / timed(step, n, device)
 
 
-class BareCriticStep:
-    """The TD step alone, on deep copies of a trainer's V-learner networks and a fixed batch.
-
-    No sampling, normalisation, target noise, clipping, target update or publishing:
-    target = ret + discount * min(Q1', Q2')(next_obs, policy(next_obs)), MSE, AdamW step.
-    """
-
-    def __init__(self, trainer: SyncTrainer, seed: int = 1) -> None:
-        v = trainer.v
-        self.critic = copy.deepcopy(v.critic)
-        self.target = copy.deepcopy(v.target)
-        self.policy = copy.deepcopy(v.policy)
-        self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=v.cfg.critic_lr)
-        device = next(self.critic.parameters()).device
-        with torch.no_grad():
-            batch = v.buffer.sample(v.cfg.batch_size, torch.Generator(device=device).manual_seed(seed))
-            self.obs, self.next_obs = v.normalizer(batch["obs"]), v.normalizer(batch["next_obs"])
-        self.action, self.ret, self.discount = batch["action"], batch["ret"], batch["discount"]
-
-    def __call__(self) -> None:
-        with torch.no_grad():
-            next_action = self.policy(self.next_obs).clamp(-1.0, 1.0)
-            y = self.ret + self.discount * self.target(self.next_obs, next_action).min(0).values
-        pred = self.critic(self.obs, self.action)
-        loss = F.mse_loss(pred, y.expand_as(pred))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-
-
-def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, seconds: float,
-                blocks: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed in alternating blocks of about ``seconds / blocks``.
-
-    The order flips every block (A B, B A, ...) so neither side always runs first.
-    """
-    counts = {name: calibrate(fn, device, seconds / blocks) for name, fn in fns.items()}
-    per_call: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for b in range(blocks):
-        for name in names if b % 2 == 0 else reversed(names):
-            per_call[name].append(timed(fns[name], counts[name], device) / counts[name])
-    return {name: statistics.median(ts) for name, ts in per_call.items()}
-
-
-def build_trainer(overrides: dict[str, Any], device: torch.device, num_envs: int, out: str) -> SyncTrainer:
-    """A real SyncTrainer for ``V_TASK`` with its preset plus ``overrides``, every part on ``device``."""
-    dev = str(device)
-    cfg = build_config({"task": V_TASK, "num_envs": num_envs, "max_time_s": 1, "progress": False, "out": out,
-                        "device.sim": dev, "device.v_learner": dev, "device.p_learner": dev, **overrides})
-    return SyncTrainer(cfg, RunDir(out))
-
-
-def v_overhead(overrides: dict[str, Any], device: torch.device, num_envs: int, fill_steps: int,
-               seconds: float, blocks: int) -> dict[str, Any]:
-    """SyncTrainer vs bare per-update seconds for one network configuration, plus its sizes."""
-    with tempfile.TemporaryDirectory(prefix="pql-bench-") as out:
-        trainer = build_trainer(overrides, device, num_envs, out)
-        for _ in range(fill_steps):
-            trainer.actor_step()
-        bare = BareCriticStep(trainer)
-        t = interleaved({"trainer": trainer.v_update, "bare": bare}, device, seconds, blocks)
-        algo, d, a = trainer.cfg.algo, trainer.env.obs_dim, trainer.env.act_dim
-        return {"batch": algo.batch_size, "buffer": trainer.v.buffer.size,
-                "actor": "-".join(map(str, (d, *algo.actor_hidden, a))),
-                "critic": "2x " + "-".join(map(str, (d + a, *algo.critic_hidden, 1))), **t}
-
-
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     """Plain-text table: first column left-aligned, the others right-aligned."""
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
@@ -192,23 +96,30 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m pql.bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Benchmark classic-env throughput (env-steps/s) and the V-learner overhead: "
-                    "SyncTrainer.v_update() against a bare critic TD step of the same networks and batch size.")
+        description="Benchmark env throughput, each worker against its bare limit (simulator vs its kernel, "
+                    "V-update vs a bare step, eager and compiled, actor step vs a bare policy forward + env step), "
+                    "and sync against async mode.")
     p.add_argument("--device", default="cpu",
-                   help="device of envs, trainer and bare step: cpu, cuda, cuda:N, or auto (cuda if available)")
+                   help="device of envs, trainer and bare steps: cpu, cuda, cuda:N, or auto (cuda if available)")
     p.add_argument("--tasks", default=ENV_TASKS,
                    help="comma-separated tasks of the env-throughput table, any backend (e.g. "
-                        "playground/CartpoleBalance; its JAX compilation happens in the untimed warm-up)")
+                        "playground/CartpoleBalance; its JAX compilation happens in the untimed warm-up); the "
+                        "embedded (classic/) ones also get a row in the simulator-vs-kernel table")
     p.add_argument("--envs", default="256,4096,65536",
                    help="comma-separated numbers of parallel envs for the env-throughput table")
     p.add_argument("--seconds", type=float, default=2.0,
-                   help="target duration of each measurement: one env row, or each side (trainer / bare) "
-                        "of a V row summed over its blocks; step counts come from a short timed probe")
+                   help="target duration of each measurement: one env row, or each side of a pair "
+                        "(e.g. trainer / bare) summed over its blocks; step counts come from a short timed probe")
     p.add_argument("--blocks", type=int, default=5,
-                   help="alternating timing blocks per side in the V-learner table; the median is reported")
+                   help="alternating timing blocks per side of each pair; the median is reported")
     p.add_argument("--v-envs", type=int, default=1024, help="num_envs of the trainer built for the V-learner table")
     p.add_argument("--fill-steps", type=int, default=64,
                    help="trainer.actor_step() calls (warm-up included) that fill the buffers before timing")
+    p.add_argument("--compile-modes", default=None,
+                   help="comma-separated torch.compile modes measured against eager in the V-learner and actor "
+                        "tables (none: eager only); default: 'default' on a CPU, 'default,reduce-overhead' on CUDA")
+    p.add_argument("--amp", choices=("off", "bf16"), default="off", help="the learners' mixed precision in the "
+                   "V-learner table (the bare step stays float32)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op CPU threads (torch.set_num_threads); 0 keeps torch's default. On a small, "
                         "shared CPU, 1 avoids threads stalling each other when another process competes for cores")
@@ -219,7 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="actor steps after warm-up of each sync and async run in the sync-vs-async table")
     p.add_argument("--mode-reps", type=int, default=2,
                    help="sync/async run pairs per task (alternating); the medians are reported")
-    p.add_argument("--only", choices=("env", "v", "modes"), default=None, help="run only one of the tables")
+    p.add_argument("--only", choices=("env", "sim", "v", "actor", "modes"), default=None,
+                   help="run only one of the tables")
     args = p.parse_args(argv)
     args.env_counts = [int(x) for x in args.envs.split(",") if x.strip()]
     args.env_tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -227,12 +139,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unavailable:
         p.error("; ".join(unavailable))
     args.mode_task_list = [t.strip() for t in args.mode_tasks.split(",") if t.strip()]
+    device = resolve_device(args.device)
+    if args.compile_modes is None:
+        args.compile_modes = "default,reduce-overhead" if device.type == "cuda" else "default"
+    args.compile_list = [m.strip() for m in args.compile_modes.split(",") if m.strip() and m.strip() != "off"]
+    bad = [m for m in args.compile_list if m not in COMPILE_MODES]
+    if bad:
+        p.error(f"--compile-modes: unknown mode {', '.join(bad)}; known: {', '.join(COMPILE_MODES[1:])}")
     if (args.seconds <= 0 or args.threads < 0
             or min(args.blocks, args.v_envs, args.fill_steps, args.mode_steps, args.mode_reps) < 1
             or not args.env_counts or min(args.env_counts) < 1):
         p.error("need --seconds > 0, --threads >= 0, and --blocks, --v-envs, --fill-steps, --mode-steps, "
                 "--mode-reps, every --envs >= 1")
     return args
+
+
+def rate(seconds_per_call: float, per_call: float = 1.0) -> str:
+    return f"{per_call / seconds_per_call:,.0f}" if per_call > 1 else f"{1 / seconds_per_call:,.1f}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -253,31 +176,76 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for task in args.env_tasks:
             for n in args.env_counts:
-                steps, rate = env_throughput(task, n, device, args.seconds)
-                rows.append([task, f"{n:,}", f"{steps:,}", f"{rate:,.0f}", f"{n / rate * 1e3:.3f}"])
-                print(f"  {task} x{n}: {rate:,.0f} env-steps/s", flush=True)
+                steps, r = env_throughput(task, n, device, args.seconds)
+                rows.append([task, f"{n:,}", f"{steps:,}", f"{r:,.0f}", f"{n / r * 1e3:.3f}"])
+                print(f"  {task} x{n}: {r:,.0f} env-steps/s", flush=True)
         print("\nEnv throughput (float32, fixed random actions in env units)")
         print(format_table(["task", "envs", "steps timed", "env-steps/s", "ms/step"], rows) + "\n")
 
+    if args.only in (None, "sim"):
+        print_sim_table([t for t in args.env_tasks if t.startswith("classic/")], device, args.seconds, args.blocks)
     if args.only in (None, "v"):
-        rows = []
-        for name, overrides in V_ROWS:
-            r = v_overhead(overrides, device, args.v_envs, args.fill_steps, args.seconds, args.blocks)
-            overhead = (r["trainer"] / r["bare"] - 1) * 100
-            rows.append([name, r["actor"], r["critic"], f"{r['batch']:,}", f"{1 / r['trainer']:,.1f}",
-                         f"{1 / r['bare']:,.1f}", f"{overhead:+.1f}%"])
-            print(f"  {name}: trainer {1 / r['trainer']:.1f} upd/s, bare {1 / r['bare']:.1f} upd/s", flush=True)
-        print(f"\nV-learner overhead ({V_TASK}, {args.v_envs} envs, {args.fill_steps} fill steps, "
-              f"median of {args.blocks} alternating blocks per side)")
-        print(format_table(["config", "actor", "critic", "batch", "trainer upd/s", "bare upd/s", "overhead"], rows))
-        print("trainer = SyncTrainer.v_update(): slot pulls, buffer sample, normalisation, target with noise, loss,\n"
-              "backward, grad clip, AdamW step, soft target update, publish. bare = fixed pre-normalised batch,\n"
-              "target without noise, MSE, backward, AdamW step. overhead = t_trainer / t_bare - 1.\n")
-
+        print_v_table(args, device)
+    if args.only in (None, "actor"):
+        print_actor_table(args, device)
     if args.only in (None, "modes"):
         print_modes_table(args.mode_task_list, str(device), args.mode_steps, args.mode_reps)
 
     print(f"total {time.perf_counter() - start:.1f} s")
+
+
+def print_sim_table(tasks: list[str], device: torch.device, seconds: float, blocks: int) -> None:
+    """The simulator against its bare kernel (goal: >= 50%)."""
+    rows = []
+    for task in tasks:
+        t = sim_vs_kernel(task, device, seconds, blocks)
+        rows.append([task, f"{SIM_ENVS:,}", rate(t["env"], SIM_ENVS), rate(t["kernel"], SIM_ENVS),
+                     f"{t['kernel'] / t['env']:.0%}"])
+        print(f"  {task}: env.step at {t['kernel'] / t['env']:.0%} of its kernel", flush=True)
+    if rows:
+        print(f"\nSimulator vs its bare kernel ({device}, median of {blocks} alternating blocks; goal >= 50%)")
+        print(format_table(["task", "envs", "env.step env-st/s", "kernel env-st/s", "of kernel"], rows))
+        print("kernel = the task's dynamics and observation on a fixed state; env.step adds the time limit,\n"
+              "auto-reset and the final observation.\n")
+
+
+def print_v_table(args: argparse.Namespace, device: torch.device) -> None:
+    """The V-learner against the bare step, eager and compiled, and the GEMM floor."""
+    rows = []
+    for name, overrides in V_ROWS:
+        r = v_update_vs_bare(overrides, device, args.v_envs, args.fill_steps, args.seconds, args.blocks,
+                             args.compile_list, args.amp)
+        for mode in ["off", *args.compile_list]:
+            trainer, bare = r[f"trainer_{mode}"], r[f"bare_{mode}"]
+            rows.append([name, r["actor"], r["critic"], f"{r['batch']:,}", "eager" if mode == "off" else mode,
+                         rate(trainer), rate(bare), f"{(trainer / bare - 1) * 100:+.1f}%",
+                         f"{r['trainer_off'] / trainer:.2f}x", rate(r["gemm_off"]),
+                         f"{r['bare_off'] / r['gemm_off']:.2f}x"])
+            print(f"  {name} {mode}: trainer {1 / trainer:.1f} upd/s, bare {1 / bare:.1f} upd/s", flush=True)
+    print(f"\nV-learner vs a bare step ({device}, amp={args.amp}, {args.v_envs} envs, {args.fill_steps} fill steps, "
+          f"median of {args.blocks} alternating blocks; goals: overhead <= 10%, compiled >= 1.3x eager)")
+    print(format_table(["config", "actor", "critic", "batch", "compile", "trainer upd/s", "bare upd/s", "overhead",
+                        "vs eager", "GEMM-only upd/s", "fusion ceiling"], rows))
+    print("trainer = SyncTrainer.v_update(): slot pulls, buffer sample, normalisation, target with noise, loss,\n"
+          "backward, grad clip, AdamW step, soft target update, publish. bare = fixed pre-normalised batch,\n"
+          "target without noise, MSE, backward, AdamW step (compiled the same way).\n"
+          "overhead = t_trainer / t_bare - 1. "
+          "vs eager = eager trainer time / this trainer time. GEMM-only = the step's matrix multiplications alone;\n"
+          "fusion ceiling = bare eager time / GEMM-only time: the most any compilation can gain over the bare step.\n")
+
+
+def print_actor_table(args: argparse.Namespace, device: torch.device) -> None:
+    """The actor's step against a bare policy forward + env step."""
+    n = args.v_envs
+    r = actor_vs_bare(ACTOR_TASK, device, n, args.seconds, args.blocks, args.compile_list)
+    rows = [[ACTOR_TASK, f"{n:,}", "eager" if mode == "off" else mode, rate(r[f"actor_{mode}"], n),
+             rate(r["bare_off"], n), f"{r['bare_off'] / r[f'actor_{mode}']:.0%}",
+             f"{r['actor_off'] / r[f'actor_{mode}']:.2f}x"] for mode in ["off", *args.compile_list]]
+    print(f"\nActor vs a bare policy forward + env step ({device}, task preset networks, median of {args.blocks} "
+          f"alternating blocks)")
+    print(format_table(["task", "envs", "compile", "actor env-st/s", "bare env-st/s", "of bare", "vs eager"], rows))
+    print("actor = ActorWorker.step(): normaliser update, policy with per-env noise, env step, episode returns,\n"
+          "n-step window. bare = eager policy forward on the normalised observation and env step.\n")
 
 
 def print_modes_table(tasks: list[str], device: str, steps: int, reps: int) -> None:

@@ -32,3 +32,34 @@ def test_sync_vs_async_row_holds_the_ratios_and_computes_its_ceiling():
     assert set(split.sync) == set(split.alone) == {"actor", "v", "p"} and min(split.alone.values()) > 0
     assert split.ceiling == pytest.approx(split.sync_step_s / max(max(split.alone.values()),
                                                                   sum(split.alone.values()) / min(split.cores, 3)))
+
+
+def _table_rows(out: str, first: str) -> list[list[str]]:
+    return [line.split() for line in out.splitlines() if line.startswith(first)]
+
+
+def test_simulator_table_compares_env_step_with_its_kernel(capsys):
+    main(["--only", "sim", "--seconds", "0.1", "--blocks", "2"])
+    rows = _table_rows(capsys.readouterr().out, "classic/")
+    assert [r[0] for r in rows] == ["classic/pendulum", "classic/mountaincar"] and all(r[1] == "4,096" for r in rows)
+    for r in rows:
+        env, kernel, share = float(r[2].replace(",", "")), float(r[3].replace(",", "")), float(r[4].rstrip("%"))
+        assert share == pytest.approx(100 * env / kernel, abs=1.0)
+
+
+def test_v_table_puts_the_trainer_beside_the_bare_step_and_the_gemm_floor(capsys):
+    main(["--only", "v", "--seconds", "0.1", "--blocks", "1", "--compile-modes", "off", "--v-envs", "16",
+          "--fill-steps", "8"])
+    rows = _table_rows(capsys.readouterr().out, ("pendulum preset", "paper default"))
+    assert len(rows) == 2 and all(r[6] == "eager" for r in rows)
+    for r in rows:
+        trainer, bare, gemm = (float(r[i].replace(",", "")) for i in (7, 8, 11))
+        overhead = float(r[9].rstrip("%"))
+        assert overhead == pytest.approx(100 * (bare / trainer - 1), abs=3.0)  # rates are printed rounded
+        assert gemm > bare, "the matrix multiplications alone are faster than the whole step"
+
+
+def test_unknown_compile_mode_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--only", "v", "--compile-modes", "fast"])
+    assert exit_info.value.code == 2 and "--compile-modes: unknown mode fast" in capsys.readouterr().err
