@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -93,11 +93,13 @@ class AlgoConfig:
     critic_hidden: tuple[int, ...] = _opt((512, 256, 128), "hidden layer widths of each Q MLP (ELU)")
     reward_scale: float = _opt(1.0, "rewards are multiplied by this before learning (metrics stay unscaled)")
     init_temperature: float = _opt(1.0, "sac: initial entropy temperature alpha (learned; target entropy -|A|)")
-    alpha_lr: float = _opt(5e-4, "sac: AdamW learning rate of log(alpha)")
+    alpha_lr: float = _opt(5e-3, "sac: AdamW learning rate of log(alpha) (the authors' 5e-3)")
     ppo: PPOConfig = _opt(PPOConfig(), "ppo only")
     num_atoms: int = _opt(51, "pql-d: atoms of the categorical value distribution")
-    v_min: float = _opt(-10.0, "pql-d: smallest atom")
-    v_max: float = _opt(10.0, "pql-d: largest atom")
+    v_min: float | None = _opt(None, "pql-d: smallest atom; null: the task's lowest discounted return times "
+                                     "reward_scale (presets.yaml rewards); a task without reward bounds needs it set")
+    v_max: float | None = _opt(None, "pql-d: largest atom; null: the task's highest discounted return times "
+                                     "reward_scale")
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,45 @@ def thresholds() -> dict[str, float]:
     """The evaluation return counted as solved, per task (``presets.yaml``'s ``thresholds``), for
     time- and steps-to-threshold in reports; no run's config reads it."""
     return {task: float(value) for task, value in (_preset_table().get("thresholds") or {}).items()}
+
+
+def return_bounds(task: str, gamma: float) -> tuple[float, float] | None:
+    """Bounds of a discounted return of ``task`` in its reward units (``presets.yaml``'s ``rewards``),
+    or None for a task without reward bounds there."""
+    entry = (_preset_table().get("rewards") or {}).get(task)
+    if entry is None:
+        return None
+    step_lo, step_hi = entry["step"]
+    terminal_lo, terminal_hi = entry.get("terminal", (0.0, 0.0))
+    horizon = entry["horizon"]
+    g = horizon if gamma == 1 else (1 - gamma**horizon) / (1 - gamma)
+    return step_lo * g + min(0.0, terminal_lo), step_hi * g + max(0.0, terminal_hi)
+
+
+def value_support(cfg: Config) -> tuple[float, float] | None:
+    """The range of values a critic of ``cfg`` must represent: the task's return bounds at its gamma,
+    times its reward scale (None when the task has none)."""
+    bounds = return_bounds(cfg.task, cfg.algo.gamma)
+    if bounds is None:
+        return None
+    lo, hi = (b * cfg.algo.reward_scale for b in bounds)
+    return round(lo, 4), round(hi, 4)
+
+
+def _with_value_support(cfg: Config) -> Config:
+    """``cfg`` with a categorical critic's null v_min / v_max filled from :func:`value_support`."""
+    from pql.algos import ALGORITHMS  # local: the algorithms import torch
+
+    declared = ALGORITHMS.get(cfg.algo.name)
+    a = cfg.algo
+    if declared is None or not declared.categorical or (a.v_min is not None and a.v_max is not None):
+        return cfg
+    support = value_support(cfg)
+    if support is None:
+        return cfg
+    v_min = a.v_min if a.v_min is not None else support[0]
+    v_max = a.v_max if a.v_max is not None else support[1]
+    return replace(cfg, algo=replace(a, v_min=v_min, v_max=v_max))
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -285,6 +326,7 @@ def _merged(*layers: Any) -> Config:
             raise _unknown_key_error(str(key)) from None
         raise ConfigError(f"bad value for '{key}': {str(err).splitlines()[0]}") from None
     assert isinstance(cfg, Config)
+    cfg = _with_value_support(cfg)
     validate(cfg)
     return cfg
 
@@ -408,7 +450,17 @@ def validate(cfg: Config) -> None:
     need(a.warmup_steps >= 0, f"algo.warmup_steps must be >= 0, got {a.warmup_steps}")
     need(all(h >= 1 for h in a.actor_hidden + a.critic_hidden), "hidden layer widths must be >= 1")
     need(a.num_atoms >= 2, f"algo.num_atoms must be >= 2, got {a.num_atoms}")
-    need(a.v_min < a.v_max, f"algo.v_min ({a.v_min}) must be below algo.v_max ({a.v_max})")
+    if ALGORITHMS[a.name].categorical:
+        need(a.v_min is not None and a.v_max is not None,
+             f"algo={a.name} needs algo.v_min and algo.v_max: {cfg.task} has no reward bounds in presets.yaml "
+             f"to derive them from (the authors used -10 and 10 on Isaac Gym)")
+        assert a.v_min is not None and a.v_max is not None
+        need(a.v_min < a.v_max, f"algo.v_min ({a.v_min}) must be below algo.v_max ({a.v_max})")
+        support = value_support(cfg)
+        need(support is None or (a.v_min <= support[0] and a.v_max >= support[1]),
+             f"algo.v_min/v_max [{a.v_min}, {a.v_max}] cannot hold {cfg.task}'s returns: at gamma {a.gamma} and "
+             f"reward_scale {a.reward_scale} they lie in {list(support or ())}; widen the range or leave "
+             f"v_min and v_max null to use that")
     need(cfg.max_time_s is None or cfg.max_time_s > 0, f"max_time_s must be > 0, got {cfg.max_time_s}")
     need(cfg.max_env_steps is None or cfg.max_env_steps >= 1, f"max_env_steps must be >= 1, got {cfg.max_env_steps}")
     need(cfg.max_time_s is not None or cfg.max_env_steps is not None or cfg.resume is not None,

@@ -181,6 +181,19 @@ class VLearner:
                 target_out = self.target(next_obs, next_action).float()
             return self.head.critic_loss(self.critic(obs, action).float(), target_out, ret, discount, bonus)
 
+    @torch.no_grad()
+    def diagnostics(self, seed: int = 0) -> dict[str, float]:
+        """The head's diagnostics (e.g. C51's edge mass) on a batch drawn with its own generator (the
+        training one is left alone); {} for an empty buffer or a head without any."""
+        if self.buffer.size == 0:
+            return {}
+        batch = self.buffer.sample(self.cfg.batch_size, torch.Generator(device=self.device).manual_seed(seed))
+        next_obs = self.normalizer(batch["next_obs"])
+        noise = torch.zeros_like(batch["action"])
+        next_action, bonus = self.policy.target_action(next_obs, noise, 0.0, 0.0)
+        found = self.head.diagnostics(self.target(next_obs, next_action), batch["ret"], batch["discount"], bonus)
+        return {name: float(value) for name, value in found.items()}
+
     def apply_gradients(self) -> None:
         """Clip the critic's gradients, step AdamW, move the target toward the critic."""
         if self.cfg.max_grad_norm > 0:

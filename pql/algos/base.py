@@ -38,6 +38,11 @@ class CriticHead(Protocol):
         """TD loss of both critics against ret + discount * (target value + bonus)."""
         ...
 
+    def diagnostics(self, target_out: torch.Tensor, ret: torch.Tensor, discount: torch.Tensor,
+                    bonus: torch.Tensor | float = 0.0) -> dict[str, torch.Tensor]:
+        """Scalars worth a metrics column, of a batch's target (e.g. C51's edge mass); {} if none."""
+        ...
+
 
 class ActorObjective(Protocol):
     """The P-learner's loss for its policy, and whatever else it learns alongside (SAC's temperature).
@@ -113,6 +118,7 @@ class Algorithm:
     make_policy: Callable[[AlgoConfig, int, int], nn.Module]  # (algo config, obs dim, act dim) -> policy
     make_head: Callable[[AlgoConfig, torch.device | str], CriticHead] | None = None  # actor-critic only
     make_objective: Callable[[nn.Module, AlgoConfig], ActorObjective] | None = None  # actor-critic only
+    categorical: bool = False  # its critic is a distribution on atoms in [algo.v_min, algo.v_max]
 
     def __post_init__(self) -> None:
         assert self.trainer in TRAINERS, self.trainer

@@ -8,5 +8,5 @@ ALGORITHM = Algorithm(
     name="pql-d", label="PQL-D", color="#ff7f0e", sequential=False, trainer="actor-critic",
     make_policy=lambda algo, obs_dim, act_dim: Actor(obs_dim, act_dim, algo.actor_hidden),
     make_head=lambda algo, device: CategoricalHead(algo.num_atoms, algo.v_min, algo.v_max, device),
-    make_objective=DeterministicObjective,
+    make_objective=DeterministicObjective, categorical=True,
 )

@@ -22,7 +22,7 @@ class GaussianActor(OffPolicyActor):
     ``sample`` draws reparameterised actions with their log-probabilities ``[B]``.
     """
 
-    log_std_min, log_std_max = -5.0, 2.0
+    log_std_min, log_std_max = -5.0, 5.0  # the authors' bounds
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], init_temperature: float = 1.0) -> None:
         super().__init__()

@@ -106,6 +106,9 @@ class RunLoop(abc.ABC):
                  loss_devices: dict[str, torch.device]) -> None:
         self.cfg, self.run_dir, self.on_row = cfg, run_dir, on_row
         self.progress = Progress()
+        # Learning starts at this actor step: after the warm-up, and after a resume once the empty
+        # replay buffers hold another warm-up's worth of transitions from the current policy.
+        self.learn_from = cfg.algo.warmup_steps
         self.clock = PhaseClock(next(iter(loss_devices.values())))
         self.resumed = False
         self.stop_signal: int | None = None  # set by request_stop: the run ends at its next step boundary
@@ -135,6 +138,10 @@ class RunLoop(abc.ABC):
     @abc.abstractmethod
     def load_model_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`model_state` saved."""
+
+    def diagnostics(self) -> dict[str, float]:
+        """Extra metrics of the critic for this row (e.g. PQL-D's ``edge_mass``); {} if none."""
+        return {}
 
     def warm_up(self) -> float:
         """Compile what the run will compile, before its clock starts; returns the seconds it took
@@ -190,7 +197,7 @@ class RunLoop(abc.ABC):
             "eval_return": eval_return, **losses, "actor_steps": pr.actor_steps,
             "v_updates": v_updates, "p_updates": p_updates,
             "env_steps_per_s": (pr.env_steps - self._last_row_steps) / dt if dt > 0 else float("nan"),
-            **self.clock.take(),
+            **self.clock.take(), **self.diagnostics(),
         }
         self._last_row_time, self._last_row_steps = pr.wall_s, pr.env_steps
         self.run_dir.append_metrics(row)
@@ -215,6 +222,7 @@ class RunLoop(abc.ABC):
         self._last_row_time, self._last_row_steps = pr["wall_s"], pr["env_steps"]
         self.load_model_state(state)
         self.resumed = True
+        self.learn_from = self.progress.actor_steps + self.cfg.algo.warmup_steps
 
     def checkpoint(self) -> None:
         self.run_dir.save_checkpoint(self.state_dict())

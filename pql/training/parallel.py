@@ -90,10 +90,11 @@ class Board:
     ``epoch`` and ``actor_limit``; each worker writes only its own ``parked_*`` (the pause epoch it
     is parked at) and statistics; the actor writes the step counters."""
 
-    FLAGS = ("stop", "pause", "epoch", "actor_limit", "actor_steps", "env_steps", "parked_actor", "parked_v",
-             "parked_p")
+    FLAGS = ("stop", "pause", "epoch", "actor_limit", "actor_steps", "env_steps", "learn_from", "parked_actor",
+             "parked_v", "parked_p")
     STATS = ("critic_loss_sum", "critic_loss_count", "actor_loss_sum", "actor_loss_count", "return_sum",
-             "return_count", "collect_s", "learn_s_v", "learn_s_p", "compile_s_actor", "compile_s_v", "compile_s_p")
+             "return_count", "collect_s", "learn_s_v", "learn_s_p", "compile_s_actor", "compile_s_v", "compile_s_p",
+             "edge_mass", "edge_mass_count")
 
     def __init__(self) -> None:
         self.flags = SharedTable(self.FLAGS, torch.int64)
@@ -197,7 +198,7 @@ class ActorRole:
         s, w, cfg = self.shared, self.worker, self.shared.cfg
         if self.env_steps >= s.board.flags["actor_limit"]:
             return IDLE_S
-        counted = self.actor_steps >= cfg.algo.warmup_steps and w.emitting
+        counted = self.actor_steps >= s.board.flags["learn_from"] and w.emitting
         if counted and (wait := s.controller.wait_s("actor")) > 0:
             return min(wait, MAX_WAIT_S)
         if not s.ring.has_room():
@@ -265,7 +266,7 @@ class LearnerRole:
         if self.worker.buffer.size == 0:
             return False
         if self.role == "v":
-            return self.shared.board.flags["actor_steps"] >= self.shared.cfg.algo.warmup_steps
+            return self.shared.board.flags["actor_steps"] >= self.shared.board.flags["learn_from"]
         return self.shared.controller.counts["v"] > 0
 
     def work(self) -> float:
@@ -293,6 +294,9 @@ class LearnerRole:
         stats[f"{self.loss}_sum"] += float(self.loss_sum)
         stats[f"{self.loss}_count"] += self.loss_count
         stats[f"learn_s_{self.role}"] += self.clock.take()["learn_s"]
+        if self.role == "v":
+            for name, value in self.worker.diagnostics().items():
+                stats[name], stats[f"{name}_count"] = value, 1
         self.loss_sum.zero_()
         self.loss_count = 0
 
@@ -375,6 +379,7 @@ class ProcessTrainer(RunLoop):
         self._returns = [0.0, 0]
         self._seen = {"policy": -1, "normalizer": -1}
         self._pause_depth = 0
+        self._diagnostics: dict[str, float] = {}
 
     # -- what the run loop needs ----------------------------------------------------------
     def evaluate(self) -> float:
@@ -387,6 +392,9 @@ class ProcessTrainer(RunLoop):
     def warm_up(self) -> float:
         """The evaluation envs' compilation; the workers warm up in their processes (see :meth:`_collect`)."""
         return 0.0 if self.eval_env is None else self.eval_env.compile_s
+
+    def diagnostics(self) -> dict[str, float]:
+        return self._diagnostics
 
     def take_train_return(self) -> float:
         total, count = self._returns
@@ -449,7 +457,7 @@ class ProcessTrainer(RunLoop):
         self.shared = self.share(ctx)
         flags = self.board.flags
         flags.update(pause=1, epoch=0, stop=0, actor_limit=self._actor_limit(), actor_steps=self.progress.actor_steps,
-                     env_steps=self.progress.env_steps)
+                     env_steps=self.progress.env_steps, learn_from=self.learn_from)
         devices = dict(zip(ROLES, self.devices, strict=True))
         cores, budget = core_budget()
         threads = thread_plan(devices, budget)
@@ -527,6 +535,7 @@ class ProcessTrainer(RunLoop):
         self._returns[1] += int(stats["return_count"])
         self.clock.add("collect", stats["collect_s"])
         self.clock.add("learn", stats["learn_s_v"] + stats["learn_s_p"])
+        self._diagnostics = {"edge_mass": stats["edge_mass"]} if stats["edge_mass_count"] else {}
         # The workers compile at the same time, each before it first parks: the run waits for the slowest.
         self.progress.compile_s += max(stats[f"compile_s_{role}"] for role in ROLES)
         stats.tensor.zero_()

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     import torch
 
 METRIC_COLUMNS = ("env_steps", "wall_s", "train_return", "eval_return", "critic_loss", "actor_loss",
-                  "actor_steps", "v_updates", "p_updates", "env_steps_per_s", "collect_s", "learn_s")
+                  "actor_steps", "v_updates", "p_updates", "env_steps_per_s", "collect_s", "learn_s",
+                  "edge_mass")
 # The columns every metrics.csv has; a file with more (or, from an older version, fewer of the rest) is valid.
 REQUIRED_METRIC_COLUMNS = METRIC_COLUMNS[:4]
 # The files of a run, by name.

@@ -126,8 +126,8 @@ class SyncTrainer(RunLoop):
         self.progress.env_steps += self.cfg.num_envs
 
     def learning(self) -> bool:
-        """Learners start once warm-up is over and the buffers hold data."""
-        return self.progress.actor_steps >= self.cfg.algo.warmup_steps and self.v.buffer.size > 0
+        """Learners start once warm-up (or a resumed run's refill) is over and the buffers hold data."""
+        return self.progress.actor_steps >= self.learn_from and self.v.buffer.size > 0
 
     def v_update(self) -> None:
         self.seen["v_policy"] = self.policy_slot.pull(self.v.policy, self.seen["v_policy"])
@@ -145,6 +145,9 @@ class SyncTrainer(RunLoop):
     def warm_up(self) -> float:
         envs = [self.env] + ([self.eval_env] if self.eval_env is not None else [])
         return sum(env.compile_s for env in envs) + self.actor.warm_up() + self.v.warm_up() + self.p.warm_up()
+
+    def diagnostics(self) -> dict[str, float]:
+        return self.v.diagnostics()
 
     def evaluate(self) -> float:
         if self.evaluator is None:

@@ -1,0 +1,69 @@
+"""Results a reviewer would trust: the baselines' defaults are the authors', and PQL-D's atoms fit the task."""
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from pql.algos.sac import GaussianActor
+from pql.config import ConfigError, build_config, return_bounds, value_support
+from pql.training.run import resolve, run_training
+from pql.training.run_dir import RunDir
+from pql.training.sync import SyncTrainer
+
+
+def test_sac_defaults_are_the_authors():
+    """Improbable-AI/pql's cfg/algo/sac_algo.yaml and models/mlp.py: alpha_lr 0.005, log std in [-5, 5],
+    log alpha starting at 0."""
+    algo = build_config({"algo": "sac", "max_env_steps": "10"}).algo
+    assert algo.alpha_lr == 5e-3 and algo.init_temperature == 1.0
+    assert (GaussianActor.log_std_min, GaussianActor.log_std_max) == (-5.0, 5.0)
+
+
+def test_return_bounds_follow_from_the_reward_bounds():
+    lo, hi = return_bounds("classic/pendulum", 0.99)
+    assert lo == pytest.approx(-16.2736 * (1 - 0.99**200) / 0.01) and hi == 0.0
+    assert return_bounds("classic/mountaincar", 0.99) == pytest.approx((-0.1 * (1 - 0.99**999) / 0.01, 100.0))
+    assert return_bounds("playground/CartpoleBalance", 1.0) == (0.0, 1000.0)
+    assert return_bounds("isaacgym/Ant", 0.99) is None
+
+
+def test_pql_d_atoms_are_derived_from_the_task_and_a_range_too_narrow_is_refused():
+    cfg = build_config({"algo": "pql-d", "max_env_steps": "10"})
+    assert (cfg.algo.v_min, cfg.algo.v_max) == value_support(cfg)
+    assert cfg.algo.v_min == pytest.approx(0.1 * -16.2736 * (1 - 0.99**200) / 0.01, abs=1e-3)
+    with pytest.raises(ConfigError, match=r"algo.v_min/v_max \[-10.0, 10.0\] cannot hold classic/pendulum's returns"):
+        build_config({"algo": "pql-d", "algo.v_min": "-10", "algo.v_max": "10", "max_env_steps": "10"})
+    wider = build_config({"algo": "pql-d", "algo.v_min": "-200", "max_env_steps": "10"})
+    assert (wider.algo.v_min, wider.algo.v_max) == (-200.0, 0.0), "a set bound is kept, the other derived"
+
+
+def test_edge_mass_is_logged_and_small_when_the_atoms_fit_pendulum(tiny, tmp_path):
+    """On the Pendulum preset's reward scale the derived atoms keep the projected target off the two edge
+    atoms; the reference code's [-10, 10] (which validation now refuses) piles it there."""
+    cfg = build_config({**tiny, "algo": "pql-d", "max_env_steps": "7680"})
+    edge = {}
+    for name, (lo, hi) in {"derived": (cfg.algo.v_min, cfg.algo.v_max), "reference": (-10.0, 10.0)}.items():
+        out = str(tmp_path / name)
+        SyncTrainer(replace(cfg, out=out, algo=replace(cfg.algo, v_min=lo, v_max=hi)), RunDir(out)).run()
+        edge[name] = pd.read_csv(f"{out}/metrics.csv")["edge_mass"].dropna()
+    # A fresh critic's near-uniform logits put 2/51 of the mass on the edges; learning moves it inward.
+    assert len(edge["derived"]) >= 10 and (edge["derived"].iloc[-5:] < 0.01).all(), edge["derived"]
+    assert (edge["reference"].iloc[-5:] > 0.5).all(), edge["reference"]
+
+
+def test_a_resumed_run_refills_its_buffers_before_learning_again(tiny):
+    """The replay buffers are not in the checkpoint: a resumed run steps warmup_steps with its current
+    policy (not random actions) before the learners start again, so they never train on a near-empty buffer."""
+    run = run_training(resolve({**tiny, "max_env_steps": "1280"})).path
+    cfg = resolve({"resume": str(run), "max_env_steps": "2560"})
+    trainer = SyncTrainer(cfg, RunDir(str(run)))
+    trainer.load_state_dict(RunDir(str(run)).load_checkpoint())
+    start, warmup, v_before = trainer.progress.actor_steps, cfg.algo.warmup_steps, trainer.controller.counts["v"]
+    assert trainer.learn_from == start + warmup
+    for _ in range(warmup):
+        trainer.step()
+        assert trainer.controller.counts["v"] == v_before, "learnt before the buffer was refilled"
+    assert trainer.v.buffer.size == (warmup - cfg.algo.nstep + 1) * cfg.num_envs
+    trainer.step()
+    assert trainer.controller.counts["v"] > v_before
