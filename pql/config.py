@@ -134,9 +134,10 @@ class Config:
                                "max-autotune; compilation runs before the clock starts (status.json compile_s)")
     amp: str = _opt("off", "mixed precision of the learners' forward passes: off (float32) or bf16 (autocast; "
                            "needs native bfloat16: a CUDA GPU from Ampere on, a CPU with AVX512-BF16 or AMX)")
-    eval_envs: int = _opt(16, "separate environments for deterministic evaluation; 0: none (eval_return "
-                                "stays empty, figures use the training return; for simulators with one "
-                                "instance per process, e.g. Isaac Gym)")
+    eval_envs: int = _opt(16, "deterministic evaluation: separate environments, one full episode each per "
+                                "metrics row; with one simulation per process (Isaac Gym, Isaac Lab), the first "
+                                "eval_envs training envs act without noise throughout and their finished "
+                                "episodes are the evaluation; 0: none (figures use the training return)")
     eval_every_env_steps: int = _opt(100_000, "evaluate and write a metrics row every this many env steps")
     checkpoint_every_s: float = _opt(60.0, "write a checkpoint at most this often (and at the end)")
     progress: bool = _opt(True, "show a progress bar with return and env-steps/s")
@@ -414,9 +415,10 @@ def validate(cfg: Config) -> None:
     need(n.kind in NOISE_KINDS, f"noise.kind must be one of {', '.join(NOISE_KINDS)}, got '{n.kind}'")
     need(cfg.num_envs >= 1, f"num_envs must be >= 1, got {cfg.num_envs}")
     need(cfg.eval_envs >= 0, f"eval_envs must be >= 0, got {cfg.eval_envs}")
-    need(cfg.eval_envs == 0 or not cfg.task.startswith(ONE_SIMULATION_PER_PROCESS),
-         f"eval_envs must be 0 for {cfg.task}: its simulator runs one simulation per process, so no separate "
-         f"evaluation environments can be made (the report uses the training return)")
+    need(cfg.eval_envs < cfg.num_envs or not cfg.task.startswith(ONE_SIMULATION_PER_PROCESS),
+         f"eval_envs ({cfg.eval_envs}) must be below num_envs ({cfg.num_envs}) for {cfg.task}: its simulator runs "
+         f"one simulation per process, so the evaluation is the first eval_envs training envs acting without "
+         f"noise, and the rest must explore")
     need(cfg.eval_every_env_steps >= 1, f"eval_every_env_steps must be >= 1, got {cfg.eval_every_env_steps}")
     need(n.sigma_min >= 0, f"noise.sigma_min must be >= 0, got {n.sigma_min}")
     need(n.sigma_min <= n.sigma_max, f"noise.sigma_min ({n.sigma_min}) must not exceed noise.sigma_max ({n.sigma_max})")
@@ -440,9 +442,11 @@ def validate(cfg: Config) -> None:
                                           f"got '{ppo.lr_schedule}'")
     for key in ("horizon", "minibatch_size", "epochs"):
         need(getattr(ppo, key) >= 1, f"algo.ppo.{key} must be >= 1, got {getattr(ppo, key)}")
-    need(ALGORITHMS[a.name].trainer != "ppo" or ppo.minibatch_size <= ppo.horizon * cfg.num_envs,
+    explorers = cfg.num_envs - (cfg.eval_envs if cfg.task.startswith(ONE_SIMULATION_PER_PROCESS) else 0)
+    need(ALGORITHMS[a.name].trainer != "ppo" or ppo.minibatch_size <= ppo.horizon * explorers,
          f"algo.ppo.minibatch_size ({ppo.minibatch_size}) is larger than a rollout "
-         f"(algo.ppo.horizon x num_envs = {ppo.horizon * cfg.num_envs})")
+         f"(algo.ppo.horizon x {'the exploring envs' if explorers < cfg.num_envs else 'num_envs'} = "
+         f"{ppo.horizon * explorers})")
     for key in ("lr", "kl_threshold", "clip"):
         value = getattr(ppo, key)
         need(math.isfinite(value) and value > 0, f"algo.ppo.{key} must be a finite number > 0, got {value}")

@@ -64,14 +64,18 @@ class ActorWorker:
 
     def __init__(self, env: VecEnv, policy: OffPolicyActor, normalizer: RunningNormalizer, noise_std: torch.Tensor,
                  window: NStepWindow, reward_scale: float, generator: torch.Generator,
-                 speed: Speed | None = None) -> None:
+                 speed: Speed | None = None, eval_slice: int = 0) -> None:
         self.env, self.policy, self.normalizer = env, policy, normalizer
         self.noise_std = noise_std[:, None]  # [N, 1]
         self.window, self.reward_scale, self.generator = window, reward_scale, generator
         self.speed = speed or Speed(device=env.device)
         self._act = self.speed.compile(self._explore)
         self.obs = env.reset()
-        self.episodes = EpisodeReturns(env.num_envs, env.device, env.dtype)
+        # The first ``eval_slice`` envs act without noise; their episodes are the evaluation (simulators
+        # with one simulation per process, which cannot make separate evaluation envs).
+        self.eval_slice = eval_slice
+        self.episodes = EpisodeReturns(env.num_envs - eval_slice, env.device, env.dtype)
+        self.eval_episodes = EpisodeReturns(eval_slice, env.device, env.dtype)
 
     def _explore(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Exploration actions ``[N, A]`` of raw ``obs [N, D]`` given standard normal ``noise [N, A]``."""
@@ -101,9 +105,14 @@ class ActorWorker:
         if random:
             action = torch.rand(shape, generator=self.generator, device=env.device) * 2 - 1
         else:
-            action = self._act(self.obs, torch.randn(shape, generator=self.generator, device=env.device))
+            noise = torch.randn(shape, generator=self.generator, device=env.device)
+            noise[:self.eval_slice] = 0.0  # the deterministic action, for any policy's explore()
+            action = self._act(self.obs, noise)
         next_obs, reward, terminated, truncated, info = env.step(to_env_units(action, env.action_low, env.action_high))
-        self.episodes.record(reward, terminated | truncated)
+        done, k = terminated | truncated, self.eval_slice
+        self.episodes.record(reward[k:], done[k:])
+        if k:
+            self.eval_episodes.record(reward[:k], done[:k])
         out = self.window.push(self.obs, action, reward * self.reward_scale, info["final_obs"], terminated, truncated)
         self.obs = next_obs
         return out

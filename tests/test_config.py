@@ -71,9 +71,9 @@ def test_cli_bad_value_exits_nonzero(tmp_path):
     assert code == 2 and not (tmp_path / "never").exists()
 
 
-def test_single_simulation_backends_get_no_eval_envs_and_refuse_them(isaac_fakes):
-    assert build_config({"task": "isaaclab/Isaac-Ant-Direct-v0", "max_time_s": "60"}).eval_envs == 0  # backends: layer
+def test_single_simulation_backends_evaluate_a_slice_of_the_training_envs(isaac_fakes):
+    assert build_config({"task": "isaaclab/Isaac-Ant-Direct-v0", "max_time_s": "60"}).eval_envs == 16
     cfg = build_config({"task": "isaacgym/Ant", "algo": "ppo"})
-    assert (cfg.eval_envs, cfg.num_envs, cfg.algo.reward_scale, cfg.algo.ppo.horizon) == (0, 4096, 0.01, 16)
-    with pytest.raises(ConfigError, match="eval_envs must be 0 for isaacgym/Ant: its simulator runs one"):
-        build_config({"task": "isaacgym/Ant", "eval_envs": "16"})
+    assert (cfg.eval_envs, cfg.num_envs, cfg.algo.reward_scale, cfg.algo.ppo.horizon) == (16, 4096, 0.01, 16)
+    with pytest.raises(ConfigError, match=r"eval_envs \(16\) must be below num_envs \(16\) for isaacgym/Ant"):
+        build_config({"task": "isaacgym/Ant", "num_envs": "16"})

@@ -114,9 +114,48 @@ def test_pql_train_on_isaacgym_imports_it_before_torch_and_applies_the_task_pres
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert (config["eval_envs"], config["max_time_s"], config["algo"]["reward_scale"]) == (0, 3600, 0.01)
+    assert (config["eval_envs"], config["max_time_s"], config["algo"]["reward_scale"]) == (16, 3600, 0.01)
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
-    assert rows[-1]["env_steps"] == "640" and rows[-1]["eval_return"] == "nan"
+    assert rows[-1]["env_steps"] == "640"
+
+
+@pytest.mark.parametrize("algo", ["pql", "sac", "ppo"])
+def test_one_simulation_backends_evaluate_the_noise_free_slice(isaac_fakes, tmp_path, algo):
+    """No separate evaluation envs can be made: the first eval_envs training envs act deterministically
+    (whatever the algorithm's exploration), and only their finished episodes make eval_return."""
+    from pql.config import build_config
+    from pql.training.run import trainer_class
+    from pql.training.run_dir import RunDir
+
+    cfg = build_config({"task": "isaaclab/Isaac-Ant-Direct-v0", "algo": algo, "mode": "sync", "num_envs": "8",
+                        "eval_envs": "2", "max_env_steps": "800", "algo.actor_hidden": "[16]",
+                        "algo.critic_hidden": "[16]", "algo.batch_size": "32", "algo.warmup_steps": "0",
+                        "algo.ppo.horizon": "4", "algo.ppo.minibatch_size": "12", "device.sim": "cpu",
+                        "out": str(tmp_path / "run")})
+    trainer = trainer_class(cfg)(cfg, RunDir(cfg.out))
+    policy = trainer.policy if algo == "ppo" else trainer.actor.policy
+    env = trainer.env if algo == "ppo" else trainer.actor.env
+    normalizer = trainer.normalizer if algo == "ppo" else trainer.actor.normalizer
+    with torch.no_grad():  # a policy that pushes: deterministic envs fall within a few dozen steps
+        last = [m for m in policy.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.fill_(1.0)
+    sent = []
+    step = env.step
+    env.step = lambda actions: (sent.append((trainer.obs if algo == "ppo" else trainer.actor.obs, actions)),
+                                step(actions))[1]
+    for _ in range(40 if algo == "ppo" else 160):  # 160 env steps
+        trainer.collect() if algo == "ppo" else trainer.actor.step()
+    obs, actions = sent[-1]
+    with torch.no_grad():
+        deterministic = policy(normalizer(obs))
+    assert torch.allclose(actions[:2], deterministic[:2], atol=1e-6), "the slice acts without noise"
+    assert not torch.allclose(actions[2:], deterministic[2:], atol=1e-3), "the others explore"
+    evaluation, training = trainer.evaluate(), trainer.take_train_return()
+    assert evaluation == evaluation, "the slice finished episodes: eval_return is their mean"
+    slice_episodes = trainer.eval_episodes if algo == "ppo" else trainer.actor.eval_episodes
+    assert slice_episodes.current.shape == (2,)
+    assert training != evaluation
 
 
 def test_entry_points_load_torch_only_after_the_simulator():

@@ -168,6 +168,15 @@ def test_report_of_a_real_small_study(tmp_path):
     shutil.rmtree(plan.store.run_path(plan.to_run[0]))
     partial = report_study(TINY, "quick", results, plots, {"max_env_steps": "960"}, reps=100)
     assert len(partial.missing) == 1 and plan.to_run[0].run_id in partial.markdown.read_text()
+    # A run that never evaluated (eval_envs=0) is left out, not drawn with its exploring return among the others.
+    unevaluated = plan.to_run[1]
+    metrics = plan.store.run_path(unevaluated) / "metrics.csv"
+    frame = pd.read_csv(metrics)
+    frame["eval_return"] = np.nan
+    frame.to_csv(metrics, index=False)
+    mixed = report_study(TINY, "quick", results, plots, {"max_env_steps": "960"}, reps=100)
+    assert f"{unevaluated.run_id}, which never evaluated" in mixed.markdown.read_text()
+    assert unevaluated.run_id not in set(pd.read_csv(results / "tiny" / "per_run-quick.csv")["run_id"])
 
 
 def test_empty_study_says_so(tmp_path, capsys):

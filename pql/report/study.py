@@ -260,6 +260,12 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
         thr = threshold if threshold is not None else study.figure.get("threshold", preset_thresholds.get(task))
         thr = math.nan if thr is None else float(thr)
         y = return_column(task_runs)
+        evaluated = task_runs.groupby("run_id")["eval_return"].transform(lambda v: v.notna().any())
+        if y == "eval_return" and not evaluated.all():
+            unevaluated = sorted(task_runs.loc[~evaluated, "run_id"].unique())
+            notes.append(f"Left out of {task}'s figures and tables: {', '.join(unevaluated)}, which never evaluated "
+                         "(eval_envs=0); an exploring policy's training return is not mixed with evaluation returns.")
+            task_runs = task_runs[evaluated]
         runs_of_task = per_run(task_runs, thr, y=y)
         run_tables.append(runs_of_task)
         table = summarize(runs_of_task, thr, reps=reps)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from pql.config import Config, config_to_dict
-from pql.envs import VecEnv, make_env
+from pql.envs import ONE_SIMULATION_PER_PROCESS, VecEnv, make_env
 from pql.speed import log_recompiles
 from pql.training.run_dir import RunDir
 
@@ -29,9 +29,16 @@ class NonFiniteLoss(RuntimeError):
         self.env_steps, self.losses, self.worker = env_steps, losses, worker
 
 
+def eval_slice(cfg: Config) -> int:
+    """How many of the training envs act without noise as the evaluation: ``cfg.eval_envs`` for a simulator
+    with one simulation per process (no separate evaluation envs can be made), else 0."""
+    return cfg.eval_envs if cfg.task.startswith(ONE_SIMULATION_PER_PROCESS) else 0
+
+
 def make_eval_env(cfg: Config, device: torch.device) -> VecEnv | None:
-    """The separate, separately seeded evaluation environments; None when ``cfg.eval_envs`` is 0."""
-    if cfg.eval_envs == 0:
+    """The separate, separately seeded evaluation environments; None when ``cfg.eval_envs`` is 0 or the
+    evaluation is a slice of the training envs (:func:`eval_slice`)."""
+    if cfg.eval_envs == 0 or eval_slice(cfg):
         return None
     return make_env(cfg.task, cfg.eval_envs, device=device, seed=cfg.seed + EVAL_SEED_OFFSET)
 

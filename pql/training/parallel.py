@@ -50,7 +50,7 @@ from pql.devices import resolve_devices
 from pql.envs import EnvFactory, env_factory, make_env
 from pql.exchange import ModuleSlot, TransitionRing
 from pql.speed import log_recompiles
-from pql.training.loop import NonFiniteLoss, PhaseClock, Progress, RunLoop, make_eval_env
+from pql.training.loop import NonFiniteLoss, PhaseClock, Progress, RunLoop, eval_slice, make_eval_env
 from pql.training.run_dir import RunDir
 from pql.training.sync import (
     Networks,
@@ -94,7 +94,7 @@ class Board:
              "parked_v", "parked_p")
     STATS = ("critic_loss_sum", "critic_loss_count", "actor_loss_sum", "actor_loss_count", "return_sum",
              "return_count", "collect_s", "learn_s_v", "learn_s_p", "compile_s_actor", "compile_s_v", "compile_s_p",
-             "edge_mass", "edge_mass_count")
+             "edge_mass", "edge_mass_count", "eval_sum", "eval_count")
 
     def __init__(self) -> None:
         self.flags = SharedTable(self.FLAGS, torch.int64)
@@ -225,6 +225,11 @@ class ActorRole:
         stats["collect_s"] += self.clock.take()["collect_s"]
         episodes.finished_sum.zero_()
         episodes.finished_count.zero_()
+        if self.worker.eval_slice:
+            stats["eval_sum"] += float(self.worker.eval_episodes.finished_sum)
+            stats["eval_count"] += int(self.worker.eval_episodes.finished_count)
+            self.worker.eval_episodes.finished_sum.zero_()
+            self.worker.eval_episodes.finished_count.zero_()
 
     def state_dict(self) -> dict[str, Any]:
         return self.worker.state_dict()
@@ -377,12 +382,17 @@ class ProcessTrainer(RunLoop):
         self.worker_pids: dict[str, int] = {}
         self._checkpoint: bytes | None = None
         self._returns = [0.0, 0]
+        self._eval_returns = [0.0, 0]  # the noise-free slice's episodes (one simulation per process)
         self._seen = {"policy": -1, "normalizer": -1}
         self._pause_depth = 0
         self._diagnostics: dict[str, float] = {}
 
     # -- what the run loop needs ----------------------------------------------------------
     def evaluate(self) -> float:
+        if eval_slice(self.cfg):
+            total, count = self._eval_returns
+            self._eval_returns = [0.0, 0]
+            return total / count if count else math.nan
         if self.evaluator is None or self.shared is None:
             return math.nan
         self._seen["policy"] = self.shared.policy.pull(self.evaluator.policy, self._seen["policy"])
@@ -533,6 +543,8 @@ class ProcessTrainer(RunLoop):
                 self.add_loss(name, stats[f"{name}_sum"], int(stats[f"{name}_count"]))
         self._returns[0] += stats["return_sum"]
         self._returns[1] += int(stats["return_count"])
+        self._eval_returns[0] += stats["eval_sum"]
+        self._eval_returns[1] += int(stats["eval_count"])
         self.clock.add("collect", stats["collect_s"])
         self.clock.add("learn", stats["learn_s_v"] + stats["learn_s_p"])
         self._diagnostics = {"edge_mass": stats["edge_mass"]} if stats["edge_mass_count"] else {}

@@ -24,7 +24,7 @@ from pql.envs import make_env
 from pql.nets import mlp
 from pql.normalizer import RunningNormalizer
 from pql.speed import Speed, state_kept, timed_warm_up
-from pql.training.loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
+from pql.training.loop import Progress, RunLoop, eval_slice, generator_state, make_eval_env, restore_generator
 from pql.training.run_dir import RunDir
 from pql.workers import EpisodeReturns, Evaluator, to_env_units
 
@@ -65,7 +65,11 @@ class PPOTrainer(RunLoop):
         self.optimizer = torch.optim.Adam(self.params, lr=self.ppo.lr)
         self.generator = seeded_generator(sim, cfg.seed + 1)
         self.evaluator = None if self.eval_env is None else Evaluator(self.eval_env, self.policy, self.normalizer)
-        self.episodes = EpisodeReturns(cfg.num_envs, sim, self.env.dtype)
+        # The first k envs act with the mean action; their episodes are the evaluation and their rows stay
+        # out of the rollout (one-simulation-per-process backends, see eval_slice).
+        self.eval_slice = eval_slice(cfg)
+        self.episodes = EpisodeReturns(cfg.num_envs - self.eval_slice, sim, self.env.dtype)
+        self.eval_episodes = EpisodeReturns(self.eval_slice, sim, self.env.dtype)
         self.obs = self.env.reset()
         self.updates = 0
         self.speed = Speed(cfg.compile, cfg.amp, sim)
@@ -114,7 +118,7 @@ class PPOTrainer(RunLoop):
     @torch.no_grad()
     def collect(self) -> Rollout:
         """Step all N environments ``horizon`` times with sampled actions; advantages by GAE."""
-        env, algo, horizon = self.env, self.cfg.algo, self.ppo.horizon
+        env, algo, horizon, k = self.env, self.cfg.algo, self.ppo.horizon, self.eval_slice
         steps: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "actions", "log_prob", "values", "rewards",
                                                                 "terminated", "truncated", "final_values", "mean")}
         for _ in range(horizon):
@@ -122,10 +126,14 @@ class PPOTrainer(RunLoop):
             obs = self.normalizer(self.obs)
             dist = self.policy.distribution(obs)
             noise = torch.randn(dist.mean.shape, generator=self.generator, device=obs.device)
+            noise[:k] = 0.0
             action = dist.mean + dist.stddev * noise
             next_obs, reward, terminated, truncated, info = env.step(
                 to_env_units(action.clamp(-1.0, 1.0), env.action_low, env.action_high))
-            self.episodes.record(reward, terminated | truncated)
+            done = terminated | truncated
+            self.episodes.record(reward[k:], done[k:])
+            if k:
+                self.eval_episodes.record(reward[:k], done[:k])
             for key, value in (("obs", obs), ("actions", action), ("log_prob", dist.log_prob(action).sum(-1)),
                                ("values", self.value_of(obs)), ("rewards", reward * algo.reward_scale),
                                ("terminated", terminated), ("truncated", truncated),
@@ -133,9 +141,9 @@ class PPOTrainer(RunLoop):
                                ("mean", dist.mean)):
                 steps[key].append(value)
             self.obs = next_obs
-        t = {k: torch.stack(v) for k, v in steps.items()}  # [H, N, ...]
+        t = {name: torch.stack(v)[:, k:] for name, v in steps.items()}  # [H, N - k, ...]: the exploring envs
         rewards = bootstrap_truncated(t["rewards"], t["truncated"], t["terminated"], t["final_values"], algo.gamma)
-        next_value = self.value_of(self.normalizer(self.obs))
+        next_value = self.value_of(self.normalizer(self.obs[k:]))
         adv = gae(rewards, t["values"], next_value, t["terminated"] | t["truncated"], algo.gamma,
                   self.ppo.gae_lambda)
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
@@ -186,6 +194,8 @@ class PPOTrainer(RunLoop):
 
     # -- what the run loop needs ----------------------------------------------------------
     def evaluate(self) -> float:
+        if self.eval_slice:
+            return self.eval_episodes.take_mean()
         return math.nan if self.evaluator is None else self.evaluator.run()
 
     def take_train_return(self) -> float:

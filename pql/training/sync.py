@@ -26,7 +26,7 @@ from pql.exchange import ModuleSlot
 from pql.nets import OffPolicyActor, TwinCritic
 from pql.normalizer import RunningNormalizer
 from pql.speed import Speed
-from pql.training.loop import Progress, RunLoop, generator_state, make_eval_env, restore_generator
+from pql.training.loop import Progress, RunLoop, eval_slice, generator_state, make_eval_env, restore_generator
 from pql.training.run_dir import RunDir
 from pql.workers import ActorWorker, Evaluator, PLearner, VLearner, exploration_std
 
@@ -63,7 +63,7 @@ def build_actor(cfg: Config, env: VecEnv, nets: Networks) -> ActorWorker:
                             cfg.noise.sigma, sim)
     return ActorWorker(env, copy.deepcopy(nets.policy).to(sim), copy.deepcopy(nets.normalizer).to(sim), noise,
                        window, cfg.algo.reward_scale, seeded_generator(sim, cfg.seed + ACTOR_SEED),
-                       Speed(cfg.compile, "off", sim))
+                       Speed(cfg.compile, "off", sim), eval_slice(cfg))
 
 
 def build_v_learner(cfg: Config, nets: Networks, device: torch.device) -> VLearner:
@@ -150,6 +150,8 @@ class SyncTrainer(RunLoop):
         return self.v.diagnostics()
 
     def evaluate(self) -> float:
+        if self.actor.eval_slice:
+            return self.actor.eval_episodes.take_mean()
         if self.evaluator is None:
             return math.nan
         self.seen["eval_policy"] = self.policy_slot.pull(self.evaluator.policy, self.seen["eval_policy"])
