@@ -169,8 +169,9 @@ def _simulator(cfg: Config, d: int, a: int, per_env: int | None) -> list[Compone
         parts.append(Component("sim", "simulator state", (n + evals) * per_env + envs * 2 * a * FLOAT,
                                "lower num_envs"))
     noise = n * FLOAT if algorithm(cfg.algo.name).trainer != "ppo" else 0  # per-env exploration std [N]
-    # observations to act on [N, D] and the running returns [N] (+ a float64 and an int64 tally)
-    parts.append(Component("sim", "actor state (obs, noise std, returns)", n * (d + 1) * FLOAT + noise + 16,
+    # observations to act on [N, D] and the running returns [N], split between the exploring envs and the
+    # evaluation slice, each part with a float64 and an int64 tally
+    parts.append(Component("sim", "actor state (obs, noise std, returns)", n * (d + 1) * FLOAT + noise + 32,
                            "lower num_envs"))
     return parts
 

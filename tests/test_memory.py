@@ -169,8 +169,9 @@ def test_ppo_estimate_matches_what_the_trainer_holds(tmp_path):
     rollout = trainer.collect()
     trainer.update(rollout)
     count = TensorBytes()
-    held = count(trainer.env, trainer.eval_env, trainer.obs, trainer.episodes, trainer.policy, trainer.value,
-                 trainer.optimizer, trainer.normalizer, trainer.value_normalizer, rollout)
+    held = count(trainer.env, trainer.eval_env, trainer.obs, trainer.episodes, trainer.eval_episodes,
+                 trainer.policy, trainer.value, trainer.optimizer, trainer.normalizer, trainer.value_normalizer,
+                 rollout)
     total = held + count(trainer)
     estimated = _persistent(est, "sim")
     print(f"ppo: estimated {estimated} bytes, measured {total} bytes")
