@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 LR_SCHEDULES = ("adaptive", "fixed")
 MODES = ("sync", "async")
+EVALS_PER_BUDGET = 40  # a time budget's default evaluation cadence: max_time_s / 40
 NOISE_KINDS = ("mixed", "fixed")
 
 
@@ -139,6 +140,9 @@ class Config:
                                 "eval_envs training envs act without noise throughout and their finished "
                                 "episodes are the evaluation; 0: none (figures use the training return)")
     eval_every_env_steps: int = _opt(100_000, "evaluate and write a metrics row every this many env steps")
+    eval_every_s: float | None = _opt(None, "also evaluate once this much training time has passed since the last "
+                                            "row; null: max_time_s / 40 when a time budget is set (so times to a "
+                                            "threshold are resolved to 2.5% of the budget), else never")
     checkpoint_every_s: float = _opt(60.0, "write a checkpoint at most this often (and at the end)")
     progress: bool = _opt(True, "show a progress bar with return and env-steps/s")
     tensorboard: bool = _opt(False, "also write TensorBoard events to RUN_DIR/tb (needs the tensorboard package)")
@@ -328,6 +332,8 @@ def _merged(*layers: Any) -> Config:
         raise ConfigError(f"bad value for '{key}': {str(err).splitlines()[0]}") from None
     assert isinstance(cfg, Config)
     cfg = _with_value_support(cfg)
+    if cfg.eval_every_s is None and cfg.max_time_s is not None:
+        cfg = replace(cfg, eval_every_s=round(cfg.max_time_s / EVALS_PER_BUDGET, 4))
     validate(cfg)
     return cfg
 
@@ -420,6 +426,7 @@ def validate(cfg: Config) -> None:
          f"one simulation per process, so the evaluation is the first eval_envs training envs acting without "
          f"noise, and the rest must explore")
     need(cfg.eval_every_env_steps >= 1, f"eval_every_env_steps must be >= 1, got {cfg.eval_every_env_steps}")
+    need(cfg.eval_every_s is None or cfg.eval_every_s > 0, f"eval_every_s must be > 0, got {cfg.eval_every_s}")
     need(n.sigma_min >= 0, f"noise.sigma_min must be >= 0, got {n.sigma_min}")
     need(n.sigma_min <= n.sigma_max, f"noise.sigma_min ({n.sigma_min}) must not exceed noise.sigma_max ({n.sigma_max})")
     need(n.sigma >= 0, f"noise.sigma must be >= 0, got {n.sigma}")

@@ -67,3 +67,15 @@ def test_a_resumed_run_refills_its_buffers_before_learning_again(tiny):
     assert trainer.v.buffer.size == (warmup - cfg.algo.nstep + 1) * cfg.num_envs
     trainer.step()
     assert trainer.controller.counts["v"] > v_before
+
+
+def test_a_time_budget_sets_the_evaluation_cadence(tiny):
+    """Rows come every eval_every_s of training time (default: a 40th of max_time_s) as well as every
+    eval_every_env_steps, so a time to threshold is known to within a small share of the budget."""
+    assert build_config({"max_time_s": "180"}).eval_every_s == 4.5
+    assert build_config({"max_time_s": "null", "max_env_steps": "10"}).eval_every_s is None
+    tiny.update({"eval_every_s": "0.2", "eval_every_env_steps": "10000000", "max_env_steps": "null",
+                 "max_time_s": "1.5", "num_envs": "64"})
+    rows = pd.read_csv(run_training(resolve(tiny)).path / "metrics.csv")
+    gaps = rows["wall_s"].diff().dropna()
+    assert len(rows) >= 7 and (gaps.iloc[:-1] >= 0.2).all() and (gaps < 0.2 + 0.1).all(), rows["wall_s"]

@@ -17,6 +17,7 @@ from pql.report.aggregate import (
     first_crossing,
     iqm,
     per_run,
+    settled_crossing,
     stratified_bootstrap_ci,
     summarize,
 )
@@ -68,6 +69,16 @@ def test_first_crossing_and_never():
     x, y = np.array([0, 10, 20, 30]), np.array([-1000, -300, -200, -100])
     assert first_crossing(x, y, -250) == 20
     assert first_crossing(x, y, 0) == math.inf
+
+
+def test_settled_crossing_is_the_crossing_for_good():
+    x = np.array([0, 10, 20, 30, 40, 50])
+    assert settled_crossing(x, np.array([-900, -200, -300, -240, np.nan, -150]), -250) == 30, "crossed, fell back"
+    assert settled_crossing(x, np.array([-900, -200, -100, -120, -150, -260]), -250) == math.inf, "ended below"
+    assert settled_crossing(x, np.array([-100, -100, -100, -100, -100, -100]), -250) == 0
+    runs = runs_frame({"a:0": [(0, 0.0, -900), (10, 1.0, -200), (20, 2.0, -300), (30, 3.0, -100)]})
+    row = per_run(runs, -250).iloc[0]
+    assert (row["time_to_threshold"], row["time_to_stay"], row["steps_to_stay"]) == (1.0, 3.0, 30)
 
 
 def test_curves_average_only_runs_that_reach_the_point():

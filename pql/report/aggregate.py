@@ -101,14 +101,31 @@ def first_crossing(x: np.ndarray, y: np.ndarray, threshold: float) -> float:
     return float(np.asarray(x, float)[hits[0]]) if hits.size else math.inf
 
 
+def settled_crossing(x: np.ndarray, y: np.ndarray, threshold: float) -> float:
+    """The first logged ``x`` from which every later logged ``y`` (NaNs skipped) stays ``>= threshold``;
+    +inf if the last one is below it. A run that crosses and falls back gets the time it crossed for good."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = ~np.isnan(y)
+    x, y = x[keep], y[keep]
+    below = np.flatnonzero(y < threshold)
+    if y.size == 0 or (below.size and below[-1] == y.size - 1):
+        return math.inf
+    return float(x[below[-1] + 1]) if below.size else float(x[0])
+
+
 def per_run(runs: pd.DataFrame, threshold: float, y: str = "eval_return") -> pd.DataFrame:
-    """One row per run: cell, task, final return, time and env steps to ``threshold`` (inf: never reached)."""
+    """One row per run: cell, task, final return, and the time and env steps to ``threshold`` (inf: never):
+    the first crossing (``*_to_threshold``) and the crossing for good (``*_to_stay``, see
+    :func:`settled_crossing`)."""
     rows = []
     for run_id, r in runs.sort_values("env_steps").groupby("run_id", sort=False):
+        ys = r[y].to_numpy()
         rows.append({"run_id": run_id, "cell": r["cell"].iloc[0], "task": r["task"].iloc[0],
                      "final_return": float(r[y].dropna().iloc[-1]) if r[y].notna().any() else math.nan,
-                     "time_to_threshold": first_crossing(r["wall_s"].to_numpy(), r[y].to_numpy(), threshold),
-                     "steps_to_threshold": first_crossing(r["env_steps"].to_numpy(), r[y].to_numpy(), threshold)})
+                     "time_to_threshold": first_crossing(r["wall_s"].to_numpy(), ys, threshold),
+                     "steps_to_threshold": first_crossing(r["env_steps"].to_numpy(), ys, threshold),
+                     "time_to_stay": settled_crossing(r["wall_s"].to_numpy(), ys, threshold),
+                     "steps_to_stay": settled_crossing(r["env_steps"].to_numpy(), ys, threshold)})
     return pd.DataFrame(rows)
 
 
@@ -127,6 +144,9 @@ def summarize(run_table: pd.DataFrame, threshold: float, reps: int = 2000, seed:
             "final_iqm_ci_hi": hi, "threshold": threshold, "reached": int(reached.sum()),
             "time_to_threshold_median": float(np.median(frame["time_to_threshold"])),
             "steps_to_threshold_median": float(np.median(frame["steps_to_threshold"])),
+            "stayed": int(np.isfinite(frame["time_to_stay"].to_numpy()).sum()),
+            "time_to_stay_median": float(np.median(frame["time_to_stay"])),
+            "steps_to_stay_median": float(np.median(frame["steps_to_stay"])),
         })
     return pd.DataFrame(rows)
 

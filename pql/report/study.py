@@ -322,8 +322,11 @@ def write_markdown(study: Study, summary: pd.DataFrame, figures: list[Path], mis
     lines += [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
     lines += ["", "Lines: mean evaluation return over seeds (the training episodes' return where the runs had no "
               "evaluation environments, eval_envs=0); bands: 95% bootstrap interval of the mean. "
-              "Final return: last evaluation of each run. Time/steps to threshold: median over runs, "
-              "a run that never reached the threshold counting as never."]
+              "Final return: last evaluation of each run. Time/steps to threshold (`*_to_threshold`, the bars): "
+              "the first evaluation at or above it, median over runs, a run that never reached it counting as "
+              "never. Time/steps to stay (`*_to_stay`): the evaluation from which a run stays at or above the "
+              "threshold to its end, so a run that crossed and fell back counts from its last crossing, or as "
+              "never if it ended below; `stayed` counts those runs."]
     if "threshold_bars" in study.figures:
         lines += ["", "Bars: that median, with the 95% bootstrap interval of the median (an interval reaching the "
                   "top edge goes on to never); above each bar, the runs that reached the threshold."]

@@ -123,6 +123,7 @@ class RunLoop(abc.ABC):
         self._loss_counts = dict.fromkeys(loss_devices, 0)
         self._last_row_time = 0.0
         self._last_row_steps = 0
+        self._next_eval_s = cfg.eval_every_s or math.inf  # the training time of the next time-driven row
         self._last_checkpoint = time.monotonic()
 
     # -- what a subclass provides -------------------------------------------------------
@@ -210,6 +211,7 @@ class RunLoop(abc.ABC):
         self.run_dir.append_metrics(row)
         pr.rows += 1
         pr.next_eval = pr.env_steps + self.cfg.eval_every_env_steps
+        self._next_eval_s = pr.wall_s + (self.cfg.eval_every_s or math.inf)
         if self.on_row is not None:
             self.on_row(row)
         return row
@@ -227,9 +229,15 @@ class RunLoop(abc.ABC):
         self.progress = Progress(pr["actor_steps"], pr["env_steps"], pr["wall_s"], pr["next_eval"], pr["rows"],
                                  pr.get("compile_s", 0.0))
         self._last_row_time, self._last_row_steps = pr["wall_s"], pr["env_steps"]
+        self._next_eval_s = pr["wall_s"] + (self.cfg.eval_every_s or math.inf)
         self.load_model_state(state)
         self.resumed = True
         self.learn_from = self.progress.actor_steps + self.cfg.algo.warmup_steps
+
+    def eval_due(self) -> bool:
+        """Whether the next row is due: ``eval_every_env_steps`` env steps or ``eval_every_s`` seconds of training
+        since the last one."""
+        return self.progress.env_steps >= self.progress.next_eval or self.progress.wall_s >= self._next_eval_s
 
     def checkpoint(self) -> None:
         self.run_dir.save_checkpoint(self.state_dict())
@@ -241,8 +249,7 @@ class RunLoop(abc.ABC):
     def log_if_due(self, start: float) -> float:
         """In a single-threaded loop: evaluate, log and checkpoint when due. Returns the loop's clock
         start moved by the time that took, so evaluation and checkpoints are not training time."""
-        pr = self.progress
-        if pr.env_steps < pr.next_eval or self.done():
+        if not self.eval_due() or self.done():
             return start
         paused = time.monotonic()
         self.evaluate_and_log()

@@ -501,7 +501,7 @@ class ProcessTrainer(RunLoop):
             pr.wall_s = time.monotonic() - start
             if self.done():
                 return
-            if pr.env_steps >= pr.next_eval:
+            if self.eval_due():
                 paused = time.monotonic()
                 with self._parked():
                     self.evaluate_and_log()
