@@ -15,13 +15,16 @@ from pql.report.aggregate import (
     curve_on_grid,
     curves,
     first_crossing,
+    improvement_table,
     iqm,
     per_run,
+    performance_profile,
+    probability_of_improvement,
     settled_crossing,
     stratified_bootstrap_ci,
     summarize,
 )
-from pql.report.figures import FigureData, Series, curves_figure
+from pql.report.figures import FigureData, Series, curves_figure, profile_figure
 from pql.report.study import EmptyStudy, report_study, return_column
 
 from .test_ablate import TINY
@@ -143,6 +146,28 @@ def test_figure_draws_exactly_the_aggregated_table():
             np.testing.assert_allclose(line.get_ydata(), expected["mean"])
         assert len(ax.collections) == 2, "one interval band per line"
     assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == ["N = 256", "N = 4096"]
+
+
+def test_probability_of_improvement_and_profile_by_hand():
+    assert probability_of_improvement([1, 2, 3], [0, 2, 5]) == pytest.approx((4 + 0.5) / 9)  # 4 wins, 1 tie
+    table = pd.DataFrame({"cell": ["PQL"] * 4 + ["PPO"] * 4, "task": "t",
+                          "final_return": [-150, -160, -170, -180, -300, -200, -155, -400]})
+    poi = improvement_table(table, "PQL", reps=300).set_index("cell").loc["PPO"]
+    assert poi["poi"] == pytest.approx(13 / 16)  # 13 of the 16 pairs have PQL ahead
+    assert poi["ci_lo"] <= poi["poi"] <= poi["ci_hi"] <= 1.0
+    profile = performance_profile(table, np.array([-250.0, -165.0]), reps=100).set_index(["cell", "tau"])
+    assert profile.loc[("PQL", -165.0), "fraction"] == 0.5 and profile.loc[("PPO", -250.0), "fraction"] == 0.5
+    fig = profile_figure(FigureData("algorithms: t", [Series("PQL", "PQL", "PQL", algo="pql"),
+                                                       Series("PPO", "PPO", "PPO", algo="ppo")],
+                                    {}, pd.DataFrame(), profile=profile.reset_index(),
+                                    improvement=improvement_table(table, "PQL", reps=300)))
+    left, right = fig.axes
+    assert [line.get_label() for line in left.get_lines()] == ["PQL", "PPO"]
+    np.testing.assert_allclose(left.get_lines()[0].get_ydata(), [1.0, 0.5])
+    assert [t.get_text() for t in right.get_yticklabels()] == ["PPO"]
+    assert right.get_xlabel() == "P(PQL ends higher than ...)"
+    point = right.lines[0].get_xdata()[0]
+    assert point == pytest.approx(13 / 16)
 
 
 def test_algorithm_colours_are_the_same_in_every_figure():

@@ -180,13 +180,18 @@ def test_threshold_intervals_keep_never_as_never():
 
 
 def test_report_draws_the_kinds_and_settings_the_spec_asks_for(tmp_path, drawn):
-    assert list(FIGURES) == ["curves", "threshold_bars"]
-    spec, *_ = fake_study(tmp_path, "figures: [curves, threshold_bars]\n"
+    assert list(FIGURES) == ["curves", "threshold_bars", "profile"]
+    spec, *_ = fake_study(tmp_path, "figures: [curves, threshold_bars, profile]\n"
                                     "figure: {x: [env_steps], hue: algo, style: num_envs}\n")
     result = report(spec, tmp_path)
-    assert sorted(p.name for p in result.figures) == ["fake-classic-pendulum-threshold_bars.pdf",
+    assert sorted(p.name for p in result.figures) == ["fake-classic-pendulum-profile.pdf",
+                                                       "fake-classic-pendulum-profile.png",
+                                                       "fake-classic-pendulum-threshold_bars.pdf",
                                                        "fake-classic-pendulum-threshold_bars.png",
                                                        "fake-classic-pendulum.pdf", "fake-classic-pendulum.png"]
+    profile = drawn["fake-classic-pendulum-profile"]
+    assert len(profile.axes[0].get_lines()) == 4 and len(profile.axes[1].get_yticklabels()) == 3
+    assert "## Probability of improvement" in result.markdown.read_text()
     curves_fig = drawn["fake-classic-pendulum"]
     assert [ax.get_xlabel() for ax in curves_fig.axes] == ["environment steps"], "figure.x"
     lines = {ln.get_label(): ln for ln in curves_fig.axes[0].get_lines()}

@@ -165,3 +165,56 @@ def threshold_intervals(run_table: pd.DataFrame, reps: int = 2000, seed: int = 0
             row[f"{metric}_ci_lo"], row[f"{metric}_ci_hi"] = lo, hi
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def performance_profile(run_table: pd.DataFrame, taus: np.ndarray, reps: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per cell and score threshold tau: the share of runs whose final return is >= tau, with its 95%
+    stratified-bootstrap interval (runs resampled within each task; rliable's performance profile).
+    Columns: cell, tau, fraction, ci_lo, ci_hi."""
+    rows = []
+    for cell, frame in run_table.groupby("cell", sort=False):
+        final, tasks = frame["final_return"].to_numpy(dtype=float), frame["task"].to_numpy()
+        for tau in taus:
+            above: Statistic = lambda s, tau=tau: float(np.mean(s >= tau))  # noqa: E731
+            lo, hi = stratified_bootstrap_ci(final, tasks, above, reps=reps, seed=seed)
+            rows.append({"cell": cell, "tau": float(tau), "fraction": above(final), "ci_lo": lo, "ci_hi": hi})
+    return pd.DataFrame(rows, columns=["cell", "tau", "fraction", "ci_lo", "ci_hi"])
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
+    """P(X > Y) + P(X = Y) / 2 for a run of X and a run of Y drawn at random (the Mann-Whitney U statistic
+    over n x m, as rliable's probability of improvement on one task)."""
+    x, y = np.asarray(x, float)[:, None], np.asarray(y, float)[None, :]
+    return float((x > y).mean() + 0.5 * (x == y).mean())
+
+
+def improvement_table(run_table: pd.DataFrame, reference: str, reps: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """The probability that a run of cell ``reference`` ends with a higher final return than a run of each
+    other cell, averaged over tasks, with a 95% percentile bootstrap interval (scipy.stats.bootstrap; each
+    cell's runs resampled within each task). Columns: cell, poi, ci_lo, ci_hi."""
+    from scipy.stats import bootstrap  # here: only this table needs scipy
+
+    rows = []
+    ours = run_table[run_table["cell"] == reference]
+    for cell, frame in run_table[run_table["cell"] != reference].groupby("cell", sort=False):
+        tasks = sorted(set(ours["task"]) & set(frame["task"]))
+        if not tasks:
+            continue
+        samples, sizes = [], []
+        for task in tasks:
+            for side in (ours, frame):
+                samples.append(side.loc[side["task"] == task, "final_return"].to_numpy(dtype=float))
+            sizes.append(len(samples) - 2)
+
+        def mean_poi(*parts: np.ndarray, starts: list[int] = sizes) -> float:
+            return float(np.mean([probability_of_improvement(parts[i], parts[i + 1]) for i in starts]))
+
+        point = mean_poi(*samples)
+        if all(len(s) > 1 for s in samples):
+            ci = bootstrap(samples, mean_poi, n_resamples=reps, method="percentile", vectorized=False,
+                           random_state=seed).confidence_interval
+            lo, hi = float(ci.low), float(ci.high)
+        else:
+            lo = hi = math.nan
+        rows.append({"cell": cell, "poi": point, "ci_lo": lo, "ci_hi": hi})
+    return pd.DataFrame(rows, columns=["cell", "poi", "ci_lo", "ci_hi"])

@@ -65,6 +65,8 @@ class FigureData:
     thresholds: pd.DataFrame  # per series key (``cell``): pql.report.aggregate.summarize's columns and the
     # intervals of pql.report.aggregate.threshold_intervals
     y_label: str = "evaluation return"
+    profile: pd.DataFrame | None = None  # pql.report.aggregate.performance_profile of the final returns
+    improvement: pd.DataFrame | None = None  # pql.report.aggregate.improvement_table: the first series vs the rest
 
 
 def cell_colors(cells: list[str], algos: dict[str, str] | None) -> dict[str, str]:
@@ -160,9 +162,43 @@ def threshold_bars_figure(data: FigureData) -> Figure:
     return fig
 
 
+def profile_figure(data: FigureData) -> Figure:
+    """Left: the performance profile, per series the share of runs whose final return is at least tau, with
+    its 95% stratified-bootstrap band. Right: the probability that a run of the first series ends higher
+    than a run of each other series, with its 95% bootstrap interval (0.5: no difference)."""
+    assert data.profile is not None and data.improvement is not None, "the report computes both for this kind"
+    plt = _pyplot()
+    _seaborn().set_theme(style="whitegrid", context="notebook")
+    colors = series_colors(data.series)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.0, 4.2))
+    for s in data.series:
+        line = data.profile[data.profile["cell"] == s.key]
+        left.plot(line["tau"], line["fraction"], color=colors[s.key], label=s.label, linewidth=2,
+                  drawstyle="steps-post")
+        left.fill_between(line["tau"], line["ci_lo"], line["ci_hi"], color=colors[s.key], alpha=0.2, linewidth=0,
+                          step="post")
+    left.set_xlabel(f"final {data.y_label} tau")
+    left.set_ylabel("share of runs with final return >= tau")
+    left.legend(loc="lower left", fontsize="small")
+    table = data.improvement.set_index("cell")
+    others = [s for s in data.series[1:] if s.key in table.index]
+    for i, s in enumerate(others):
+        row = table.loc[s.key]
+        err = [[row["poi"] - row["ci_lo"]], [row["ci_hi"] - row["poi"]]] if math.isfinite(row["ci_lo"]) else None
+        right.errorbar(float(row["poi"]), i, xerr=err, fmt="o", color=colors[s.key], capsize=4)
+    right.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    right.set_xlim(0.0, 1.0)
+    right.set_yticks(range(len(others)), [s.label for s in others])
+    right.set_xlabel(f"P({data.series[0].label} ends higher than ...)")
+    fig.suptitle(f"{data.title}: performance profile and probability of improvement")
+    fig.tight_layout()
+    return fig
+
+
 FigureKind = Callable[[FigureData], "Figure"]
-# The figure kinds a spec can ask for (``figures: [curves, threshold_bars]``; default ``[curves]``).
-FIGURES: dict[str, FigureKind] = {"curves": curves_figure, "threshold_bars": threshold_bars_figure}
+# The figure kinds a spec can ask for (``figures: [curves, threshold_bars, profile]``; default ``[curves]``).
+FIGURES: dict[str, FigureKind] = {"curves": curves_figure, "threshold_bars": threshold_bars_figure,
+                                  "profile": profile_figure}
 
 
 def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:

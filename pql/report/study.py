@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pql.ablate.runner import unique_cells
@@ -29,7 +30,15 @@ from pql.ablate.spec import FIGURE_X, Study, expand, load_spec
 from pql.ablate.store import ResultsStore
 from pql.algos import ALGORITHMS
 from pql.config import Config, ConfigError, thresholds, value_text
-from pql.report.aggregate import common_grid, curves, per_run, summarize, threshold_intervals
+from pql.report.aggregate import (
+    common_grid,
+    curves,
+    improvement_table,
+    per_run,
+    performance_profile,
+    summarize,
+    threshold_intervals,
+)
 from pql.report.figures import FIGURES, FigureData, Series, save_figure
 from pql.report.provenance import PROVENANCE_COLUMNS, check_field, field_text, lookup, provenance, run_facts
 from pql.training.run_dir import CELL, METRICS, STATUS, RunDir
@@ -103,6 +112,7 @@ def _value_text(key: str, value: Any) -> str:
     return f"{key} = {value}"
 
 
+PROFILE_POINTS = 60  # score thresholds of a performance profile, from the lowest final return to the highest
 Y_LABELS = {"eval_return": "evaluation return", "train_return": "training return (exploring policy)"}
 
 
@@ -255,7 +265,7 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
     out_dir = Path(plots) / study.name
     xs = study.figure.get("x", list(FIGURE_X))
     preset_thresholds = thresholds()
-    tables, run_tables, figures = [], [], []
+    tables, run_tables, figures, improvements = [], [], [], []
     for task, task_runs in found.frame.groupby("task", sort=False):
         thr = threshold if threshold is not None else study.figure.get("threshold", preset_thresholds.get(task))
         thr = math.nan if thr is None else float(thr)
@@ -275,9 +285,22 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
         algo_names = ", ".join(algo_label(a) for a in dict.fromkeys(s.algo for s in series))
         curve_frames = {x: curves(task_runs, x, common_grid(task_runs, x), y=y, reps=reps) for x in xs} \
             if "curves" in study.figures else {}
+        scores = improvement = None
+        if "profile" in study.figures and len(series) > 1:
+            finals = runs_of_task["final_return"].dropna()
+            taus = np.linspace(finals.min(), finals.max(), PROFILE_POINTS) if len(finals) else np.array([])
+            scores = performance_profile(runs_of_task, taus, reps=reps)
+            improvement = improvement_table(runs_of_task, series[0].key, reps=reps)
+            improvement.insert(0, "task", task)
+            improvement.insert(1, "reference", series[0].key)
+            improvements.append(improvement)
         data = FigureData(f"{study.name}: {task}, {algo_names}", series, curve_frames,
-                          table.merge(threshold_intervals(runs_of_task, reps=reps), on="cell"), Y_LABELS[y])
+                          table.merge(threshold_intervals(runs_of_task, reps=reps), on="cell"), Y_LABELS[y],
+                          scores, improvement)
         for kind in study.figures:
+            if kind == "profile" and scores is None:
+                notes.append(f"No profile figure of {task}: it needs two cells or more.")
+                continue
             if kind == "threshold_bars" and math.isnan(thr):
                 notes.append(f"No threshold_bars figure of {task}: no threshold is known for it (give --threshold "
                              "or the spec's figure.threshold).")
@@ -289,6 +312,12 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
     summary.to_csv(paths[0], index=False)
     per_runs = pd.concat(run_tables, ignore_index=True).merge(found.provenance, on="run_id", how="left")
     per_runs.to_csv(paths[1], index=False)
+    if improvements:
+        notes += ["", "## Probability of improvement", "",
+                  "The probability that a run of the reference cell (the first one) ends with a higher final "
+                  "return than a run of the other cell, with its 95% percentile bootstrap interval "
+                  "(scipy.stats.bootstrap, each cell's runs resampled within the task); 0.5: no difference.", "",
+                  _markdown_table(pd.concat(improvements, ignore_index=True))]
     markdown = write_markdown(study, summary, figures, found.missing, out_dir / f"README-{profile}{suffix}.md",
                               notes, by)
     return Report(summary, figures, markdown, found.missing, paths)
