@@ -9,6 +9,7 @@ value still equalled its default).
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from importlib import resources
@@ -296,7 +297,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     return _merged(OmegaConf.structured(cfg), _dotlist(overrides))
 
 
-def _text_keys(cls: type = Config, prefix: str = "") -> set[str]:
+@functools.cache
+def _text_keys(cls: type = Config, prefix: str = "") -> frozenset[str]:
     """The dotted keys whose type is plain ``str``: their override values are kept as written (YAML would
     read ``compile=off`` as the boolean false)."""
     hints = get_type_hints(cls)
@@ -306,7 +308,7 @@ def _text_keys(cls: type = Config, prefix: str = "") -> set[str]:
             keys |= _text_keys(hints[f.name], prefix + f.name + ".")
         elif hints[f.name] is str:
             keys.add(prefix + f.name)
-    return keys
+    return frozenset(keys)
 
 
 def _dotlist(overrides: dict[str, Any]) -> Any:

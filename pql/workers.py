@@ -50,13 +50,17 @@ class EpisodeReturns:
         self.finished_count += done.sum()
         self.current.masked_fill_(done, 0.0)
 
-    def take_mean(self) -> float:
-        """Mean return of the episodes finished since the last call (NaN if none); resets the tally."""
-        count = int(self.finished_count)
-        mean = float(self.finished_sum) / count if count else float("nan")
+    def take_totals(self) -> tuple[float, int]:
+        """(sum, count) of the returns of the episodes finished since the last call; resets the tally."""
+        total, count = float(self.finished_sum), int(self.finished_count)
         self.finished_sum.zero_()
         self.finished_count.zero_()
-        return mean
+        return total, count
+
+    def take_mean(self) -> float:
+        """Mean return of the episodes finished since the last call (NaN if none); resets the tally."""
+        total, count = self.take_totals()
+        return total / count if count else float("nan")
 
 
 class ActorWorker:
@@ -106,7 +110,8 @@ class ActorWorker:
             action = torch.rand(shape, generator=self.generator, device=env.device) * 2 - 1
         else:
             noise = torch.randn(shape, generator=self.generator, device=env.device)
-            noise[:self.eval_slice] = 0.0  # the deterministic action, for any policy's explore()
+            if self.eval_slice:
+                noise[:self.eval_slice] = 0.0  # the deterministic action, for any policy's explore()
             action = self._act(self.obs, noise)
         next_obs, reward, terminated, truncated, info = env.step(to_env_units(action, env.action_low, env.action_high))
         done, k = terminated | truncated, self.eval_slice

@@ -266,6 +266,11 @@ class RunLoop(abc.ABC):
         return self.progress
 
 
+def envs_compile_s(*envs: VecEnv | None) -> float:
+    """Seconds the given environments (None: absent) spent compiling their simulation."""
+    return sum(env.compile_s for env in envs if env is not None)
+
+
 def generator_state(env: VecEnv | None) -> torch.Tensor | None:
     """The state of ``env``'s reset generator, for a checkpoint (None without the env)."""
     return None if env is None else env.generator.get_state()

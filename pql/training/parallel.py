@@ -50,7 +50,15 @@ from pql.devices import resolve_devices
 from pql.envs import EnvFactory, env_factory, make_env
 from pql.exchange import ModuleSlot, TransitionRing
 from pql.speed import log_recompiles
-from pql.training.loop import NonFiniteLoss, PhaseClock, Progress, RunLoop, eval_slice, make_eval_env
+from pql.training.loop import (
+    NonFiniteLoss,
+    PhaseClock,
+    Progress,
+    RunLoop,
+    envs_compile_s,
+    eval_slice,
+    make_eval_env,
+)
 from pql.training.run_dir import RunDir
 from pql.training.sync import (
     Networks,
@@ -191,7 +199,7 @@ class ActorRole:
         self.clock = PhaseClock(device)
 
     def warm_up(self) -> float:
-        return self.worker.env.compile_s + self.worker.warm_up()
+        return envs_compile_s(self.worker.env) + self.worker.warm_up()
 
     def work(self) -> float:
         """One step of every env if due; returns how long to wait before asking again (0: stepped)."""
@@ -219,17 +227,12 @@ class ActorRole:
         return 0.0
 
     def park(self) -> None:
-        episodes, stats = self.worker.episodes, self.shared.board.stats
-        stats["return_sum"] += float(episodes.finished_sum)
-        stats["return_count"] += int(episodes.finished_count)
+        stats = self.shared.board.stats
         stats["collect_s"] += self.clock.take()["collect_s"]
-        episodes.finished_sum.zero_()
-        episodes.finished_count.zero_()
-        if self.worker.eval_slice:
-            stats["eval_sum"] += float(self.worker.eval_episodes.finished_sum)
-            stats["eval_count"] += int(self.worker.eval_episodes.finished_count)
-            self.worker.eval_episodes.finished_sum.zero_()
-            self.worker.eval_episodes.finished_count.zero_()
+        for prefix, episodes in (("return", self.worker.episodes), ("eval", self.worker.eval_episodes)):
+            total, count = episodes.take_totals()
+            stats[f"{prefix}_sum"] += total
+            stats[f"{prefix}_count"] += count
 
     def state_dict(self) -> dict[str, Any]:
         return self.worker.state_dict()
@@ -401,7 +404,7 @@ class ProcessTrainer(RunLoop):
 
     def warm_up(self) -> float:
         """The evaluation envs' compilation; the workers warm up in their processes (see :meth:`_collect`)."""
-        return 0.0 if self.eval_env is None else self.eval_env.compile_s
+        return envs_compile_s(self.eval_env)
 
     def diagnostics(self) -> dict[str, float]:
         return self._diagnostics

@@ -24,7 +24,15 @@ from pql.envs import make_env
 from pql.nets import mlp
 from pql.normalizer import RunningNormalizer
 from pql.speed import Speed, state_kept, timed_warm_up
-from pql.training.loop import Progress, RunLoop, eval_slice, generator_state, make_eval_env, restore_generator
+from pql.training.loop import (
+    Progress,
+    RunLoop,
+    envs_compile_s,
+    eval_slice,
+    generator_state,
+    make_eval_env,
+    restore_generator,
+)
 from pql.training.run_dir import RunDir
 from pql.workers import EpisodeReturns, Evaluator, to_env_units
 
@@ -101,8 +109,7 @@ class PPOTrainer(RunLoop):
         return losses
 
     def warm_up(self) -> float:
-        envs = [self.env] + ([self.eval_env] if self.eval_env is not None else [])
-        compile_s = sum(env.compile_s for env in envs)
+        compile_s = envs_compile_s(self.env, self.eval_env)
         if not self.speed.compiling:
             return compile_s
         m, d, a, dev = self.ppo.minibatch_size, self.env.obs_dim, self.env.act_dim, self.obs.device
@@ -126,7 +133,8 @@ class PPOTrainer(RunLoop):
             obs = self.normalizer(self.obs)
             dist = self.policy.distribution(obs)
             noise = torch.randn(dist.mean.shape, generator=self.generator, device=obs.device)
-            noise[:k] = 0.0
+            if k:
+                noise[:k] = 0.0
             action = dist.mean + dist.stddev * noise
             next_obs, reward, terminated, truncated, info = env.step(
                 to_env_units(action.clamp(-1.0, 1.0), env.action_low, env.action_high))

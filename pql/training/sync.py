@@ -26,7 +26,15 @@ from pql.exchange import ModuleSlot
 from pql.nets import OffPolicyActor, TwinCritic
 from pql.normalizer import RunningNormalizer
 from pql.speed import Speed
-from pql.training.loop import Progress, RunLoop, eval_slice, generator_state, make_eval_env, restore_generator
+from pql.training.loop import (
+    Progress,
+    RunLoop,
+    envs_compile_s,
+    eval_slice,
+    generator_state,
+    make_eval_env,
+    restore_generator,
+)
 from pql.training.run_dir import RunDir
 from pql.workers import ActorWorker, Evaluator, PLearner, VLearner, exploration_std
 
@@ -143,8 +151,7 @@ class SyncTrainer(RunLoop):
 
     # -- what the run loop needs ----------------------------------------------------------
     def warm_up(self) -> float:
-        envs = [self.env] + ([self.eval_env] if self.eval_env is not None else [])
-        return sum(env.compile_s for env in envs) + self.actor.warm_up() + self.v.warm_up() + self.p.warm_up()
+        return envs_compile_s(self.env, self.eval_env) + self.actor.warm_up() + self.v.warm_up() + self.p.warm_up()
 
     def diagnostics(self) -> dict[str, float]:
         return self.v.diagnostics()
