@@ -197,8 +197,22 @@ def value_support(cfg: Config) -> tuple[float, float] | None:
     return round(lo, 4), round(hi, 4)
 
 
+SUPPORT_MARGIN = 0.05
+"""Share of the return range added on each side of derived atoms: returns at a bound (Pendulum's best is 0)
+then project two atoms inside the edges, so mass on the edge atoms means only returns out of range."""
+
+
+def atom_range(support: tuple[float, float]) -> tuple[float, float]:
+    """A categorical critic's (v_min, v_max) for returns in ``support``: the range widened by
+    :data:`SUPPORT_MARGIN` of its width on each side."""
+    lo, hi = support
+    margin = SUPPORT_MARGIN * (hi - lo)
+    return round(lo - margin, 4), round(hi + margin, 4)
+
+
 def _with_value_support(cfg: Config) -> Config:
-    """``cfg`` with a categorical critic's null v_min / v_max filled from :func:`value_support`."""
+    """``cfg`` with a categorical critic's null v_min / v_max filled from :func:`value_support`, widened
+    by :func:`atom_range`."""
     from pql.algos import ALGORITHMS  # local: the algorithms import torch
 
     declared = ALGORITHMS.get(cfg.algo.name)
@@ -208,6 +222,7 @@ def _with_value_support(cfg: Config) -> Config:
     support = value_support(cfg)
     if support is None:
         return cfg
+    support = atom_range(support)
     v_min = a.v_min if a.v_min is not None else support[0]
     v_max = a.v_max if a.v_max is not None else support[1]
     return replace(cfg, algo=replace(a, v_min=v_min, v_max=v_max))

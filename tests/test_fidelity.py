@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pql.algos.sac import GaussianActor
-from pql.config import ConfigError, build_config, return_bounds, value_support
+from pql.config import ConfigError, atom_range, build_config, return_bounds, value_support
 from pql.training.run import resolve, run_training
 from pql.training.run_dir import RunDir
 from pql.training.sync import SyncTrainer
@@ -30,12 +30,17 @@ def test_return_bounds_follow_from_the_reward_bounds():
 
 def test_pql_d_atoms_are_derived_from_the_task_and_a_range_too_narrow_is_refused():
     cfg = build_config({"algo": "pql-d", "max_env_steps": "10"})
-    assert (cfg.algo.v_min, cfg.algo.v_max) == value_support(cfg)
-    assert cfg.algo.v_min == pytest.approx(0.1 * -16.2736 * (1 - 0.99**200) / 0.01, abs=1e-3)
+    lo, hi = value_support(cfg)
+    assert lo == pytest.approx(0.1 * -16.2736 * (1 - 0.99**200) / 0.01, abs=1e-3) and hi == 0.0
+    assert (cfg.algo.v_min, cfg.algo.v_max) == atom_range((lo, hi))
+    margin = 0.05 * (hi - lo)
+    assert cfg.algo.v_min == pytest.approx(lo - margin, abs=1e-3) and cfg.algo.v_max == pytest.approx(margin, abs=1e-3)
+    delta = (cfg.algo.v_max - cfg.algo.v_min) / (cfg.algo.num_atoms - 1)
+    assert margin >= 2 * delta, "a return at a bound projects onto atoms at least two inside the edges"
     with pytest.raises(ConfigError, match=r"algo.v_min/v_max \[-10.0, 10.0\] cannot hold classic/pendulum's returns"):
         build_config({"algo": "pql-d", "algo.v_min": "-10", "algo.v_max": "10", "max_env_steps": "10"})
     wider = build_config({"algo": "pql-d", "algo.v_min": "-200", "max_env_steps": "10"})
-    assert (wider.algo.v_min, wider.algo.v_max) == (-200.0, 0.0), "a set bound is kept, the other derived"
+    assert (wider.algo.v_min, wider.algo.v_max) == (-200.0, atom_range((lo, hi))[1]), "a set bound is kept"
 
 
 def test_edge_mass_is_logged_and_small_when_the_atoms_fit_pendulum(tiny, tmp_path):
