@@ -163,3 +163,21 @@ def test_entry_points_load_torch_only_after_the_simulator():
     probe = "import sys, pql.cli, pql.ablate.job; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_async_pql_on_a_one_simulation_backend_reports_the_slice_returns(tmp_path):
+    """mode=async through the CLI on the Isaac Lab fake: the actor process hands the noise-free slice's
+    finished episodes to the run loop (through the board), so eval_return is theirs, not NaN."""
+    from tests.conftest import FAKES, TINY
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKES), *sys.path])}
+    overrides = {**TINY, "task": "isaaclab/Isaac-Ant-Direct-v0", "mode": "async", "num_envs": "8",
+                 "eval_envs": "2", "max_env_steps": "8000", "eval_every_env_steps": "1600",
+                 "device.sim": "cpu", "out": str(tmp_path / "run")}
+    done = subprocess.run([sys.executable, "-m", "pql.cli", "train", *(f"{k}={v}" for k, v in overrides.items())],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert rows[-1]["env_steps"] == "8000"
+    evaluated = [float(r["eval_return"]) for r in rows[1:] if r["eval_return"] != "nan"]
+    assert evaluated and all(abs(v) < 1e6 for v in evaluated), rows

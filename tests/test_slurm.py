@@ -76,7 +76,7 @@ def test_failing_cell_is_reported_with_its_traceback(cluster, tmp_path):
 
 
 def test_preempted_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
-    long = plan(tmp_path, "one", max_env_steps=48000, eval_every_env_steps=800, checkpoint_every_s=1000)
+    long = plan(tmp_path, "one", max_env_steps=16000, eval_every_env_steps=800, checkpoint_every_s=1000)
     slurm = launcher(long, wait=False)
     run_study(long, slurm, progress=False)
     (job,) = slurm.jobs
@@ -95,7 +95,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     assert job.result()["state"] == "done"
     rows = metrics.read_text().splitlines()
     steps = [int(r.split(",")[0]) for r in rows[1:]]
-    assert steps == sorted(set(steps)) and steps[-1] == 48000, "metrics continue without duplicate rows"
+    assert steps == sorted(set(steps)) and steps[-1] == 16000, "metrics continue without duplicate rows"
     assert rows[: len(before)] == before, "the rows written before the preemption are kept: it resumed"
     log = "".join(p.read_text() for p in (run.parent / "slurm").rglob("*_log.out"))
     assert "Calling checkpoint method" in log and "Requeued job" in log and "completed successfully" in log
