@@ -195,6 +195,8 @@ def _study_command(args: argparse.Namespace) -> int:
             profile, source = (ClusterProfile.load(args.cluster), args.cluster) if args.cluster \
                 else ClusterProfile.default_for(args.spec)
         print(describe_plan(plan))
+        if plan.to_run:
+            _warn_if_dirty()
         if args.dry_run:
             _print_memory(plan, profile.mem_gb if slurm else None, slurm)
         if plan.elsewhere:
@@ -226,6 +228,18 @@ def _study_command(args: argparse.Namespace) -> int:
     for line in problems:
         print(f"pql: {line}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _warn_if_dirty() -> None:
+    """Say on stderr which tracked files differ from the commit: the runs' manifests will record them."""
+    from pql.manifest import git_state
+
+    state = git_state()
+    if state and state["dirty"]:
+        shown = ", ".join(state["changed"][:5]) + (" ..." if len(state["changed"]) > 5 else "")
+        print(f"pql: warning: the checkout has uncommitted changes ({shown}); the runs' manifest.json record "
+              f"them (git.changed, git.diff_sha256), but the code they ran cannot be checked out: commit first, "
+              f"and leave tracked files alone while the study runs", file=sys.stderr)
 
 
 def _print_memory(plan: Plan, slurm_mem_gb: float | None, slurm: bool) -> None:

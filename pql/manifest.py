@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -24,13 +25,19 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any] | None:
-    """``{"commit", "dirty"}`` of the checkout holding this package (None outside a git checkout)."""
+    """``{"commit", "dirty", "changed", "diff_sha256"}`` of the checkout holding this package (None outside a
+    git checkout): ``changed`` lists the tracked files that differ from the commit, ``diff_sha256`` hashes
+    their diff, so that runs made on the same uncommitted state can be told from others (both empty when
+    clean)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+                              check=True).stdout
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        changed = sorted(git("diff", "HEAD", "--name-only").split())
+        diff = git("diff", "HEAD") if changed else ""
+        return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(changed), "changed": changed,
+                "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if changed else ""}
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -216,3 +216,20 @@ def test_dry_run_shows_cells_and_the_sbatch_script_without_running(tmp_path, cap
     assert code == 0 and out.count("  run   pending") == 8
     assert "#SBATCH --array=0-7%8" in out and "#SBATCH --job-name=pql-tiny" in out
     assert not list((tmp_path / "tiny").glob("*/cell.json")), "nothing was prepared or submitted"
+
+
+def test_a_study_started_on_a_dirty_checkout_names_the_changed_files(tmp_path, capsys, monkeypatch):
+    """Runs made on uncommitted code cannot be redone from their commit: pql ablate says so before it starts,
+    naming the files (and says nothing on a clean checkout)."""
+    import pql.manifest
+    from pql.cli import main
+
+    state = {"commit": "ab" * 20, "dirty": True, "changed": ["pql/config.py", "tests/test_x.py"],
+             "diff_sha256": "c" * 64}
+    monkeypatch.setattr(pql.manifest, "git_state", lambda: state)
+    assert main(["ablate", str(TINY), "--dry-run", "--results", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "uncommitted changes (pql/config.py, tests/test_x.py)" in err and "commit first" in err
+    monkeypatch.setattr(pql.manifest, "git_state", lambda: {**state, "dirty": False, "changed": []})
+    main(["ablate", str(TINY), "--dry-run", "--results", str(tmp_path)])
+    assert "uncommitted" not in capsys.readouterr().err

@@ -183,3 +183,29 @@ def test_manifest_records_code_packages_and_hardware_of_every_session(tiny):
     resumed = json.loads((run / "manifest.json").read_text())
     assert resumed["started"] == manifest["started"] and len(resumed["resumes"]) == 1
     assert resumed["resumes"][0]["git"] == manifest["git"]
+
+
+def test_the_manifest_names_uncommitted_changes_and_hashes_their_diff(tmp_path):
+    """A dirty checkout's runs say which tracked files differ from the commit and hash that diff, so runs
+    made on the same uncommitted state are told apart from the others; untracked files do not count."""
+    import subprocess
+
+    from pql.manifest import git_state
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    clean = git_state(tmp_path)
+    assert clean["dirty"] is False and clean["changed"] == [] and clean["diff_sha256"] == ""
+    (tmp_path / "a.py").write_text("x = 2\n")
+    first = git_state(tmp_path)
+    assert first["dirty"] is True and first["changed"] == ["a.py"] and len(first["diff_sha256"]) == 64
+    assert git_state(tmp_path)["diff_sha256"] == first["diff_sha256"], "the same state, the same hash"
+    (tmp_path / "a.py").write_text("x = 3\n")
+    assert git_state(tmp_path)["diff_sha256"] != first["diff_sha256"]
+    assert first["commit"] == clean["commit"]
