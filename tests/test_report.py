@@ -200,6 +200,13 @@ def test_report_of_a_real_small_study(tmp_path):
     assert report.markdown == plots / "tiny" / "README-quick.md", "one report per profile, like the run index"
     text = report.markdown.read_text()
     assert "tiny-classic-pendulum.png" in text and "every run of the study finished" in text
+    row = summary.iloc[0]
+    for stat in ("final_iqm", "time_to_threshold_median", "steps_to_stay_median"):
+        base = stat.removesuffix("_median")
+        values = (row[stat], row[f"{base}_ci_lo"], row[f"{base}_ci_hi"])
+        shown = [f"{v:.4g}" if np.isfinite(v) else "never" for v in values]
+        assert f"{shown[0]} [{shown[1]}, {shown[2]}]" in text, f"{stat} with its interval in the table"
+    assert "_ci_lo" not in text, "each interval sits beside its statistic, not in columns of its own"
     # A partial study renders with what exists and names what is missing.
     shutil.rmtree(plan.store.run_path(plan.to_run[0]))
     partial = report_study(TINY, "quick", results, plots, {"max_env_steps": "960"}, reps=100)

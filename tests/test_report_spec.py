@@ -21,7 +21,7 @@ from pql.cli import main
 from pql.config import ConfigError, build_config, config_to_dict, presets, thresholds
 from pql.manifest import session
 from pql.report import study as report_module
-from pql.report.aggregate import per_run, summarize, threshold_intervals
+from pql.report.aggregate import per_run, summarize
 from pql.report.figures import FIGURES, FigureData, Series, threshold_bars_figure
 from pql.report.provenance import MANIFEST_FIELDS, PROVENANCE_COLUMNS, field_text, lookup
 from pql.report.study import report_study
@@ -156,7 +156,7 @@ def test_threshold_bars_draw_the_summary_medians():
             rows += [{"run_id": f"{cell}{run}", "cell": cell, "task": "t", "env_steps": steps + run,
                       "wall_s": wall + run, "eval_return": ret} for wall, steps, ret in points]
     runs = per_run(pd.DataFrame(rows), -250)
-    table = summarize(runs, -250, reps=50).merge(threshold_intervals(runs, reps=50), on="cell")
+    table = summarize(runs, -250, reps=50)
     series = [Series(c, f"cell {c}", c) for c in "ABC"]
     fig = threshold_bars_figure(FigureData("t", series, {}, table))
     summary = table.set_index("cell")
@@ -171,12 +171,17 @@ def test_threshold_bars_draw_the_summary_medians():
     assert summary.loc["A", "time_to_threshold_ci_lo"] == 2 and summary.loc["A", "time_to_threshold_ci_hi"] == 3
 
 
-def test_threshold_intervals_keep_never_as_never():
-    runs = pd.DataFrame({"cell": "A", "task": "t", "time_to_threshold": [1.0, math.inf, math.inf],
-                         "steps_to_threshold": [10.0, 20.0, 30.0]})
-    out = threshold_intervals(runs, reps=200).iloc[0]
+def test_summary_intervals_of_the_threshold_medians_keep_never_as_never():
+    runs = pd.DataFrame({"cell": "A", "task": "t", "final_return": [0.0, -1.0, -2.0],
+                         "time_to_threshold": [1.0, math.inf, math.inf], "steps_to_threshold": [10.0, 20.0, 30.0],
+                         "time_to_stay": [4.0, 5.0, math.inf], "steps_to_stay": [40.0, 50.0, math.inf]})
+    out = summarize(runs, -250, reps=200).iloc[0]
     assert out["time_to_threshold_ci_lo"] == 1.0 and math.isinf(out["time_to_threshold_ci_hi"])
     assert 10.0 <= out["steps_to_threshold_ci_lo"] <= out["steps_to_threshold_ci_hi"] <= 30.0
+    assert (out["reached"], out["stayed"]) == (1, 2)
+    assert out["time_to_stay_median"] == 5.0 and out["time_to_stay_ci_lo"] == 4.0
+    assert math.isinf(out["time_to_stay_ci_hi"]), "a run that ended below the threshold counts as never"
+    assert out["steps_to_stay_ci_lo"] == 40.0 and math.isinf(out["steps_to_stay_ci_hi"])
 
 
 def test_report_draws_the_kinds_and_settings_the_spec_asks_for(tmp_path, drawn):

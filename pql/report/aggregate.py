@@ -131,38 +131,27 @@ def per_run(runs: pd.DataFrame, threshold: float, y: str = "eval_return") -> pd.
 
 def summarize(run_table: pd.DataFrame, threshold: float, reps: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per cell: final-return mean / median / IQM with a 95% stratified-bootstrap interval of the IQM,
-    and time / steps to ``threshold``: the median over all runs (a run that never reached it counts
-    as +inf, so the median is inf when half or more never did) and how many reached it."""
+    and time / steps to ``threshold``, first crossing (``*_to_threshold``) and crossing for good
+    (``*_to_stay``): the median over all runs, a run that never got there counting as +inf (so the
+    median is inf when half or more never did), with its 95% stratified-bootstrap interval
+    (``*_ci_lo``/``*_ci_hi``, ends are resampled medians, so an end is inf where half or more of the
+    resampled runs never did), and how many runs reached it (``reached``) or stayed (``stayed``)."""
     rows = []
     for cell, frame in run_table.groupby("cell", sort=False):
-        final = frame["final_return"].to_numpy()
-        lo, hi = stratified_bootstrap_ci(final, frame["task"].to_numpy(), iqm, reps=reps, seed=seed)
-        reached = np.isfinite(frame["time_to_threshold"].to_numpy())
-        rows.append({
+        final, tasks = frame["final_return"].to_numpy(), frame["task"].to_numpy()
+        lo, hi = stratified_bootstrap_ci(final, tasks, iqm, reps=reps, seed=seed)
+        row: dict[str, object] = {
             "cell": cell, "runs": len(frame), "final_mean": float(final.mean()),
             "final_median": float(np.median(final)), "final_iqm": iqm(final), "final_iqm_ci_lo": lo,
-            "final_iqm_ci_hi": hi, "threshold": threshold, "reached": int(reached.sum()),
-            "time_to_threshold_median": float(np.median(frame["time_to_threshold"])),
-            "steps_to_threshold_median": float(np.median(frame["steps_to_threshold"])),
-            "stayed": int(np.isfinite(frame["time_to_stay"].to_numpy()).sum()),
-            "time_to_stay_median": float(np.median(frame["time_to_stay"])),
-            "steps_to_stay_median": float(np.median(frame["steps_to_stay"])),
-        })
-    return pd.DataFrame(rows)
-
-
-def threshold_intervals(run_table: pd.DataFrame, reps: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per cell: the 95% stratified-bootstrap interval (ends: resampled medians) of the median time and env
-    steps to the threshold, the statistics :func:`summarize` gives, a run that never got there counting as
-    +inf (so an end is inf where half or more of the resampled runs never did). Columns: cell,
-    time_to_threshold_ci_lo, time_to_threshold_ci_hi, steps_to_threshold_ci_lo, steps_to_threshold_ci_hi."""
-    rows = []
-    for cell, frame in run_table.groupby("cell", sort=False):
-        row: dict[str, object] = {"cell": cell}
-        for metric in ("time_to_threshold", "steps_to_threshold"):
-            lo, hi = stratified_bootstrap_ci(frame[metric].to_numpy(), frame["task"].to_numpy(), STATISTICS["median"],
-                                             reps=reps, seed=seed, method="inverted_cdf")
-            row[f"{metric}_ci_lo"], row[f"{metric}_ci_hi"] = lo, hi
+            "final_iqm_ci_hi": hi, "threshold": threshold}
+        for crossing, count in (("threshold", "reached"), ("stay", "stayed")):
+            row[count] = int(np.isfinite(frame[f"time_to_{crossing}"].to_numpy()).sum())
+            for measure in ("time", "steps"):
+                metric = f"{measure}_to_{crossing}"
+                values = frame[metric].to_numpy(dtype=float)
+                row[f"{metric}_median"] = float(np.median(values))
+                row[f"{metric}_ci_lo"], row[f"{metric}_ci_hi"] = stratified_bootstrap_ci(
+                    values, tasks, STATISTICS["median"], reps=reps, seed=seed, method="inverted_cdf")
         rows.append(row)
     return pd.DataFrame(rows)
 

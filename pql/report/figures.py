@@ -62,8 +62,7 @@ class FigureData:
     title: str
     series: list[Series]  # in legend order
     curves: dict[str, pd.DataFrame]  # x column (wall_s, env_steps) -> frame of pql.report.aggregate.curves
-    thresholds: pd.DataFrame  # per series key (``cell``): pql.report.aggregate.summarize's columns and the
-    # intervals of pql.report.aggregate.threshold_intervals
+    thresholds: pd.DataFrame  # per series key (``cell``): pql.report.aggregate.summarize's columns
     y_label: str = "evaluation return"
     profile: pd.DataFrame | None = None  # pql.report.aggregate.performance_profile of the final returns
     improvement: pd.DataFrame | None = None  # pql.report.aggregate.improvement_table: the first series vs the rest

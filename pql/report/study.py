@@ -37,7 +37,6 @@ from pql.report.aggregate import (
     per_run,
     performance_profile,
     summarize,
-    threshold_intervals,
 )
 from pql.report.figures import FIGURES, FigureData, Series, save_figure
 from pql.report.provenance import PROVENANCE_COLUMNS, check_field, field_text, lookup, provenance, run_facts
@@ -294,8 +293,7 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
             improvement.insert(0, "task", task)
             improvement.insert(1, "reference", series[0].key)
             improvements.append(improvement)
-        data = FigureData(f"{study.name}: {task}, {algo_names}", series, curve_frames,
-                          table.merge(threshold_intervals(runs_of_task, reps=reps), on="cell"), Y_LABELS[y],
+        data = FigureData(f"{study.name}: {task}, {algo_names}", series, curve_frames, table, Y_LABELS[y],
                           scores, improvement)
         for kind in study.figures:
             if kind == "profile" and scores is None:
@@ -333,14 +331,28 @@ def _empty_study(study: Study, store: ResultsStore, spec_path: str | Path, found
                       + f"run them with: pql ablate {spec_path} --profile {study.profile}")
 
 
-def _markdown_table(frame: pd.DataFrame) -> str:
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return "never" if math.isinf(v) else "-" if math.isnan(v) else f"{v:.4g}"
-        return str(v)
+def _text(v: Any) -> str:
+    if isinstance(v, float):
+        return "never" if math.isinf(v) else "-" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
 
+
+def _markdown_table(frame: pd.DataFrame) -> str:
     head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
-    return head + "".join("| " + " | ".join(fmt(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
+    return head + "".join("| " + " | ".join(_text(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
+
+
+def _with_intervals(summary: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with each statistic that has ``<base>_ci_lo``/``_ci_hi`` columns written as ``v [lo, hi]``
+    in its own column and those two columns dropped (the CSV keeps them apart)."""
+    out = summary.copy()
+    for column in summary.columns:
+        base = column.removesuffix("_median")
+        if f"{base}_ci_lo" in summary.columns and f"{base}_ci_hi" in summary.columns:
+            out[column] = [f"{_text(v)} [{_text(lo)}, {_text(hi)}]" for v, lo, hi in
+                           zip(summary[column], summary[f"{base}_ci_lo"], summary[f"{base}_ci_hi"], strict=True)]
+            out = out.drop(columns=[f"{base}_ci_lo", f"{base}_ci_hi"])
+    return out
 
 
 def write_markdown(study: Study, summary: pd.DataFrame, figures: list[Path], missing: list[dict[str, Any]],
@@ -355,14 +367,16 @@ def write_markdown(study: Study, summary: pd.DataFrame, figures: list[Path], mis
               "the first evaluation at or above it, median over runs, a run that never reached it counting as "
               "never. Time/steps to stay (`*_to_stay`): the evaluation from which a run stays at or above the "
               "threshold to its end, so a run that crossed and fell back counts from its last crossing, or as "
-              "never if it ended below; `stayed` counts those runs."]
+              "never if it ended below; `stayed` counts those runs. In the table, `[lo, hi]`: the 95% "
+              "stratified-bootstrap interval of the statistic before it (of the IQM; of the median, whose ends "
+              "are resampled medians, so never where half or more of a resample never got there)."]
     if "threshold_bars" in study.figures:
         lines += ["", "Bars: that median, with the 95% bootstrap interval of the median (an interval reaching the "
                   "top edge goes on to never); above each bar, the runs that reached the threshold."]
     if by:
         lines += ["", f"Each cell is split by its runs' `{by}` (manifest.json), shown as `[value]`."]
     lines += ["", *notes, "", "## Summary", ""]
-    lines.append(_markdown_table(summary))
+    lines.append(_markdown_table(_with_intervals(summary)))
     lines += ["## Missing or failed runs", ""]
     if missing:
         lines.append(_markdown_table(pd.DataFrame(missing)))
