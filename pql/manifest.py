@@ -34,7 +34,7 @@ def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any] | None:
                               check=True).stdout
 
     try:
-        changed = sorted(git("diff", "HEAD", "--name-only").split())
+        changed = sorted(name for name in git("diff", "HEAD", "--name-only", "-z").split("\0") if name)
         diff = git("diff", "HEAD") if changed else ""
         return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(changed), "changed": changed,
                 "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if changed else ""}

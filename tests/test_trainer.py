@@ -209,3 +209,10 @@ def test_the_manifest_names_uncommitted_changes_and_hashes_their_diff(tmp_path):
     (tmp_path / "a.py").write_text("x = 3\n")
     assert git_state(tmp_path)["diff_sha256"] != first["diff_sha256"]
     assert first["commit"] == clean["commit"]
+    for name in ("my notes.py", "réglages.py"):  # names with a space or a non-ASCII letter stay whole
+        (tmp_path / name).write_text("y = 1\n")
+        git("add", name)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "two")
+    (tmp_path / "my notes.py").write_text("y = 2\n")
+    (tmp_path / "réglages.py").write_text("y = 2\n")
+    assert git_state(tmp_path)["changed"] == ["a.py", "my notes.py", "réglages.py"]
