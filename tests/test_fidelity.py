@@ -1,10 +1,12 @@
 """Results a reviewer would trust: the baselines' defaults are the authors', and PQL-D's atoms fit the task."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from pql.ablate.spec import expand, load_spec
 from pql.algos.sac import GaussianActor
 from pql.config import ConfigError, atom_range, build_config, return_bounds, value_support
 from pql.training.run import resolve, run_training
@@ -18,6 +20,23 @@ def test_sac_defaults_are_the_authors():
     algo = build_config({"algo": "sac", "max_env_steps": "10"}).algo
     assert algo.alpha_lr == 5e-3 and algo.init_temperature == 1.0
     assert (GaussianActor.log_std_min, GaussianActor.log_std_max) == (-5.0, 5.0)
+
+
+def test_the_playground_ppo_profile_is_playgrounds_tuned_brax_ppo():
+    """The algorithms study's playground-ppo profile in our PPO's terms, read against the installed
+    Playground's own tuned settings for CartpoleBalance (a minibatch of brax's: batch_size unrolls)."""
+    params = pytest.importorskip("mujoco_playground.config.dm_control_suite_params",
+                                 reason="MuJoCo Playground is not installed: pip install playground")
+    brax = params.brax_ppo_config("CartpoleBalance")
+    study = expand(load_spec(Path(__file__).parent.parent / "ablations" / "algorithms.yaml"), "playground-ppo")
+    cfg = study.cells[0].config
+    algo, ppo = cfg.algo, cfg.algo.ppo
+    assert (cfg.task, algo.name, cfg.num_envs) == ("playground/CartpoleBalance", "ppo", brax.num_envs)
+    assert (algo.gamma, algo.reward_scale, ppo.lr, ppo.entropy_coef) == (
+        brax.discounting, brax.reward_scaling, brax.learning_rate, brax.entropy_cost)
+    assert (ppo.horizon, ppo.epochs, ppo.minibatch_size) == (
+        brax.unroll_length, brax.num_updates_per_batch, brax.batch_size * brax.unroll_length)
+    assert ppo.lr_schedule == "fixed" and algo.normalize_obs == brax.normalize_observations
 
 
 def test_return_bounds_follow_from_the_reward_bounds():
