@@ -84,6 +84,16 @@ def test_settled_crossing_is_the_crossing_for_good():
     assert (row["time_to_threshold"], row["time_to_stay"], row["steps_to_stay"]) == (1.0, 3.0, 30)
 
 
+def test_per_run_and_summary_keep_the_order_of_the_runs():
+    """Runs come in the spec's cell order; sorting their rows by env steps must not reorder the cells
+    (an unstable sort did, with every run starting at env step 0)."""
+    cells = ["n=256", "n=1024", "n=4096", "n=16384"]
+    frame = runs_frame({f"{cell}:{seed}": [(0, 0.0, -900), (100 * (seed + 1), 1.0, -200)]
+                        for cell in cells for seed in range(5)})
+    assert per_run(frame, -250)["run_id"].tolist() == frame["run_id"].unique().tolist()
+    assert summarize(per_run(frame, -250), -250, reps=50)["cell"].tolist() == cells
+
+
 def test_curves_average_only_runs_that_reach_the_point():
     frame = runs_frame({"A:1": [(0, 0, 0), (10, 10, 10)], "A:2": [(0, 0, 10), (20, 20, 30)]})
     out = curves(frame, "env_steps", np.array([0.0, 10.0, 20.0]), reps=200)
@@ -107,6 +117,10 @@ def test_bootstrap_interval_properties():
     assert stratified_bootstrap_ci(values, tasks, np.mean) == (5.0, 5.0)
     lo, hi = stratified_bootstrap_ci(values, None, np.mean)
     assert lo < 5.0 < hi
+    mixed, strata = rng.normal(0, 1, 9), np.array(["a", "b", "c"] * 3)
+    shuffled = rng.permutation(9)
+    assert stratified_bootstrap_ci(mixed, strata) == stratified_bootstrap_ci(mixed[shuffled], strata[shuffled]), \
+        "the order the runs are listed in does not move the interval"
 
 
 def test_time_to_threshold_counts_runs_that_never_reached_it():

@@ -39,12 +39,15 @@ def stratified_bootstrap_ci(values: np.ndarray, strata: np.ndarray | None = None
 
     ``values [R]`` are per-run scores, ``strata [R]`` their groups (e.g. tasks; one group if None);
     ``method``: numpy's quantile method for the interval's ends (``inverted_cdf`` keeps them resampled
-    statistics, so that values of +inf, e.g. never reaching a threshold, stay +inf).
+    statistics, so that values of +inf, e.g. never reaching a threshold, stay +inf). The runs are put in
+    a canonical order first, so the interval does not depend on the order they were listed in.
     """
     values = np.asarray(values, dtype=float)
     if values.size == 0:
         return math.nan, math.nan
     strata = np.zeros(values.size, dtype=int) if strata is None else np.asarray(strata)
+    order = np.lexsort((values, strata))
+    values, strata = values[order], strata[order]
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
     stats = np.empty(reps)
@@ -118,7 +121,7 @@ def per_run(runs: pd.DataFrame, threshold: float, y: str = "eval_return") -> pd.
     the first crossing (``*_to_threshold``) and the crossing for good (``*_to_stay``, see
     :func:`settled_crossing`)."""
     rows = []
-    for run_id, r in runs.sort_values("env_steps").groupby("run_id", sort=False):
+    for run_id, r in runs.sort_values("env_steps", kind="stable").groupby("run_id", sort=False):
         ys = r[y].to_numpy()
         rows.append({"run_id": run_id, "cell": r["cell"].iloc[0], "task": r["task"].iloc[0],
                      "final_return": float(r[y].dropna().iloc[-1]) if r[y].notna().any() else math.nan,
