@@ -204,7 +204,7 @@ def test_report_of_a_real_small_study(tmp_path):
     results, plots = tmp_path / "results", tmp_path / "plots"
     plan = _finish_tiny_study(results)
     report = report_study(TINY, "quick", results, plots, {"max_env_steps": "960"}, reps=100)
-    assert [p.name for p in report.figures] == ["tiny-classic-pendulum.png", "tiny-classic-pendulum.pdf"]
+    assert [p.name for p in report.figures] == ["tiny-quick-classic-pendulum.png", "tiny-quick-classic-pendulum.pdf"]
     assert all(p.stat().st_size > 1000 for p in report.figures)
     summary = pd.read_csv(results / "tiny" / "summary-quick.csv")
     assert sorted(summary["cell"]) == sorted({c.label for c in plan.study.cells}) and len(summary) == 4
@@ -213,7 +213,7 @@ def test_report_of_a_real_small_study(tmp_path):
     assert len(runs) == 8 and {"time_to_threshold", "steps_to_threshold", "final_return"} <= set(runs.columns)
     assert report.markdown == plots / "tiny" / "README-quick.md", "one report per profile, like the run index"
     text = report.markdown.read_text()
-    assert "tiny-classic-pendulum.png" in text and "every run of the study finished" in text
+    assert "tiny-quick-classic-pendulum.png" in text and "every run of the study finished" in text
     row = summary.iloc[0]
     for stat in ("final_iqm", "time_to_threshold_median", "steps_to_stay_median"):
         base = stat.removesuffix("_median")

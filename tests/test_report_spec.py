@@ -84,6 +84,25 @@ def report(spec: Path, tmp_path: Path, **kwargs):
     return report_study(spec, "quick", tmp_path / "results", tmp_path / "plots", reps=50, **kwargs)
 
 
+def test_two_profiles_on_the_same_task_keep_their_own_figures(tmp_path):
+    """Figure files are named by profile too: a second profile of the same task (playground and
+    playground-ppo) must not overwrite the first one's figures."""
+    spec = tmp_path / "fake.yaml"
+    spec.write_text(SPEC.replace("profiles: {quick: {}}", "profiles: {quick: {}, again: {}}"))
+    names = {}
+    for profile in ("quick", "again"):
+        study = expand(load_spec(spec), profile)
+        store = ResultsStore(tmp_path / "results", study.name)
+        for cell in study.cells:
+            write_run(store.prepare(cell), cell, manifest())
+        store.write_index(study, {})
+        result = report_study(spec, profile, tmp_path / "results", tmp_path / "plots", reps=20)
+        names[profile] = {p.name for p in result.figures}
+    assert "fake-quick-classic-pendulum.png" in names["quick"]
+    assert "fake-again-classic-pendulum.png" in names["again"]
+    assert all((tmp_path / "plots" / "fake" / name).exists() for profile in names for name in names[profile])
+
+
 @pytest.fixture
 def drawn(monkeypatch):
     """The figures report_study draws, by file name, kept open for the test to read."""
@@ -189,15 +208,16 @@ def test_report_draws_the_kinds_and_settings_the_spec_asks_for(tmp_path, drawn):
     spec, *_ = fake_study(tmp_path, "figures: [curves, threshold_bars, profile]\n"
                                     "figure: {x: [env_steps], hue: algo, style: num_envs}\n")
     result = report(spec, tmp_path)
-    assert sorted(p.name for p in result.figures) == ["fake-classic-pendulum-profile.pdf",
-                                                       "fake-classic-pendulum-profile.png",
-                                                       "fake-classic-pendulum-threshold_bars.pdf",
-                                                       "fake-classic-pendulum-threshold_bars.png",
-                                                       "fake-classic-pendulum.pdf", "fake-classic-pendulum.png"]
-    profile = drawn["fake-classic-pendulum-profile"]
+    assert sorted(p.name for p in result.figures) == ["fake-quick-classic-pendulum-profile.pdf",
+                                                       "fake-quick-classic-pendulum-profile.png",
+                                                       "fake-quick-classic-pendulum-threshold_bars.pdf",
+                                                       "fake-quick-classic-pendulum-threshold_bars.png",
+                                                       "fake-quick-classic-pendulum.pdf",
+                                                       "fake-quick-classic-pendulum.png"]
+    profile = drawn["fake-quick-classic-pendulum-profile"]
     assert len(profile.axes[0].get_lines()) == 4 and len(profile.axes[1].get_yticklabels()) == 3
     assert "## Probability of improvement" in result.markdown.read_text()
-    curves_fig = drawn["fake-classic-pendulum"]
+    curves_fig = drawn["fake-quick-classic-pendulum"]
     assert [ax.get_xlabel() for ax in curves_fig.axes] == ["environment steps"], "figure.x"
     lines = {ln.get_label(): ln for ln in curves_fig.axes[0].get_lines()}
     assert set(lines) == {"PQL, N = 16", "PQL, N = 32", "DDPG(n), N = 16", "DDPG(n), N = 32"}
@@ -205,7 +225,7 @@ def test_report_draws_the_kinds_and_settings_the_spec_asks_for(tmp_path, drawn):
     style = {label: line.get_linestyle() for label, line in lines.items()}
     assert color["PQL, N = 16"] == color["PQL, N = 32"] != color["DDPG(n), N = 16"] == color["DDPG(n), N = 32"]
     assert style["PQL, N = 16"] == style["DDPG(n), N = 16"] == "-" and style["PQL, N = 32"] == "--"
-    bars = drawn["fake-classic-pendulum-threshold_bars"]
+    bars = drawn["fake-quick-classic-pendulum-threshold_bars"]
     summary = result.summary.set_index("cell")
     cells = [t.get_text() for t in bars.axes[0].get_xticklabels()]
     keys = ["algo=pql, num_envs=16", "algo=pql, num_envs=32", "algo=ddpg, num_envs=16", "algo=ddpg, num_envs=32"]
@@ -276,13 +296,13 @@ def test_report_by_a_manifest_field_splits_the_cells(tmp_path, drawn):
     for cell in seed1:  # the two seeds of each cell ran on different GPUs
         RunDir(store.run_path(cell)).record_session(manifest(v_learner="NVIDIA A100"), resumed=False)
     result = report(spec, tmp_path, by="devices.v_learner")
-    labels = [ln.get_label() for ln in drawn["fake-classic-pendulum-by-devices.v_learner"].axes[0].get_lines()]
+    labels = [ln.get_label() for ln in drawn["fake-quick-classic-pendulum-by-devices.v_learner"].axes[0].get_lines()]
     assert "PQL, N = 16 [NVIDIA H100]" in labels and "PQL, N = 16 [NVIDIA A100]" in labels and len(labels) == 8
     assert "algo=pql, num_envs=16 [NVIDIA A100]" in set(result.summary["cell"]) and (result.summary["runs"] == 1).all()
     assert [p.name for p in result.tables] == ["summary-quick-by-devices.v_learner.csv",
                                                "per_run-quick-by-devices.v_learner.csv"]
     assert result.markdown.name == "README-quick-by-devices.v_learner.md"
-    colors = {ln.get_label(): ln.get_color() for ln in drawn["fake-classic-pendulum-by-devices.v_learner"].axes[0]
+    colors = {ln.get_label(): ln.get_color() for ln in drawn["fake-quick-classic-pendulum-by-devices.v_learner"].axes[0]
               .get_lines()}
     assert colors["PQL, N = 16 [NVIDIA H100]"] != colors["PQL, N = 16 [NVIDIA A100]"], "the split lines differ"
 

@@ -8,9 +8,9 @@ gives the study's name, description and figure settings, and the order of the ce
 
 Writes, per profile like the index: ``results/<study>/summary-<profile>.csv`` (per cell),
 ``results/<study>/per_run-<profile>.csv`` (final return, time / steps to threshold and provenance
-of every run), ``plots/<study>/`` figures (PNG and PDF, per task one of each kind the spec asks
-for) and ``plots/<study>/README-<profile>.md``. With ``by`` (a manifest field), each cell is split
-by the field's value and every file name gets ``-by-<field>``.
+of every run), ``plots/<study>/<study>-<profile>-<task>[-<kind>].png`` and ``.pdf`` (per task one
+of each kind the spec asks for) and ``plots/<study>/README-<profile>.md``. With ``by`` (a manifest
+field), each cell is split by the field's value and every file name gets ``-by-<field>``.
 """
 
 from __future__ import annotations
@@ -303,7 +303,9 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
                 notes.append(f"No threshold_bars figure of {task}: no threshold is known for it (give --threshold "
                              "or the spec's figure.threshold).")
                 continue
-            name = f"{study.name}-{task.replace('/', '-')}" + ("" if kind == "curves" else f"-{kind}") + suffix
+            # The profile is in the name: two profiles of a study may run the same task (playground, playground-ppo).
+            name = (f"{study.name}-{profile}-{task.replace('/', '-')}" + ("" if kind == "curves" else f"-{kind}")
+                    + suffix)
             figures += save_figure(FIGURES[kind](data), out_dir, name)
     summary = pd.concat(tables, ignore_index=True)
     paths = [store.path / f"summary-{profile}{suffix}.csv", store.path / f"per_run-{profile}{suffix}.csv"]
