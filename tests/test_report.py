@@ -104,6 +104,18 @@ def test_curves_average_only_runs_that_reach_the_point():
     assert common_grid(frame, "env_steps", points=3).tolist() == [0.0, 10.0, 20.0]
 
 
+def test_curves_stratify_each_run_by_its_own_task():
+    """A cell over two tasks, one always at 0 and one always at 10: resampled within each task the mean
+    never moves. The runs that start later come last once the rows are sorted by x; their tasks must follow."""
+    rows = [{"run_id": run, "cell": "c", "task": task, "env_steps": steps, "wall_s": steps, "eval_return": ret}
+            for run, task, start, ret in (("a1", "t1", 5, 0.0), ("b1", "t2", 0, 10.0), ("a2", "t1", 5, 0.0),
+                                          ("b2", "t2", 0, 10.0))
+            for steps in (start, 100)]
+    out = curves(pd.DataFrame(rows), "env_steps", np.array([50.0, 100.0]), reps=200)
+    assert out["n"].tolist() == [4, 4] and out["mean"].tolist() == [5.0, 5.0]
+    assert out["ci_lo"].tolist() == out["ci_hi"].tolist() == [5.0, 5.0]
+
+
 def test_bootstrap_interval_properties():
     rng = np.random.default_rng(1)
     small, large = rng.normal(0, 1, 5), rng.normal(0, 1, 200)

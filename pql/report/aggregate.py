@@ -84,9 +84,9 @@ def curves(runs: pd.DataFrame, x: str, grid: np.ndarray, y: str = "eval_return",
     runs that reach that point, with their count ``n``. Columns: cell, x, n, mean, median, iqm, ci_lo, ci_hi."""
     rows = []
     for cell, frame in runs.groupby("cell", sort=False):
-        per_run = np.stack([curve_on_grid(r[x].to_numpy(), r[y].to_numpy(), grid)
-                            for _, r in frame.sort_values(x).groupby("run_id", sort=False)])  # [R, G]
-        tasks = frame.groupby("run_id", sort=False)["task"].first().to_numpy()
+        by_run = [r for _, r in frame.sort_values(x, kind="stable").groupby("run_id", sort=False)]
+        per_run = np.stack([curve_on_grid(r[x].to_numpy(), r[y].to_numpy(), grid) for r in by_run])  # [R, G]
+        tasks = np.array([r["task"].iloc[0] for r in by_run])  # [R], in the same order as per_run's rows
         for j, point in enumerate(grid):
             have = ~np.isnan(per_run[:, j])
             vals = per_run[have, j]
