@@ -81,6 +81,9 @@ class AlgoConfig:
     actor_lr: float = _opt(5e-4, "AdamW learning rate of the policy")
     critic_lr: float = _opt(5e-4, "AdamW learning rate of the critic")
     max_grad_norm: float = _opt(0.5, "gradient-norm clip of both learners (0 disables)")
+    preact_penalty: float = _opt(0.0, "pql, pql-d, ddpg: weight of the mean squared pre-tanh output added to the "
+                                      "actor's loss, which keeps the actor out of tanh's flat region (0: off, "
+                                      "as in the paper)")
     critic_sample_ratio: float = _opt(8.0, "beta_a:v, V-updates per actor step")
     ratio_scale_envs: int | None = _opt(None, "null: beta_a:v fixed, as in the paper; N0: above N0 envs, "
                                               "beta_a:v is scaled by num_envs/N0, holding the update-to-data "
@@ -461,6 +464,8 @@ def validate(cfg: Config) -> None:
     need(a.ratio_scale_envs is None or a.ratio_scale_envs >= 1,
          f"algo.ratio_scale_envs must be null or >= 1, got {a.ratio_scale_envs}")
     need(a.max_grad_norm >= 0, f"algo.max_grad_norm must be >= 0, got {a.max_grad_norm}")
+    need(math.isfinite(a.preact_penalty) and a.preact_penalty >= 0,
+         f"algo.preact_penalty must be a finite number >= 0, got {a.preact_penalty}")
     ppo = a.ppo
     need(ppo.lr_schedule in LR_SCHEDULES, f"algo.ppo.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                                           f"got '{ppo.lr_schedule}'")

@@ -8,9 +8,10 @@ SIGTERM on purpose (preemption sends it before USR2, on which it checkpoints and
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -46,16 +47,29 @@ class StopSignals:
         self.on_first = on_first
         self.signum: int | None = None
         self._saved: dict[int, Any] = {}
+        self._held = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.signum is None
         self.signum = self.signum or signum
+        if self._held:
+            return
         if first and self.on_first is not None:
             self.on_first(signum)
             return
         raise RunInterrupted(signum)
 
     _handle._pql_stop_signals = True  # type: ignore[attr-defined]  # marks handlers a nested StopSignals may replace
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """While entered, a signal is only noted in ``signum``: for the brief work that must not be cut
+        short, such as writing down how a run ended."""
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is not threading.main_thread():

@@ -48,6 +48,10 @@ class Actor(OffPolicyActor):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs)
 
+    def pre_tanh(self, obs: torch.Tensor) -> torch.Tensor:
+        """The last layer's output ``[B, A]`` before tanh: ``forward`` is its tanh."""
+        return self.net[:-1](obs)
+
     def explore(self, obs: torch.Tensor, noise_std: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The policy's actions plus Gaussian noise of per-row std ``noise_std [B, 1]``, clamped to [-1, 1]."""
         return (self(obs) + noise * noise_std).clamp(-1.0, 1.0)

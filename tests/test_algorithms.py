@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
 from pql.algos import ALGORITHMS, algorithm
 from pql.algos.base import DeterministicObjective
@@ -87,3 +88,44 @@ def test_the_p_learner_steps_the_objective_it_is_given():
     for _ in range(20):
         learner.update()
     assert objective.loss(obs, learner.q, None)[0].item() < before - 1e-3
+
+
+class PrefersPositive(nn.Module):
+    """A twin critic whose Q rises with the action: Q1 = Q2 = sum of the action's components."""
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return action.sum(-1).expand(2, -1)
+
+
+def _saturated_learner(penalty: str) -> tuple[PLearner, Actor, torch.Tensor]:
+    """A P-learner whose actor outputs tanh(20) for every observation, against :class:`PrefersPositive`."""
+    torch.manual_seed(0)
+    cfg = build_config({"algo": "pql", "algo.batch_size": "64", "algo.actor_lr": "1e-2",
+                        "algo.preact_penalty": penalty, "max_env_steps": "10"}).algo
+    policy = Actor(3, 1, (8,))
+    with torch.no_grad():
+        policy.net[-2].weight.zero_()
+        policy.net[-2].bias.fill_(20.0)
+    buffer = observation_buffer(64, 3, "cpu")
+    buffer.add(obs=torch.randn(64, 3))
+    learner = PLearner(policy, algorithm("pql").head(cfg, "cpu"), PrefersPositive(),
+                       algorithm("pql").make_objective(policy, cfg), RunningNormalizer(3), buffer, cfg,
+                       torch.Generator().manual_seed(0))
+    return learner, policy, buffer.storage[:64]
+
+
+def test_the_preact_penalty_is_added_to_the_actor_loss_and_frees_a_saturated_actor():
+    """At pre-tanh 20 tanh passes no gradient (tanh'(20) ~ 2e-17): without the penalty the actor stays
+    there; with weight c the loss is -mean(tanh(x)) + c * mean(x^2), whose minimum for c = 1e-3 is near
+    x = 3.2, where the critic's gradient reaches the actor again."""
+    stuck, stuck_policy, obs = _saturated_learner("0")
+    freed, freed_policy, _ = _saturated_learner("1e-3")
+    loss, _ = freed.objective.loss(obs, freed.q, None)
+    assert loss.item() == pytest.approx(-torch.tanh(torch.tensor(20.0)).item() + 1e-3 * 400.0, rel=1e-6)
+    assert stuck.objective.loss(obs, stuck.q, None)[0].item() == pytest.approx(-1.0, abs=1e-6)
+    for _ in range(300):
+        stuck.update()
+        freed.update()
+    assert stuck_policy.pre_tanh(obs).min().item() > 19.0  # AdamW's weight decay alone: 0.01 * lr * x a step
+    pre = freed_policy.pre_tanh(obs)
+    assert 2.0 < pre.min().item() and pre.max().item() < 5.0, pre

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from pql.ablate.store import metrics_problem
+from pql.interrupt import RunInterrupted, StopSignals
+from pql.training.run import train
 from pql.training.run_dir import METRIC_COLUMNS, RunDir
 
 from .conftest import TINY, wait_gone
@@ -111,13 +113,83 @@ def test_stopping_ablate_interrupts_the_cell_and_the_next_ablate_resumes_it(tmp_
         proc.communicate(timeout=60)
     assert wait_gone(job), f"pid {job} still runs"
     expected = "SIGINT" if how == "ctrl-c" else "SIGTERM"
-    assert status(run)["state"] == "interrupted" and status(run)["signal"] == expected
+    st = status(run)
+    assert st["state"] == "interrupted" and st["signal"] == expected and "note" not in st, "checkpointed: one signal"
     before = env_steps(run)
     again = pql(*args)
     assert again.returncode == 0, again.stderr
     assert f"interrupted by {expected}; resumes from its checkpoint" in again.stdout, "resumed, not skipped as failed"
     steps = env_steps(run)
     assert steps == sorted(set(steps)) and steps[-1] == 20000 and steps[: len(before) - 1] == before[:-1]
+
+
+# A launcher with threads, as pql ablate may have, that starts a job (python -c JOB) and waits to be killed.
+THREADED_LAUNCHER = """
+import os, subprocess, sys, threading, time
+for _ in range(8):
+    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+with open(sys.argv[1], "w") as out:
+    subprocess.Popen([sys.executable, "-c", sys.argv[2]], stdout=out, start_new_session=True,
+                     env={**os.environ, "PQL_LAUNCHER_PID": str(os.getpid())})
+time.sleep(600)
+"""
+JOB_COUNTING_SIGTERMS = """
+import signal, time
+from pql.ablate.job import _stop_with_launcher
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+_stop_with_launcher()
+print("ready", flush=True)
+while not got:
+    time.sleep(0.01)
+time.sleep(2.0)  # room for any further signal of the same death
+print(len(got), flush=True)
+"""
+
+
+def test_a_launcher_with_many_threads_that_dies_stops_its_job_with_one_sigterm(tmp_path):
+    """Linux repeats the parent-death signal once per thread of the dying parent that the job is handed
+    to; a second SIGTERM would stop the run at once, without its checkpoint."""
+    out = tmp_path / "job.out"
+    launcher = subprocess.Popen([sys.executable, "-c", THREADED_LAUNCHER, str(out), JOB_COUNTING_SIGTERMS],
+                                start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.exists() and out.read_text().startswith("ready")):
+        time.sleep(0.05)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait(timeout=30)
+    while time.monotonic() < deadline and len(out.read_text().split()) < 2:
+        time.sleep(0.05)
+    assert out.read_text().split() == ["ready", "1"]
+
+
+def test_a_second_signal_while_the_run_writes_how_it_ended_leaves_it_interrupted(tmp_path, monkeypatch):
+    """The first SIGTERM stops the run at its next step; a second one arriving just as the run writes its
+    status (here: at once, through the installed handler) is only noted, so status.json does not stay
+    running."""
+    def handler_now() -> None:  # what Python does when SIGTERM arrives at this point of the main thread
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+
+    append, write = RunDir.append_metrics, RunDir.write_status
+
+    def append_then_signal(self, row):
+        append(self, row)
+        if row["env_steps"] == 1280:
+            handler_now()
+
+    def signal_then_write(self, state, **fields):
+        if state != "running":
+            handler_now()
+        write(self, state, **fields)
+
+    monkeypatch.setattr(RunDir, "append_metrics", append_then_signal)
+    monkeypatch.setattr(RunDir, "write_status", signal_then_write)
+    run = tmp_path / "run"
+    with pytest.raises(RunInterrupted, match="interrupted by SIGTERM at env step"):
+        train({**TINY, **LONG, "out": str(run)})
+    st = status(run)
+    assert st["state"] == "interrupted" and st["signal"] == "SIGTERM" and "note" not in st, st
+    assert st["env_steps"] == 1280 and (run / "checkpoint.pt").exists()  # stopped where the first one came
 
 
 # -- concurrent use -----------------------------------------------------------------------------------
@@ -216,7 +288,7 @@ def test_status_that_cannot_be_rewritten_is_removed_rather_than_left_running(tmp
     run = RunDir(tmp_path / "run")
     run.write_status("running", pid=os.getpid())
     (run.path / f".status.json.tmp{os.getpid()}").mkdir()  # the write of the new status now fails (EISDIR)
-    _record(run, "failed", error="OSError: [Errno 28] No space left on device")
+    _record(run, StopSignals(), "failed", error="OSError: [Errno 28] No space left on device")
     assert not (run.path / "status.json").exists(), "no status.json left saying running"
     assert "could not write" in capsys.readouterr().err
 

@@ -32,6 +32,16 @@ def test_the_id_hashes_every_value_and_the_schema_but_not_the_display(monkeypatc
     assert spec.run_id(cfg) != before
 
 
+def test_a_key_added_since_the_schema_leaves_earlier_ids_alone_at_its_earlier_value():
+    """Runs made before algo.preact_penalty existed computed what preact_penalty=0 computes: they keep
+    their ids (the golden matrix pins them); any other value is a different run."""
+    cfg = build_config({"max_env_steps": "100"})
+    assert cfg.algo.preact_penalty == 0.0 and "algo.preact_penalty" not in spec.run_identity(cfg)
+    penalised = replace(cfg, algo=replace(cfg.algo, preact_penalty=1e-3))
+    assert spec.run_identity(penalised)["algo.preact_penalty"] == "0.001"
+    assert spec.run_id(penalised) != spec.run_id(cfg)
+
+
 def _plan_and_run(results, profile="one"):
     plan = plan_study(TINY, profile, {}, results, claim=True)
     return plan, run_study(plan, DebugLauncher(), progress=False)

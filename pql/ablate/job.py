@@ -11,6 +11,7 @@ import ctypes
 import os
 import signal
 import sys
+from types import FrameType
 from typing import Any
 
 from pql.config import Config, ConfigError, apply_overrides, config_from_dict
@@ -66,14 +67,30 @@ class CellJob(Checkpointable):  # type: ignore[misc,valid-type]
 
 
 def _stop_with_launcher() -> None:
-    """Ask Linux for a SIGTERM when the launching ``pql ablate`` dies, even by ``kill -9``: the run then
-    checkpoints and stops as ``interrupted``, and is not left running unwatched."""
+    """Stop this job once when the launching ``pql ablate`` dies, even by ``kill -9``: the run then
+    checkpoints and stops as ``interrupted``, and is not left running unwatched.
+
+    Linux sends the parent-death signal each time the job is handed to another thread of the dying
+    launcher, so a launcher with N threads can deliver it N times, and a second SIGTERM would stop the
+    run at once, without its checkpoint. So the parent-death signal is SIGHUP (the job has no terminal
+    of its own, so nothing else sends it), and its first delivery turns into exactly one SIGTERM."""
     launcher = os.environ.get(LAUNCHER_PID, "")
     if not sys.platform.startswith("linux") or not launcher.isdigit():
         return
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    died = False
+
+    def launcher_died(signum: int, frame: FrameType | None) -> None:
+        nonlocal died
+        if not died:
+            died = True
+            prctl(PR_SET_PDEATHSIG, 0)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGHUP, launcher_died)
+    prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
     if os.getppid() != int(launcher):  # it died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        launcher_died(signal.SIGHUP, None)
 
 
 if __name__ == "__main__":  # the local launcher's subprocess: python -m pql.ablate.job RUN_DIR

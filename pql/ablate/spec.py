@@ -47,6 +47,9 @@ NOT_IN_RUN_ID = {"out", "resume", "progress", "tensorboard", "wandb", "wandb_pro
 # Bumped when what a config means changes without its keys changing (e.g. a fix in an algorithm's
 # maths): results made under another schema are then not reused. 2: ids hash the whole config.
 RUN_ID_SCHEMA = 2
+# Keys added since schema 2, each with the value (as text) at which a run computes exactly what it did
+# before the key existed: at that value the key is left out of the id, so earlier runs keep theirs.
+ADDED_SINCE_SCHEMA = {"algo.preact_penalty": "0.0"}
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,9 @@ class Study:
 
 def run_identity(cfg: Config) -> dict[str, str]:
     """The values that make a run what it is: every key of the resolved config (dotted, as text) except
-    those in NOT_IN_RUN_ID."""
-    return {k: v for k, v in dotted_overrides(config_to_dict(cfg)).items() if k.split(".")[0] not in NOT_IN_RUN_ID}
+    those in NOT_IN_RUN_ID and those of ADDED_SINCE_SCHEMA at their earlier behaviour's value."""
+    return {k: v for k, v in dotted_overrides(config_to_dict(cfg)).items()
+            if k.split(".")[0] not in NOT_IN_RUN_ID and ADDED_SINCE_SCHEMA.get(k) != v}
 
 
 def run_id(cfg: Config) -> str:

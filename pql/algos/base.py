@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pql.config import AlgoConfig
+from pql.nets import Actor
 
 # Which run loop trains an algorithm: the actor / V-learner / P-learner workers (sync or
 # async), or PPO's on-policy rollouts.
@@ -80,18 +81,23 @@ class ActorObjective(Protocol):
 
 
 class DeterministicObjective:
-    """Maximise min(Q1, Q2) at the policy's own action: PQL, PQL-D and DDPG(n)."""
+    """Maximise min(Q1, Q2) at the policy's own action: PQL, PQL-D and DDPG(n); with ``algo.preact_penalty``
+    > 0, minus that weight times the mean squared pre-tanh output (tanh passes almost no gradient once
+    its input is large, so an actor that has saturated would otherwise stay saturated)."""
 
     stochastic = False
 
-    def __init__(self, policy: nn.Module, cfg: AlgoConfig) -> None:
-        self.policy = policy
+    def __init__(self, policy: Actor, cfg: AlgoConfig) -> None:
+        self.policy, self.preact_penalty = policy, cfg.preact_penalty
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.policy.parameters())
 
     def loss(self, obs: torch.Tensor, q: QFunction, noise: torch.Tensor | None) -> tuple[torch.Tensor, None]:
-        return -q(obs, self.policy(obs)).min(0).values.mean(), None
+        if not self.preact_penalty:
+            return -q(obs, self.policy(obs)).min(0).values.mean(), None
+        pre = self.policy.pre_tanh(obs)
+        return -q(obs, torch.tanh(pre)).min(0).values.mean() + self.preact_penalty * pre.pow(2).mean(), None
 
     def after_step(self, aux: torch.Tensor | None) -> None:
         pass

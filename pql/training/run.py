@@ -66,11 +66,13 @@ def resolve(overrides: dict[str, Any]) -> Config:
     return apply_overrides(run.read_config(), {**overrides, "out": str(run.path), "resume": str(run.path)})
 
 
-def _record(run_dir: RunDir, state: str, **fields: Any) -> None:
-    """Write ``status.json``; where that fails (a full disk) remove it rather than leave one that is
-    no longer true, and say so on the terminal."""
+def _record(run_dir: RunDir, signals: StopSignals, state: str, **fields: Any) -> None:
+    """Write ``status.json``, holding ``signals`` (a signal now must not leave it saying ``running``);
+    where that fails (a full disk) remove it rather than leave one that is no longer true, and say so on
+    the terminal."""
     try:
-        run_dir.write_status(state, **fields)
+        with signals.held():
+            run_dir.write_status(state, **fields)
     except OSError as err:
         print(f"pql: could not write {run_dir.path / 'status.json'} ({err.strerror}); removed it so that it "
               f"does not claim the run is still running", file=sys.stderr)
@@ -136,36 +138,39 @@ def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
     try:
         progress = trainer.run()
     except NonFiniteLoss as err:
-        _record(run_dir, "failed", error=str(err), env_steps=err.env_steps, losses=err.losses,
+        _record(run_dir, signals, "failed", error=str(err), env_steps=err.env_steps, losses=err.losses,
                 **({"worker": err.worker} if err.worker else {}), **host)
         raise
     except SystemExit:  # a scheduler's preemption/timeout handler checkpointed and exits for a requeue
-        _record(run_dir, "queued", note="requeued by the scheduler; resumes from its checkpoint",
+        _record(run_dir, signals, "queued", note="requeued by the scheduler; resumes from its checkpoint",
                 env_steps=trainer.progress.env_steps, **host)
         raise
     except (RunInterrupted, KeyboardInterrupt) as err:  # a second signal: stopped at once, no new checkpoint
         signum = err.signum if isinstance(err, RunInterrupted) else signal.SIGINT
-        _record(run_dir, "interrupted", signal=signal.Signals(signum).name, note="stopped at once by a second "
+        _record(run_dir, signals, "interrupted", signal=signal.Signals(signum).name, note="stopped at once by a second "
                 "signal; resumes from its last checkpoint", env_steps=trainer.progress.env_steps, **host)
         raise RunInterrupted(signum, _resume_hint(run_dir, signum, trainer.progress.env_steps)) from None
     except WorkerFailed as err:
-        _record(run_dir, "failed", error=f"{type(err).__name__}: {err}", worker=err.worker,
+        _record(run_dir, signals, "failed", error=f"{type(err).__name__}: {err}", worker=err.worker,
                 traceback=err.worker_traceback or traceback.format_exc(), env_steps=trainer.progress.env_steps, **host)
         raise
     except BaseException as err:
-        _record(run_dir, "failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
+        _record(run_dir, signals, "failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
                 env_steps=trainer.progress.env_steps, **host)
         raise
+    else:  # recorded before the sinks close, which a second signal may cut short
+        if trainer.stop_signal is not None:
+            _record(run_dir, signals, "interrupted", signal=signal.Signals(trainer.stop_signal).name,
+                    env_steps=progress.env_steps, wall_s=round(progress.wall_s, 3),
+                    compile_s=round(progress.compile_s, 3), **host)
+        else:
+            _record(run_dir, signals, "done", env_steps=progress.env_steps, wall_s=round(progress.wall_s, 3),
+                    compile_s=round(progress.compile_s, 3), losses=progress.losses, **host)
     finally:
         for sink in sinks:
             sink.close()
     if trainer.stop_signal is not None:
-        name = signal.Signals(trainer.stop_signal).name
-        _record(run_dir, "interrupted", signal=name, env_steps=progress.env_steps, wall_s=round(progress.wall_s, 3),
-                compile_s=round(progress.compile_s, 3), **host)
         raise RunInterrupted(trainer.stop_signal, _resume_hint(run_dir, trainer.stop_signal, progress.env_steps))
-    _record(run_dir, "done", env_steps=progress.env_steps, wall_s=round(progress.wall_s, 3),
-            compile_s=round(progress.compile_s, 3), losses=progress.losses, **host)
     return run_dir
 
 
