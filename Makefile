@@ -2,7 +2,7 @@
 #   make test     ruff + the default test suite (what CI runs)
 #   make bench    env-steps/s, the V-learner's overhead, sync vs async (ARGS="--help" for more)
 #   make train    one PQL run on classic/pendulum (ARGS="KEY=VALUE ..." to change it)
-#   make ablate-envs (noise, batch, ratios, buffer, gpus), make compare: a study, PROFILE=quick LAUNCHER=local,
+#   make ablate-envs (noise, batch, ratios, buffer, gpus, preact), make compare: a study, PROFILE=quick LAUNCHER=local,
 #                 then its figures and report under plots/<study>/
 #   make figures  figures and reports of every study with results
 PYTHON ?= python3
@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 PROFILE ?= quick
 LAUNCHER ?= local
-STUDIES := envs noise batch ratios buffer gpus
+STUDIES := envs noise batch ratios buffer gpus preact
 
 .PHONY: install test test-all bench train lint clean compare figures $(addprefix ablate-,$(STUDIES))
 

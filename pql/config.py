@@ -466,6 +466,10 @@ def validate(cfg: Config) -> None:
     need(a.max_grad_norm >= 0, f"algo.max_grad_norm must be >= 0, got {a.max_grad_norm}")
     need(math.isfinite(a.preact_penalty) and a.preact_penalty >= 0,
          f"algo.preact_penalty must be a finite number >= 0, got {a.preact_penalty}")
+    penalised = [name for name, alg in ALGORITHMS.items() if getattr(alg.make_objective, "uses_preact_penalty", False)]
+    need(a.preact_penalty == 0 or a.name in penalised,
+         f"algo.preact_penalty ({a.preact_penalty}) applies to the deterministic tanh actor of "
+         f"{', '.join(penalised)}; {a.name} has none, so leave it 0")
     ppo = a.ppo
     need(ppo.lr_schedule in LR_SCHEDULES, f"algo.ppo.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                                           f"got '{ppo.lr_schedule}'")

@@ -42,6 +42,9 @@ def test_unknown_key_names_the_key_and_nearest():
     ({"mode": "fast"}, "mode must be one of"),
     ({"num_envs": "many"}, "bad value for 'num_envs'"),
     ({"algo.critic_lr": "nan"}, "critic_lr must be a finite number"),
+    ({"algo.preact_penalty": "-1e-3"}, "preact_penalty must be a finite number >= 0"),
+    ({"algo": "sac", "mode": "sync", "algo.preact_penalty": "1e-3"},
+     r"preact_penalty \(0.001\) applies to the deterministic tanh actor of pql, pql-d, ddpg; sac has none"),
 ])
 def test_invalid_values_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -86,6 +86,7 @@ class DeterministicObjective:
     its input is large, so an actor that has saturated would otherwise stay saturated)."""
 
     stochastic = False
+    uses_preact_penalty = True  # config validation refuses algo.preact_penalty for objectives without this
 
     def __init__(self, policy: Actor, cfg: AlgoConfig) -> None:
         self.policy, self.preact_penalty = policy, cfg.preact_penalty
