@@ -95,10 +95,11 @@ class DeterministicObjective:
         return list(self.policy.parameters())
 
     def loss(self, obs: torch.Tensor, q: QFunction, noise: torch.Tensor | None) -> tuple[torch.Tensor, None]:
-        if not self.preact_penalty:
-            return -q(obs, self.policy(obs)).min(0).values.mean(), None
         pre = self.policy.pre_tanh(obs)
-        return -q(obs, torch.tanh(pre)).min(0).values.mean() + self.preact_penalty * pre.pow(2).mean(), None
+        loss = -q(obs, torch.tanh(pre)).min(0).values.mean()
+        if self.preact_penalty:
+            loss = loss + self.preact_penalty * pre.pow(2).mean()
+        return loss, None
 
     def after_step(self, aux: torch.Tensor | None) -> None:
         pass

@@ -159,13 +159,12 @@ def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
                 env_steps=trainer.progress.env_steps, **host)
         raise
     else:  # recorded before the sinks close, which a second signal may cut short
+        ended = {"env_steps": progress.env_steps, "wall_s": round(progress.wall_s, 3),
+                 "compile_s": round(progress.compile_s, 3), **host}
         if trainer.stop_signal is not None:
-            _record(run_dir, signals, "interrupted", signal=signal.Signals(trainer.stop_signal).name,
-                    env_steps=progress.env_steps, wall_s=round(progress.wall_s, 3),
-                    compile_s=round(progress.compile_s, 3), **host)
+            _record(run_dir, signals, "interrupted", signal=signal.Signals(trainer.stop_signal).name, **ended)
         else:
-            _record(run_dir, signals, "done", env_steps=progress.env_steps, wall_s=round(progress.wall_s, 3),
-                    compile_s=round(progress.compile_s, 3), losses=progress.losses, **host)
+            _record(run_dir, signals, "done", losses=progress.losses, **ended)
     finally:
         for sink in sinks:
             sink.close()
