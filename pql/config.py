@@ -65,6 +65,9 @@ class PPOConfig:
     normalize_value: bool = _opt(True, "learn values of running-normalised returns")
     normalize_advantage: bool = _opt(True, "standardise advantages in each minibatch")
     init_log_std: float = _opt(0.0, "initial log std of the Gaussian policy")
+    bounds_loss_coef: float = _opt(0.0, "weight of rl_games' bounds loss, the squared distance of the policy mean "
+                                        "beyond +-1.1, which keeps the mean where the action clip passes a "
+                                        "gradient (0: off; the ppo preset sets IsaacGymEnvs' 1e-4)")
 
 
 @dataclass(frozen=True)
@@ -483,6 +486,8 @@ def validate(cfg: Config) -> None:
     for key in ("lr", "kl_threshold", "clip"):
         value = getattr(ppo, key)
         need(math.isfinite(value) and value > 0, f"algo.ppo.{key} must be a finite number > 0, got {value}")
+    need(math.isfinite(ppo.bounds_loss_coef) and ppo.bounds_loss_coef >= 0,
+         f"algo.ppo.bounds_loss_coef must be a finite number >= 0, got {ppo.bounds_loss_coef}")
     need(0 <= ppo.gae_lambda <= 1, f"algo.ppo.gae_lambda must be in [0, 1], got {ppo.gae_lambda}")
     need(a.warmup_steps >= 0, f"algo.warmup_steps must be >= 0, got {a.warmup_steps}")
     need(all(h >= 1 for h in a.actor_hidden + a.critic_hidden), "hidden layer widths must be >= 1")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pql.algos.ppo import PPOPolicy, adapt_learning_rate, bootstrap_truncated, gae, ppo_losses
+from pql.algos.ppo import PPOPolicy, adapt_learning_rate, bootstrap_truncated, bounds_loss, gae, ppo_losses
 from pql.config import ConfigError, build_config
 from pql.export import export_policy
 from pql.normalizer import RunningNormalizer
@@ -44,9 +44,10 @@ def test_truncation_bootstraps_from_the_final_observation_termination_does_not()
     assert torch.allclose(adv, torch.tensor([[1.0 + G * 10.0, 1.0, 1.0 + G * 99.0]]))
 
 
-def _losses(log_std=0.0, entropy_coef=0.0, advantages=None, ratio_shift=0.0, values=None, returns=None):
+def _losses(log_std=0.0, entropy_coef=0.0, advantages=None, ratio_shift=0.0, values=None, returns=None,
+            mean=None, bounds_coef=0.0):
     torch.manual_seed(0)
-    mean = torch.zeros(4, 1)
+    mean = torch.zeros(4, 1) if mean is None else mean
     log_std_param = torch.full((1,), log_std, requires_grad=True)
     dist = torch.distributions.Normal(mean, log_std_param.exp().expand_as(mean))
     actions = torch.zeros(4, 1)
@@ -55,7 +56,7 @@ def _losses(log_std=0.0, entropy_coef=0.0, advantages=None, ratio_shift=0.0, val
     v = torch.zeros(4, requires_grad=True) if values is None else values
     ret = torch.zeros(4) if returns is None else returns
     out = ppo_losses(dist, mean, torch.ones(4, 1), actions, old_log_prob, adv, v, torch.zeros(4), ret,
-                     clip=0.2, value_clip=True, value_coef=1.0, entropy_coef=entropy_coef)
+                     clip=0.2, value_clip=True, value_coef=1.0, entropy_coef=entropy_coef, bounds_coef=bounds_coef)
     return out, log_std_param
 
 
@@ -81,6 +82,35 @@ def test_value_clipping_by_hand():
     values = torch.full((4,), 1.0, requires_grad=True)  # old values 0, clip 0.2 -> clipped prediction 0.2
     out, _ = _losses(values=values, returns=torch.full((4,), 2.0))
     assert out.value.item() == pytest.approx(max((1.0 - 2.0) ** 2, (0.2 - 2.0) ** 2))
+
+
+def test_bounds_loss_by_hand():
+    # rows [M=2, A=2]: only the parts beyond +-1.1 count, squared, summed over actions, averaged over rows
+    mean = torch.tensor([[1.0, -1.1], [3.1, -2.1]])
+    assert bounds_loss(mean).item() == pytest.approx((0.0 + (2.0**2 + 1.0**2)) / 2)
+
+
+def test_bounds_loss_pulls_a_runaway_mean_back_and_leaves_a_mean_in_range_alone():
+    """A mean far beyond the action clip gets no gradient from the surrogate when the advantages say nothing
+    (every sampled action clips to one bound); the bounds loss alone pulls it back toward 1.1."""
+    runaway = torch.full((4, 1), 50.0, requires_grad=True)
+    out, _ = _losses(mean=runaway, bounds_coef=1e-4)
+    out.total.backward()
+    assert out.bounds.item() == pytest.approx((50.0 - 1.1) ** 2)
+    assert runaway.grad is not None and torch.all(runaway.grad > 0)  # gradient descent lowers the mean
+    inside = torch.full((4, 1), 1.05, requires_grad=True)
+    out, _ = _losses(mean=inside, bounds_coef=1e-4)
+    out.total.backward()
+    assert out.bounds.item() == 0.0 and inside.grad is not None and torch.all(inside.grad == 0)
+
+
+def test_ppo_preset_sets_the_bounds_loss_of_isaacgymenvs_and_nothing_else_gets_it():
+    for task in ("classic/pendulum", "playground/CartpoleBalance"):
+        assert build_config({"algo": "ppo", "task": task}).algo.ppo.bounds_loss_coef == pytest.approx(1e-4)
+    assert build_config({"algo": "ppo", "algo.ppo.bounds_loss_coef": "0"}).algo.ppo.bounds_loss_coef == 0.0
+    assert build_config({"algo": "pql"}).algo.ppo.bounds_loss_coef == 0.0
+    with pytest.raises(ConfigError, match=r"algo.ppo.bounds_loss_coef must be a finite number >= 0, got -1.0"):
+        build_config({"algo": "ppo", "algo.ppo.bounds_loss_coef": "-1"})
 
 
 def test_adaptive_learning_rate():

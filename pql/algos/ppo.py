@@ -69,17 +69,30 @@ class Losses(NamedTuple):
     policy: torch.Tensor
     value: torch.Tensor
     entropy: torch.Tensor
+    bounds: torch.Tensor
     total: torch.Tensor
     kl: torch.Tensor
+
+
+SOFT_BOUND = 1.1  # rl_games': the policy mean may pass the action clip at +-1 by this much before it costs
+
+
+def bounds_loss(mean: torch.Tensor) -> torch.Tensor:
+    """rl_games' bounds loss of policy means ``[M, A]``: the squared distance beyond +-SOFT_BOUND, summed over
+    actions and averaged over rows. Without it nothing holds a clipped Gaussian's mean near the action
+    range: once it is far outside, every sampled action clips to the same bound and the advantages no
+    longer say which way to move it."""
+    beyond = (mean - SOFT_BOUND).clamp(min=0.0) ** 2 + (mean + SOFT_BOUND).clamp(max=0.0) ** 2
+    return beyond.sum(-1).mean()
 
 
 def ppo_losses(dist: torch.distributions.Normal, old_mean: torch.Tensor, old_std: torch.Tensor,
                actions: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
                values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float,
-               value_clip: bool, value_coef: float, entropy_coef: float) -> Losses:
-    """Clipped surrogate, (clipped) value loss and the entropy bonus on one minibatch of M rows.
+               value_clip: bool, value_coef: float, entropy_coef: float, bounds_coef: float) -> Losses:
+    """Clipped surrogate, (clipped) value loss, the entropy bonus and the bounds loss on one minibatch of M rows.
 
-    ``total = policy + value_coef * value - entropy_coef * entropy``: a positive
+    ``total = policy + value_coef * value - entropy_coef * entropy + bounds_coef * bounds``: a positive
     ``entropy_coef`` rewards a wider policy (the reference code subtracted a constant instead).
     """
     log_prob = dist.log_prob(actions).sum(-1)
@@ -91,10 +104,12 @@ def ppo_losses(dist: torch.distributions.Normal, old_mean: torch.Tensor, old_std
     else:
         value = ((values - returns) ** 2).mean()
     entropy = dist.entropy().sum(-1).mean()
+    bounds = bounds_loss(dist.mean)
     with torch.no_grad():
         old = torch.distributions.Normal(old_mean, old_std)
         kl = torch.distributions.kl_divergence(old, dist).sum(-1).mean()
-    return Losses(policy, value, entropy, policy + value_coef * value - entropy_coef * entropy, kl)
+    total = policy + value_coef * value - entropy_coef * entropy + bounds_coef * bounds
+    return Losses(policy, value, entropy, bounds, total, kl)
 
 
 def adapt_learning_rate(lr: float, kl: float, threshold: float, low: float = 1e-6, high: float = 1e-2) -> float:

@@ -96,7 +96,7 @@ class PPOTrainer(RunLoop):
             values = self.value(obs).squeeze(-1).float()
         dist = torch.distributions.Normal(mean, self.policy.log_std.exp().expand_as(mean), validate_args=False)
         return ppo_losses(dist, old_mean, old_std, actions, old_log_prob, advantages, values, old_values, returns,
-                          ppo.clip, ppo.value_clip, ppo.value_coef, ppo.entropy_coef)
+                          ppo.clip, ppo.value_clip, ppo.value_coef, ppo.entropy_coef, ppo.bounds_loss_coef)
 
     def minibatch_step(self, *rows: torch.Tensor) -> Losses:
         """One gradient step on a minibatch (the arguments of :meth:`minibatch_losses`)."""
