@@ -65,6 +65,10 @@ class PPOConfig:
     normalize_value: bool = _opt(True, "learn values of running-normalised returns")
     normalize_advantage: bool = _opt(True, "standardise advantages in each minibatch")
     init_log_std: float = _opt(0.0, "initial log std of the Gaussian policy")
+    stagger_episodes: bool = _opt(False, "start each exploring env's first episode at a random step of the time "
+                                         "limit (rsl_rl's init_at_random_ep_len), so that the envs' episodes do "
+                                         "not end together and each rollout holds every phase of an episode "
+                                         "(the ppo preset sets it where the backend can)")
     bounds_loss_coef: float = _opt(0.0, "weight of rl_games' bounds loss, the squared distance of the policy mean "
                                         "beyond +-1.1, which keeps the mean where the action clip passes a "
                                         "gradient (0: off; the ppo preset sets IsaacGymEnvs' 1e-4)")

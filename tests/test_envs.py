@@ -49,6 +49,33 @@ def test_contract_shapes_dtypes_and_auto_reset(task, request):
         assert not torch.equal(final, obs), "auto-reset replaced the final obs by a fresh one"
 
 
+@pytest.mark.parametrize("task", [t for t in BACKEND_TASKS if not str(t).startswith("gym/")])
+def test_set_episode_steps_moves_each_time_limit_by_its_offset(task, request):
+    """An env moved k steps into its episode reaches the time limit k steps sooner than one left at 0."""
+    if task.startswith("isaac"):
+        request.getfixturevalue("isaac_fakes")
+    env = make_env(task, 3, device="cpu", seed=3)
+    env.reset()
+    limit = env.max_episode_steps
+    offsets = torch.tensor([0, limit // 2, limit - 5])
+    env.set_episode_steps(offsets)
+    first = torch.full((3,), -1)
+    for t in range(1, limit + 1):
+        _, _, term, trunc, _ = env.step(torch.zeros(3, env.act_dim))
+        assert not term.any()
+        first = torch.where(trunc & (first < 0), t, first)
+        if (first >= 0).all():
+            break
+    assert (first >= 0).all() and torch.equal(first[0] - first, offsets), f"first truncations at {first.tolist()}"
+
+
+def test_gym_backend_cannot_set_episode_steps():
+    env = make_env("gym/Pendulum-v1", 2)
+    env.reset()
+    with pytest.raises(NotImplementedError, match="GymVecEnv cannot set its episodes' step counts"):
+        env.set_episode_steps(torch.zeros(2, dtype=torch.long))
+
+
 @pytest.mark.parametrize("task", ["classic/pendulum", "gym/Pendulum-v1"])
 def test_seeded_resets_are_reproducible(task):
     a, b = make_env(task, 4, seed=7), make_env(task, 4, seed=7)

@@ -11,7 +11,9 @@ from pql.algos.ppo import PPOPolicy, adapt_learning_rate, bootstrap_truncated, b
 from pql.config import ConfigError, build_config
 from pql.export import export_policy
 from pql.normalizer import RunningNormalizer
+from pql.training.ppo import PPOTrainer
 from pql.training.run import train
+from pql.training.run_dir import RunDir
 
 G, L = 0.9, 0.8
 
@@ -144,3 +146,23 @@ def test_ppo_runs_resumes_and_exports(tiny):
     module = torch.jit.load(str(export_policy(run)))
     obs = torch.randn(32, 3) * 3
     assert torch.allclose(module(obs), 2.0 * policy.net(norm(obs)).clamp(-1, 1), atol=1e-5)
+
+
+def test_staggered_episodes_start_the_exploring_envs_at_spread_steps(tiny, tmp_path):
+    """The ppo preset staggers the envs' first episodes over the time limit (rsl_rl's init_at_random_ep_len);
+    without it every env's episode would end at the same step, each rollout holding one phase of it."""
+    def elapsed(**over: str) -> torch.Tensor:
+        cfg = build_config({**tiny, "algo": "ppo", "num_envs": "64", "algo.ppo.minibatch_size": "128", **over})
+        trainer = PPOTrainer(cfg, RunDir(tmp_path / str(len(over))))
+        return trainer.env.elapsed.clone()
+
+    spread = elapsed()
+    assert spread.min() >= 0 and spread.max() < 200 and spread.unique().numel() > 32
+    assert torch.equal(elapsed(**{"algo.ppo.stagger_episodes": "false"}), torch.zeros(64, dtype=torch.long))
+
+
+def test_staggering_a_backend_that_cannot_names_the_key(tiny):
+    assert build_config({"algo": "ppo", "task": "gym/Pendulum-v1"}).algo.ppo.stagger_episodes is False
+    with pytest.raises(NotImplementedError, match=r"set algo\.ppo\.stagger_episodes=false"):
+        train({**tiny, "algo": "ppo", "task": "gym/Pendulum-v1", "num_envs": "8", "algo.ppo.minibatch_size": "64",
+               "algo.ppo.stagger_episodes": "true", "max_env_steps": "64"})

@@ -49,7 +49,8 @@ NOT_IN_RUN_ID = {"out", "resume", "progress", "tensorboard", "wandb", "wandb_pro
 RUN_ID_SCHEMA = 2
 # Keys added since schema 2, each with the value (as text) at which a run computes exactly what it did
 # before the key existed: at that value the key is left out of the id, so earlier runs keep theirs.
-ADDED_SINCE_SCHEMA = {"algo.preact_penalty": "0.0", "algo.ppo.bounds_loss_coef": "0.0"}
+ADDED_SINCE_SCHEMA = {"algo.preact_penalty": "0.0", "algo.ppo.bounds_loss_coef": "0.0",
+                      "algo.ppo.stagger_episodes": "False"}
 
 
 @dataclass(frozen=True)

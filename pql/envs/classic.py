@@ -65,6 +65,10 @@ class TorchClassicEnv(VecEnv):
         self.elapsed.zero_()
         return self._observe(self.state)
 
+    def set_episode_steps(self, steps: torch.Tensor) -> None:
+        """Steps into the current episodes ``[N]`` (long)."""
+        self.elapsed.copy_(steps.to(self.elapsed))
+
     def step(self, actions: torch.Tensor) -> StepResult:
         state, reward, terminated = self._dynamics(self.state, actions.to(self.device))
         self.elapsed += 1

@@ -24,6 +24,10 @@ and the new episode's first observation comes one step later.
 ``compile_s`` is the time a backend spent compiling its simulation (Playground's JAX jit), all
 of it done by the first ``reset``, so that no step pays for it.
 
+``set_episode_steps(steps)`` moves each environment's count of steps into its current episode to
+``steps [N]`` (long, each below ``max_episode_steps``) without touching its state, so that the time
+limit cuts the first episodes at different steps; a backend that cannot raises NotImplementedError.
+
 ``generator`` is the torch.Generator behind the environments' resets; checkpoints save
 its state so that a resumed run resets as the uninterrupted one would have.
 """
@@ -60,4 +64,8 @@ class VecEnv(abc.ABC):
     @abc.abstractmethod
     def step(self, actions: torch.Tensor) -> StepResult:
         """Advance every environment by one step with ``actions [N, A]``; auto-resets finished ones."""
+
+    def set_episode_steps(self, steps: torch.Tensor) -> None:
+        """Set each environment's count of steps into its current episode to ``steps [N]`` (long)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot set its episodes' step counts")
 

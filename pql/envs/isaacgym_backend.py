@@ -84,6 +84,10 @@ class IsaacGymVecEnv(VecEnv):
         obs_dict, *_ = self.env.step(torch.zeros(self.num_envs, self.act_dim, device=self.device))
         return obs_dict["obs"].to(self.dtype).clone()
 
+    def set_episode_steps(self, steps: torch.Tensor) -> None:
+        """Steps into the current episodes ``[N]`` (long): VecTask's ``progress_buf``."""
+        self.env.progress_buf[:] = steps.to(self.env.progress_buf)
+
     def step(self, actions: torch.Tensor) -> StepResult:
         """Actions ``[N, A]`` -> obs ``[N, D]``, reward ``[N]``, terminated ``[N]``, truncated ``[N]``,
         info ``{"final_obs": [N, D]}`` (equal to obs: see the module docstring)."""

@@ -107,6 +107,12 @@ class IsaacLabVecEnv(VecEnv):
         obs, _ = self.env.reset(seed=seed)
         return obs["policy"].to(self.dtype).clone()
 
+    def set_episode_steps(self, steps: torch.Tensor) -> None:
+        """Steps into the current episodes ``[N]`` (long): the env's ``episode_length_buf``, as rsl_rl's
+        ``init_at_random_ep_len`` sets it."""
+        buf = self.env.unwrapped.episode_length_buf
+        buf[:] = steps.to(buf)
+
     def step(self, actions: torch.Tensor) -> StepResult:
         """Actions ``[N, A]`` -> obs ``[N, D]``, reward ``[N]``, terminated ``[N]``, truncated ``[N]``,
         info ``{"final_obs": [N, D]}``."""

@@ -152,6 +152,11 @@ class PlaygroundVecEnv(VecEnv):
             self.compile_s = time.perf_counter() - begun
         return torch.from_dlpack(self._state.obs)
 
+    def set_episode_steps(self, steps: torch.Tensor) -> None:
+        """Steps into the current episodes ``[N]`` (long); the step counter is the adapter's own."""
+        counts = self._jnp.asarray(steps.to(torch.int32).cpu().numpy())
+        self._steps = self._jax.device_put(counts, self._device)
+
     def step(self, actions: torch.Tensor) -> StepResult:
         """Actions ``[N, A]`` -> obs ``[N, D]``, reward ``[N]``, terminated ``[N]``, truncated ``[N]``,
         info ``{"final_obs": [N, D]}``; the tensors share memory with JAX's arrays."""

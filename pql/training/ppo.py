@@ -79,6 +79,7 @@ class PPOTrainer(RunLoop):
         self.episodes = EpisodeReturns(cfg.num_envs - self.eval_slice, sim, self.env.dtype)
         self.eval_episodes = EpisodeReturns(self.eval_slice, sim, self.env.dtype)
         self.obs = self.env.reset()
+        self.stagger_episodes()
         self.updates = 0
         self.speed = Speed(cfg.compile, cfg.amp, sim)
         self._losses = self.speed.compile(self.minibatch_losses)
@@ -117,6 +118,20 @@ class PPOTrainer(RunLoop):
                 torch.zeros(m, a, device=dev), *(torch.zeros(m, device=dev) for _ in range(4)))
         with state_kept([self.policy, self.value], [self.optimizer]):
             return compile_s + timed_warm_up([lambda: self.minibatch_step(*rows)], dev)
+
+    def stagger_episodes(self) -> None:
+        """With ``algo.ppo.stagger_episodes``, move each exploring env to a random step of its first episode
+        (the evaluating envs of the slice keep theirs at 0: their episodes are the evaluation)."""
+        limit = self.env.max_episode_steps
+        if not self.ppo.stagger_episodes or limit is None:
+            return
+        steps = torch.randint(limit, (self.cfg.num_envs,), generator=self.generator, device=self.generator.device)
+        steps[: self.eval_slice] = 0
+        try:
+            self.env.set_episode_steps(steps)
+        except NotImplementedError as err:
+            raise NotImplementedError(f"{err}: {self.cfg.task} cannot stagger its episodes, "
+                                      "set algo.ppo.stagger_episodes=false") from err
 
     def value_of(self, obs: torch.Tensor) -> torch.Tensor:
         """Values ``[B]`` in return units of normalised observations ``[B, D]``."""
@@ -232,3 +247,4 @@ class PPOTrainer(RunLoop):
         self.env.generator.set_state(rng["env"])
         restore_generator(self.eval_env, rng["eval_env"])
         self.obs = self.env.reset()
+        self.stagger_episodes()
