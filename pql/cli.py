@@ -8,6 +8,7 @@ import textwrap
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from pql.ablate.claims import ClaimRule
 from pql.config import ConfigError, describe, parse_overrides
 from pql.interrupt import RunInterrupted
 from pql.preload import preload_simulator
@@ -65,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "(with a warning for a cell that does not fit) and, for slurm, the sbatch scripts; "
                              "run nothing")
     ablate.add_argument("--retry-failed", action="store_true",
-                        help="run failed cells again, from scratch (interrupted cells always resume by themselves)")
+                        help="run failed cells again: a run that failed resumably (a worker killed by a signal or "
+                             "the out-of-memory killer, or stopped by the watchdog: status.json resumable: true) "
+                             "resumes from its last checkpoint, any other (NaN/inf loss, an error) starts afresh; "
+                             "interrupted cells always resume by themselves")
+    ablate.add_argument("--restart", action="store_true",
+                        help="the cells this invocation runs (interrupted, stale claims, failed with "
+                             "--retry-failed) start from step 0 instead of resuming from their checkpoints")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     status = sub.add_parser("status", help="done / running / failed / pending counts of a study",
@@ -105,6 +112,15 @@ def _by_arg(parser: argparse.ArgumentParser, what: str) -> None:
 
 def _study_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="study spec, e.g. ablations/envs.yaml")
+    parser.add_argument("--stale-after", type=float, default=ClaimRule.stale_after_s, metavar="S",
+                        help="a run that status.json says is running on another host, whose lock is not seen held "
+                             "here and whose SLURM job (if any) cannot be asked, counts as dead once its claim "
+                             "(status.json 'updated', renewed at every metrics row and checkpoint) is older than "
+                             "S seconds; it is then resumed. On this host the run's lock decides, never the age "
+                             f"(default: {ClaimRule.stale_after_s:g})")
+    parser.add_argument("--take-over", action="store_true",
+                        help="take over every running claim from another host at once, whatever its age (e.g. "
+                             "results copied from a machine whose runs were killed)")
     parser.add_argument("--profile", default="quick",
                         help="profile of the spec: quick (embedded simulator, minutes on a CPU), playground (MuJoCo "
                              "Playground physics, CPU or GPU), paper (the paper's Isaac Gym tasks and budgets, "
@@ -182,7 +198,8 @@ def _study_command(args: argparse.Namespace) -> int:
     slurm = getattr(args, "launcher", None) == "slurm"
     running = args.command == "ablate" and not args.dry_run
     plan = plan_study(args.spec, args.profile, overrides, args.results,
-                      retry_failed=getattr(args, "retry_failed", False), check_local_gpu=not slurm, claim=running)
+                      retry_failed=getattr(args, "retry_failed", False), check_local_gpu=not slurm, claim=running,
+                      claim_rule=ClaimRule(args.stale_after, args.take_over), restart=getattr(args, "restart", False))
     if args.command == "status":
         print(status_report(plan.study, plan.store, plan.skipped))
         if by:

@@ -155,6 +155,10 @@ class Config:
                                             "row; null: max_time_s / 40 when a time budget is set (so times to a "
                                             "threshold are resolved to 2.5% of the budget), else never")
     checkpoint_every_s: float = _opt(60.0, "write a checkpoint at most this often (and at the end)")
+    watchdog_s: float = _opt(300.0, "mode=async: fail the run (resumable from its last checkpoint) when a worker "
+                                    "has shown no sign of life for this many seconds once started: stopped, hung "
+                                    "in a simulator call or deadlocked (building, compiling and evaluation are "
+                                    "not counted); 0: no watchdog")
     progress: bool = _opt(True, "show a progress bar with return and env-steps/s")
     tensorboard: bool = _opt(False, "also write TensorBoard events to RUN_DIR/tb (needs the tensorboard package)")
     wandb: bool = _opt(False, "also log the config and every metrics row to Weights & Biases, files in RUN_DIR/wandb "
@@ -454,6 +458,8 @@ def validate(cfg: Config) -> None:
          f"noise, and the rest must explore")
     need(cfg.eval_every_env_steps >= 1, f"eval_every_env_steps must be >= 1, got {cfg.eval_every_env_steps}")
     need(cfg.eval_every_s is None or cfg.eval_every_s > 0, f"eval_every_s must be > 0, got {cfg.eval_every_s}")
+    need(math.isfinite(cfg.watchdog_s) and cfg.watchdog_s >= 0,
+         f"watchdog_s must be a finite number >= 0 (0: off), got {cfg.watchdog_s}")
     need(n.sigma_min >= 0, f"noise.sigma_min must be >= 0, got {n.sigma_min}")
     need(n.sigma_min <= n.sigma_max, f"noise.sigma_min ({n.sigma_min}) must not exceed noise.sigma_max ({n.sigma_max})")
     need(n.sigma >= 0, f"noise.sigma must be >= 0, got {n.sigma}")

@@ -1,5 +1,6 @@
 """mode=async: the workers as processes, the ring between them, failures, interruptions and resume."""
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from pql.ablate.store import ResultsStore
 from pql.buffers import RingBuffer
 from pql.envs import register
 from pql.envs.classic import Pendulum
@@ -191,6 +193,7 @@ def test_kill_9_of_a_worker_stops_the_run_within_seconds(async_run, role):
     assert time.monotonic() - killed < 10 and proc.returncode == 1, err
     final = json.loads((run / "status.json").read_text())
     assert final["state"] == "failed" and final["worker"] == role and "killed by SIGKILL" in final["error"]
+    assert final["cause"] == "killed" and final["resumable"] is True, "the out-of-memory killer's signal: resumable"
     assert torch.load(run / "checkpoint.pt", weights_only=True)["progress"]["env_steps"] > 0, "the checkpoint is kept"
     assert all(wait_gone(pid, 10) for pid in status["workers"].values()), "no worker left behind"
 
@@ -210,3 +213,70 @@ def test_ctrl_c_checkpoints_stops_every_worker_and_resumes(async_run):
     train({"resume": str(run), "max_env_steps": str(stopped_at + 1600)})
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     assert int(read_rows(run)[-1]["env_steps"]) >= stopped_at + 1600
+
+
+QUICK_ROWS = {"max_env_steps": "10000000", "checkpoint_every_s": "0", "algo.critic_hidden": "[16,16]",
+              "algo.batch_size": "64", "eval_every_env_steps": "320"}  # a row and a checkpoint every 10 actor steps
+
+
+def test_a_stopped_worker_is_caught_by_the_watchdog_and_the_run_fails_resumably(async_run):
+    run = Path(async_run["out"])
+    proc = _start_cli({**async_run, **QUICK_ROWS, "watchdog_s": "4"})
+    status = _wait_running(run, proc)
+    os.kill(status["workers"]["v"], signal.SIGSTOP)  # a hung simulator call, a deadlock, a swapped-out process
+    stopped = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - stopped < 12 and proc.returncode == 1, err
+    final = json.loads((run / "status.json").read_text())
+    assert final["state"] == "failed" and final["worker"] == "V-learner", final
+    assert final["cause"] == "watchdog" and final["resumable"] is True
+    assert "made no progress for" in final["error"] and "watchdog_s=4" in final["error"]
+    assert all(wait_gone(pid, 10) for pid in status["workers"].values()), "the stopped worker is killed too"
+
+
+def test_sigterm_while_a_worker_is_stuck_stops_the_run_at_once_as_interrupted(async_run):
+    run = Path(async_run["out"])
+    proc = _start_cli({**async_run, **QUICK_ROWS})  # watchdog_s: its default, 300 s
+    status = _wait_running(run, proc)
+    os.kill(status["workers"]["actor"], signal.SIGSTOP)
+    time.sleep(1.5)  # the actor misses its heartbeats
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and time.monotonic() - signalled < 8, err
+    final = json.loads((run / "status.json").read_text())
+    assert final["state"] == "interrupted" and final["signal"] == "SIGTERM", final
+    assert "actor was stuck" in final["note"] and "resumes from the last one" in final["note"]
+    assert all(wait_gone(pid, 10) for pid in status["workers"].values())
+
+
+def test_sigterm_to_the_process_group_while_the_workers_start_ends_interrupted(async_run):
+    run = Path(async_run["out"])
+    args = [f"{k}={v}" for k, v in {**async_run, "max_env_steps": "10000000"}.items()]
+    proc = subprocess.Popen([sys.executable, "-m", "pql", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    status: dict = {}
+    while "workers" not in status and time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            status = json.loads((run / "status.json").read_text())
+        time.sleep(0.01)
+    assert not (run / "metrics.csv").exists(), "signalled before the workers were built"
+    os.killpg(proc.pid, signal.SIGTERM)  # what scancel does: every process of the job
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    final = json.loads((run / "status.json").read_text())
+    assert final["state"] == "interrupted" and final["signal"] == "SIGTERM", final
+    assert (run / "checkpoint.pt").exists(), "the workers parked and the run checkpointed"
+    assert all(wait_gone(pid, 10) for pid in status["workers"].values())
+
+
+def test_rows_written_while_the_actor_waits_repeat_env_steps_and_the_run_stays_done(async_run):
+    """A busy machine: the actor waits for a slow V-learner (64 updates per step), and rows come by time."""
+    run = train({**async_run, "algo.critic_sample_ratio": "64", "algo.critic_hidden": "[256,256]",
+                 "algo.batch_size": "1024", "max_env_steps": "null", "max_time_s": "2", "eval_every_s": "0.2",
+                 "eval_every_env_steps": "100000"}).path
+    steps = [int(r["env_steps"]) for r in read_rows(run)]
+    assert len(steps) > len(set(steps)), f"some rows repeat the env steps of the one before: {steps}"
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    assert ResultsStore(run.parent, run.name).run_state(run, None).state == "done", "never judged corrupt"

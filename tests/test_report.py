@@ -246,6 +246,13 @@ def test_report_of_a_real_small_study(tmp_path):
     mixed = report_study(TINY, "quick", results, plots, {"max_env_steps": "960"}, reps=100)
     assert f"{unevaluated.run_id}, which never evaluated" in mixed.markdown.read_text()
     assert unevaluated.run_id not in set(pd.read_csv(results / "tiny" / "per_run-quick.csv")["run_id"])
+    # An index that lost rows (a full disk): the runs are found in their directories and the index rewritten.
+    index = results / "tiny" / "index-quick.csv"
+    index.write_text("\n".join(index.read_text().splitlines()[:2]) + "\n")
+    rebuilt = report_study(TINY, "quick", results, plots, {"max_env_steps": "960"}, reps=100)
+    assert "were found in their directories; the index was rewritten" in rebuilt.markdown.read_text()
+    assert len(pd.read_csv(results / "tiny" / "per_run-quick.csv")) == 6, "every finished, evaluated run"
+    assert len(pd.read_csv(index)) == 8
 
 
 def test_empty_study_says_so(tmp_path, capsys):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pql.ablate.launchers import Launcher
 from pql.ablate.spec import Cell, Study, expand, load_spec
-from pql.ablate.store import STATES, STUDY_LOCK_WAIT_S, ResultsStore, RunState
+from pql.ablate.store import STATES, STUDY_LOCK_WAIT_S, ClaimRule, ResultsStore, RunState
 from pql.config import ConfigError
 from pql.devices import gpu_mismatch, resolve_devices
 from pql.locks import FileLock, holder, run_lock
@@ -36,6 +36,7 @@ class Plan:
     to_run: list[Cell]
     skipped: dict[str, str]
     claims: dict[str, FileLock]  # run id -> the run directory's lock, held by this process, for each cell to run
+    restart: bool = False  # the cells run start from step 0, not from their checkpoints
 
     def release(self) -> None:
         """Give up the cells this plan claimed and has not launched."""
@@ -57,18 +58,21 @@ def unique_cells(study: Study) -> list[Cell]:
 
 
 def plan_study(spec_path: str | Path, profile: str, overrides: dict[str, str], results_root: str | Path,
-               retry_failed: bool = False, check_local_gpu: bool = True, claim: bool = False) -> Plan:
+               retry_failed: bool = False, check_local_gpu: bool = True, claim: bool = False,
+               claim_rule: ClaimRule | None = None, restart: bool = False) -> Plan:
     """Decide, from the files in the store, which cells run now and which are skipped, and why.
 
     ``claim``: take the lock of each cell to run (under the study's lock, so two ``pql ablate``
     of one study never pick the same cell); the plan holds them until launched or released.
+    ``claim_rule``: how another host's ``running`` status is judged (:class:`ClaimRule`). ``restart``:
+    the cells to run start from step 0 instead of resuming.
     """
     study = expand(load_spec(spec_path), profile, overrides)
-    store = ResultsStore(results_root, study.name)
+    store = ResultsStore(results_root, study.name, claim_rule)
     states: dict[str, RunState] = {}
     to_run: list[Cell] = []
     skipped: dict[str, str] = {}
-    claims: dict[str, FileLock] = {}
+    locks: dict[str, FileLock] = {}
     with _study_lock(store) if claim else contextlib.nullcontext():
         for cell in unique_cells(study):
             lock = run_lock(store.run_path(cell)) if claim else None
@@ -88,10 +92,10 @@ def plan_study(spec_path: str | Path, profile: str, overrides: dict[str, str], r
             if wanted:
                 to_run.append(cell)
                 if lock is not None:
-                    claims[cell.run_id] = lock
+                    locks[cell.run_id] = lock
             elif lock is not None:
                 lock.release()
-    return Plan(study, store, states, to_run, skipped, claims)
+    return Plan(study, store, states, to_run, skipped, locks, restart)
 
 
 @contextlib.contextmanager
@@ -157,7 +161,7 @@ def run_study(plan: Plan, launcher: Launcher, progress: bool = True) -> list[str
                     continue
                 plan.claims[cell.run_id] = lock
             try:
-                ready.append((cell, plan.store.prepare(cell)))
+                ready.append((cell, plan.store.prepare(cell, restart=plan.restart)))
             except OSError as err:
                 problems.append(f"{cell.run_id} ({cell.label}, seed {cell.seed}): cannot prepare "
                                 f"{plan.store.run_path(cell)}: {err}")
@@ -173,11 +177,17 @@ def run_study(plan: Plan, launcher: Launcher, progress: bool = True) -> list[str
 
 
 def _write_index(plan: Plan, skipped: dict[str, RunState]) -> list[str]:
+    return write_index(plan.study, plan.store, skipped)
+
+
+def write_index(study: Study, store: ResultsStore, known: dict[str, RunState] | None = None) -> list[str]:
+    """Rewrite the study's index under the study's lock (``known``: states by run id, e.g. skips); returns
+    the problem, if any, as a line for the user."""
     try:
-        with _study_lock(plan.store):
-            plan.store.write_index(plan.study, skipped)
+        with _study_lock(store):
+            store.write_index(study, known or {})
     except (OSError, ConfigError) as err:
-        return [f"could not write the index of {plan.store.path}: {err}"]
+        return [f"could not write the index of {store.path}: {err}"]
     return []
 
 

@@ -12,20 +12,26 @@ Stale and corrupt runs are moved aside and redone rather than aggregated.
 from __future__ import annotations
 
 import csv
-import itertools
 import json
-import os
-import socket
-import subprocess
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
-from typing import Any
 
+from pql.ablate.claims import ClaimRule, claim_age_s, job_alive
 from pql.ablate.spec import Cell, Study, run_identity
 from pql.config import Config, ConfigError, config_to_dict, load_config
 from pql.locks import LOCK_NAME, FileLock, holder
-from pql.training.run_dir import CHECKPOINT, CONFIG, METRICS, REQUIRED_METRIC_COLUMNS, STATUS, RunDir, atomic_write
+from pql.training.run_dir import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    REQUIRED_METRIC_COLUMNS,
+    STATUS,
+    RunDir,
+    atomic_write,
+    row_key,
+    rows_order_problem,
+)
 
 STATES = ("done", "running", "queued", "failed", "stale", "pending", "skipped")
 STUDY_LOCK_WAIT_S = 120.0
@@ -42,7 +48,8 @@ class RunState:
 
 
 def metrics_problem(path: Path, expected_steps: int | None) -> str | None:
-    """Why ``metrics.csv`` at ``path`` cannot be trusted, or None if it reads whole."""
+    """Why ``metrics.csv`` at ``path`` cannot be trusted, or None if it reads whole and its rows keep the
+    order rule of one writer (:func:`pql.training.run_dir.row_order_problem`)."""
     if not path.exists():
         return "metrics.csv is missing"
     try:
@@ -52,19 +59,18 @@ def metrics_problem(path: Path, expected_steps: int | None) -> str | None:
             if lacking:
                 return f"metrics.csv lacks the column(s) {', '.join(lacking)}"
             rows = list(reader)
-        steps = [int(float(r["env_steps"])) for r in rows]
-        for r in rows:
-            float(r["wall_s"])
-            if None in r.values():
-                return "metrics.csv has a truncated row"
+        if any(None in r.values() for r in rows):
+            return "metrics.csv has a truncated row"
+        keys = [row_key(r) for r in rows]
     except (ValueError, TypeError, KeyError, csv.Error) as err:
         return f"metrics.csv does not parse: {err}"
     if not rows:
         return "metrics.csv has no rows"
-    if any(b <= a for a, b in itertools.pairwise(steps)):
-        return "metrics.csv env_steps repeat or go backwards (two processes wrote it?)"
-    if expected_steps is not None and steps[-1] != expected_steps:
-        return f"metrics.csv ends at {steps[-1]} env steps but status.json says {expected_steps}"
+    problem = rows_order_problem(keys)
+    if problem is not None:
+        return f"metrics.csv: {problem}"
+    if expected_steps is not None and keys[-1][0] != expected_steps:
+        return f"metrics.csv ends at {keys[-1][0]} env steps but status.json says {expected_steps}"
     return None
 
 
@@ -86,34 +92,13 @@ def stale_reason(expected: Config, config_path: Path) -> str | None:
     return f"{CONFIG} differs from the cell: {shown}{' ...' if len(keys) > 4 else ''}"
 
 
-def _alive(status: dict[str, Any]) -> bool:
-    """Whether the process that wrote a 'running' status still runs (conservative where unknown)."""
-    job = status.get("slurm_job_id")
-    if job:
-        try:
-            out = subprocess.run(["squeue", "-h", "-j", str(job)], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return True
-        return bool(out.stdout.strip())
-    if status.get("host") != socket.gethostname():
-        return True
-    try:
-        pid = int(status["pid"])
-        os.kill(pid, 0)
-    except (ProcessLookupError, KeyError, ValueError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")  # a zombie is dead
-
-
 class ResultsStore:
     """Run directories and the index of one study under ``root/<study>``."""
 
-    def __init__(self, root: str | Path, study: str) -> None:
+    def __init__(self, root: str | Path, study: str, claim_rule: ClaimRule | None = None) -> None:
         self.path = Path(root) / study
         self.path.mkdir(parents=True, exist_ok=True)
+        self.claim_rule = claim_rule or ClaimRule()
 
     def run_path(self, cell: Cell) -> Path:
         return self.path / cell.run_id
@@ -156,34 +141,41 @@ class ResultsStore:
         if busy:  # another process has the cell: its run, or its launcher about to start it
             return RunState("running", where) if state == "running" else RunState("queued", f"taken by {busy}")
         if state == "failed":
-            return RunState("failed", status.get("error", ""), resumable=has_checkpoint)
+            resumable = has_checkpoint and bool(status.get("resumable"))
+            how = f"; resumes from its checkpoint at {status.get('checkpoint_env_steps', 'its last')} env steps " \
+                  f"with --retry-failed" if resumable else ""
+            return RunState("failed", f"{status.get('error', '')}{how}", resumable=resumable)
         if state == "interrupted":
             return RunState("pending", f"interrupted by {status.get('signal', 'a signal')}; resumes from its checkpoint"
                             if has_checkpoint else "interrupted before its first checkpoint", resumable=has_checkpoint)
+        then = "; resumes from its checkpoint" if has_checkpoint else "; starts afresh (no checkpoint)"
         if state == "queued":
             job = status.get("slurm_job_id")
-            if job and _alive(status):
+            if job and job_alive(job) is not False:
                 return RunState("queued", f"SLURM job {job}")
-            return RunState("pending", f"its SLURM job {job} is gone" +
-                            ("; resumes from its checkpoint" if has_checkpoint else ""), resumable=has_checkpoint)
+            return RunState("pending", f"its SLURM job {job} is gone{then}", resumable=has_checkpoint)
         if state == "running":
-            if _alive(status):
-                return RunState("running", where)
-            return RunState("pending", "interrupted; resumes from its checkpoint" if has_checkpoint else "interrupted",
-                            resumable=has_checkpoint)
+            dead = self.claim_rule.dead_because(status)
+            if dead is None:
+                age = claim_age_s(status)
+                return RunState("running", where + (f", renewed {age:.0f} s ago" if age is not None else ""))
+            return RunState("pending", f"stale claim: {dead}{then}", resumable=has_checkpoint)
         return RunState("pending", f"unknown state {state!r}; redo", corrupt=True)
 
-    def prepare(self, cell: Cell) -> Path:
+    def prepare(self, cell: Cell, restart: bool = False) -> Path:
         """Get ``cell``'s directory ready to run (its lock held by this process): a stale or corrupt run's
-        files moved aside into ``RUN_ID.stale-TIME/`` or ``RUN_ID.corrupt-TIME/``, a failed or unresumable
-        run's results cleared (an interrupted run keeps its checkpoint to resume), and ``cell.json``
-        written with the cell's resolved config, which the job runs as it is."""
+        files moved aside into ``RUN_ID.stale-TIME/`` or ``RUN_ID.corrupt-TIME/``, an unresumable run's
+        results cleared (an interrupted run, a stale claim and a run that failed resumably, killed or
+        stopped by the watchdog, keep their checkpoint to resume; ``restart`` clears them too), temporary
+        files of a killed write removed, and ``cell.json`` written with the cell's resolved config, which
+        the job runs as it is."""
         run_dir = RunDir(self.run_path(cell))
         current = self.state(cell)
         if current.state == "stale" or current.corrupt:
             run_dir.set_aside("stale" if current.state == "stale" else "corrupt", keep=(LOCK_NAME,))  # held here
-        elif current.state == "failed" or not current.resumable:
+        elif restart or not current.resumable:
             run_dir.start_fresh()
+        run_dir.sweep_temporary()
         run_dir.write_cell({"study": cell.study, "profile": cell.profile, "run_id": cell.run_id, "seed": cell.seed,
                             "axis_values": cell.axis_values, "overrides": cell.overrides,
                             "gpu_model": cell.config.gpu_model, "config": config_to_dict(cell.config)})

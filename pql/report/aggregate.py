@@ -61,12 +61,17 @@ def stratified_bootstrap_ci(values: np.ndarray, strata: np.ndarray | None = None
 
 def curve_on_grid(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """``y`` linearly interpolated at ``grid``; NaN outside [x[0], x[-1]] (no extrapolation past a run's end).
-    Points where ``y`` is NaN (e.g. no training episode ended in that interval) are left out."""
+    ``x`` is sorted, rows of equal ``x`` in the order written. Points where ``y`` is NaN (e.g. no training
+    episode ended in that interval) are left out; of rows with equal ``x`` (rows written by time while the
+    actor did not step repeat the env steps of the row before) the last one counts: the latest policy
+    evaluated at that point."""
     x, y, grid = np.asarray(x, float), np.asarray(y, float), np.asarray(grid, float)
     keep = ~np.isnan(y)
     if not keep.any():
         return np.full(grid.shape, math.nan)
     x, y = x[keep], y[keep]
+    last = np.append(x[1:] != x[:-1], True)  # [P]: the last of each run of equal x
+    x, y = x[last], y[last]
     out = np.interp(grid, x, y)
     out[(grid < x[0]) | (grid > x[-1])] = math.nan
     return out

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pql.ablate.runner import unique_cells
+from pql.ablate.runner import unique_cells, write_index
 from pql.ablate.spec import FIGURE_X, Study, expand, load_spec
 from pql.ablate.store import ResultsStore
 from pql.algos import ALGORITHMS
@@ -162,6 +162,20 @@ def index_records(study: Study, store: ResultsStore) -> list[RunRecord] | None:
     return list(records.values())
 
 
+def _lost_from_index(study: Study, store: ResultsStore, records: list[RunRecord], notes: list[str]) -> list[RunRecord]:
+    """The cells of ``study`` that the index does not list but whose run directories exist (an index that lost
+    rows, e.g. truncated by a full disk): their records, after rewriting the index from the run directories."""
+    listed = {r.run_id for r in records}
+    lost = [c for c in unique_cells(study) if c.run_id not in listed and (store.run_path(c) / CELL).exists()]
+    if not lost:
+        return []
+    problems = write_index(study, store)
+    notes.append(f"{len(lost)} run(s) missing from `{index_path(store, study.profile).name}` were found in their "
+                 f"directories; " + (f"the index could not be rewritten ({problems[0]})." if problems
+                                     else "the index was rewritten from the run directories."))
+    return [RunRecord(c.run_id, c.label, c.axis_values, c.seed) for c in lost]
+
+
 def _other_overrides(run: Path, overrides: dict[str, str]) -> list[str]:
     """The ``overrides`` that the run's ``cell.json`` (what ``pql ablate`` gave it) does not have."""
     try:
@@ -251,6 +265,7 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
         found = load_runs(records, store, expected, by)
     else:
         notes.append(f"Runs: those listed in `{index_path(store, profile)}`.")
+        records += _lost_from_index(study, store, records, notes)
         found = load_runs(records, store, expected, by, overrides)
         listed = {(r.label, r.seed) for r in records}
         found.missing += [{"run_id": c.run_id, "cell": c.label, "seed": c.seed, "state": "pending",

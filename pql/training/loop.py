@@ -125,6 +125,7 @@ class RunLoop(abc.ABC):
         self._last_row_steps = 0
         self._next_eval_s = cfg.eval_every_s or math.inf  # the training time of the next time-driven row
         self._last_checkpoint = time.monotonic()
+        self.checkpoint_env_steps: int | None = None  # where the last checkpoint (this session's or resumed) is
 
     # -- what a subclass provides -------------------------------------------------------
     @abc.abstractmethod
@@ -210,6 +211,7 @@ class RunLoop(abc.ABC):
         self._last_row_time, self._last_row_steps = pr.wall_s, pr.env_steps
         self.run_dir.append_metrics(row)
         pr.rows += 1
+        self.run_dir.refresh_status(env_steps=pr.env_steps)  # the claim renewed: this run is alive
         pr.next_eval = pr.env_steps + self.cfg.eval_every_env_steps
         self._next_eval_s = pr.wall_s + (self.cfg.eval_every_s or math.inf)
         if self.on_row is not None:
@@ -232,6 +234,7 @@ class RunLoop(abc.ABC):
         self._next_eval_s = pr["wall_s"] + (self.cfg.eval_every_s or math.inf)
         self.load_model_state(state)
         self.resumed = True
+        self.checkpoint_env_steps = self.progress.env_steps
         self.learn_from = self.progress.actor_steps + self.cfg.algo.warmup_steps
 
     def eval_due(self) -> bool:
@@ -241,6 +244,8 @@ class RunLoop(abc.ABC):
 
     def checkpoint(self) -> None:
         self.run_dir.save_checkpoint(self.state_dict())
+        self.checkpoint_env_steps = self.progress.env_steps
+        self.run_dir.refresh_status(checkpoint_env_steps=self.checkpoint_env_steps)
         self._last_checkpoint = time.monotonic()
 
     def checkpoint_due(self) -> bool:

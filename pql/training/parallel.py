@@ -81,16 +81,30 @@ MAX_WAIT_S = 5e-3  # longest sleep before a waiting worker looks again
 POLL_S = 2e-3  # the parent's polling interval
 STOP_S = 5.0  # how long stopped workers may take to exit before they are killed
 NAN_CHECK_EVERY = 50  # learner updates between checks of their losses (one host sync each)
+STOP_GRACE_S = 20.0  # after a stop request, how long the parent waits for starting workers to park
+STUCK_S = 1.0  # after a stop request, a started worker silent this long will not park: the parent stops waiting
 NO_LIMIT = 2**62
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What a worker can be doing, as its heartbeat records it (the watchdog names it when the worker stalls).
+DOING = ("starting", "stepping the envs", "updating", "waiting for the others", "parked", "sending its state")
+WORK = {"actor": "stepping the envs", "v": "updating", "p": "updating"}
+# How a worker can fail (status.json's ``cause``), and those after which the run resumes from its checkpoint.
+CAUSES = ("error", "killed", "watchdog")
+RESUMABLE_CAUSES = ("killed", "watchdog")
 
 
 class WorkerFailed(RuntimeError):
-    """A worker process raised or died; names the worker and carries its traceback when it had one."""
+    """A worker process raised, died or stalled; names the worker and carries its traceback when it had one.
+    ``cause`` says how (:data:`CAUSES`), ``resumable`` whether the run may continue from its last checkpoint:
+    a worker killed by a signal (the out-of-memory killer's SIGKILL among them) or stopped by the watchdog
+    leaves a run that is fine up to its checkpoint; one that raised would raise again."""
 
-    def __init__(self, role: str, pid: int | None, reason: str, worker_traceback: str | None = None) -> None:
+    def __init__(self, role: str, pid: int | None, reason: str, worker_traceback: str | None = None,
+                 cause: str = "error") -> None:
         super().__init__(f"the {ROLE_NAMES[role]} (pid {pid}) {reason}")
-        self.worker, self.worker_traceback = ROLE_NAMES[role], worker_traceback
+        self.worker, self.worker_traceback, self.cause = ROLE_NAMES[role], worker_traceback, cause
+        self.resumable = cause in RESUMABLE_CAUSES
 
 
 class Board:
@@ -99,7 +113,7 @@ class Board:
     is parked at) and statistics; the actor writes the step counters."""
 
     FLAGS = ("stop", "pause", "epoch", "actor_limit", "actor_steps", "env_steps", "learn_from", "parked_actor",
-             "parked_v", "parked_p")
+             "parked_v", "parked_p", "doing_actor", "doing_v", "doing_p")
     STATS = ("critic_loss_sum", "critic_loss_count", "actor_loss_sum", "actor_loss_count", "return_sum",
              "return_count", "collect_s", "learn_s_v", "learn_s_p", "compile_s_actor", "compile_s_v", "compile_s_p",
              "edge_mass", "edge_mass_count", "eval_sum", "eval_count")
@@ -107,9 +121,25 @@ class Board:
     def __init__(self) -> None:
         self.flags = SharedTable(self.FLAGS, torch.int64)
         self.stats = SharedTable(self.STATS, torch.float64)
+        self.beats = SharedTable(ROLES, torch.float64)  # each worker's last heartbeat (time.monotonic); NaN: starting
         self.stats.tensor.zero_()
-        self.flags.tensor.share_memory_()
-        self.stats.tensor.share_memory_()
+        for table in (self.flags, self.stats, self.beats):
+            table.tensor.share_memory_()
+
+    def beat(self, role: str, doing: str) -> None:
+        """``role``'s heartbeat: it is alive, at the top of its loop, about to be ``doing`` (one of DOING)."""
+        self.flags[f"doing_{role}"] = DOING.index(doing)
+        self.beats[role] = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
+
+    def stalled(self, silent_s: float, roles: tuple[str, ...] = ROLES) -> tuple[str, float, str] | None:
+        """The first of ``roles`` whose heartbeat is older than ``silent_s`` (started workers only): its role,
+        the seconds since its last beat and what it was doing then; None when every one is alive."""
+        now = time.monotonic()
+        for role in roles:
+            beat = self.beats[role]
+            if beat is not None and now - beat > silent_s:
+                return role, now - beat, DOING[int(self.flags[f"doing_{role}"])]
+        return None
 
 
 @dataclass
@@ -324,8 +354,9 @@ def worker_process(role: str, shared: Shared, device: torch.device, threads: int
     (pinned to ``cores`` unless None), then step it until told to stop. While the parent pauses the run,
     park at a step boundary and answer its requests for the worker's state."""
     _die_with_parent()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in SIGNALS:  # the parent started this process with them blocked: now ignored, then unblocked
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     torch.set_num_threads(threads)
     if cores:
         os.sched_setaffinity(0, cores)
@@ -335,17 +366,22 @@ def worker_process(role: str, shared: Shared, device: torch.device, threads: int
         shared.board.stats[f"compile_s_{role}"] = worker.warm_up()  # before the first park: off the clock
         if shared.cfg.compile != "off":
             log_recompiles()
-        flags, parked = shared.board.flags, f"parked_{role}"
+        board = shared.board
+        flags, parked = board.flags, f"parked_{role}"
         while not flags["stop"]:
             if flags["pause"]:
+                board.beat(role, "parked")
                 if flags[parked] != flags["epoch"]:
                     worker.park()
                     flags[parked] = flags["epoch"]
                 if conn.poll(IDLE_S) and conn.recv() == "state":
+                    board.beat(role, "sending its state")
                     conn.send(("state", _to_bytes(worker.state_dict())))
                 continue
+            board.beat(role, WORK[role])
             wait = worker.work()
             if wait > 0:
+                board.beat(role, "waiting for the others")
                 time.sleep(wait)
     except NonFiniteLoss as err:
         conn.send(("nonfinite", err.env_steps, err.losses, traceback.format_exc()))
@@ -356,11 +392,19 @@ def worker_process(role: str, shared: Shared, device: torch.device, threads: int
         sys.exit(1)
 
 
-def _exit_reason(code: int) -> str:
+def _exit_reason(code: int) -> tuple[str, str]:
+    """Why a worker that exited with ``code`` ended, and its cause (one of CAUSES)."""
     if code < 0:
         with contextlib.suppress(ValueError):
-            return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with code {code}"
+            name = signal.Signals(-code).name
+            oom = " (the kernel's out-of-memory killer sends it: see dmesg)" if -code == signal.SIGKILL else ""
+            return f"was killed by {name}{oom}", "killed"
+    return f"exited with code {code}", "error"
+
+
+class WorkersDidNotPark(RuntimeError):
+    """After a stop request the workers did not park within STOP_GRACE_S: the run stops without a new
+    checkpoint (the last one stays, and the run resumes from it)."""
 
 
 class ProcessTrainer(RunLoop):
@@ -389,6 +433,8 @@ class ProcessTrainer(RunLoop):
         self._seen = {"policy": -1, "normalizer": -1}
         self._pause_depth = 0
         self._diagnostics: dict[str, float] = {}
+        self._stop_asked_at: float | None = None
+        self._stuck: set[str] = set()  # workers found stuck: killed at once when the run stops
 
     # -- what the run loop needs ----------------------------------------------------------
     def evaluate(self) -> float:
@@ -436,6 +482,11 @@ class ProcessTrainer(RunLoop):
         with self._parked():
             super().checkpoint()
 
+    def request_stop(self, signum: int) -> None:
+        """Stop at the next step boundary; the workers get :data:`STOP_GRACE_S` from now to park."""
+        self._stop_asked_at = time.monotonic()
+        super().request_stop(signum)
+
     # -- the processes ------------------------------------------------------------------
     def run(self) -> Progress:
         """Start the workers, train until the budget is spent, stop them; returns the final counters."""
@@ -476,24 +527,23 @@ class ProcessTrainer(RunLoop):
         threads = thread_plan(devices, budget)
         # Pin only a run that has every CPU it sees: runs sharing a machine would pin onto the same cores.
         pins = core_plan(threads, cores) if budget == len(cores) and hasattr(os, "sched_setaffinity") else {}
-        for role in ROLES:
-            here, there = ctx.Pipe()
-            proc = ctx.Process(target=worker_process, name=f"pql-{role}", daemon=True,
-                               args=(role, self.shared, devices[role], threads[role], pins.get(role), there,
-                                     self._checkpoint))
-            proc.start()
-            there.close()
-            self.workers[role] = (proc, here)
-            self.worker_pids[role] = proc.pid
-        self._announce_pids()
-
-    def _announce_pids(self) -> None:
-        """Add the workers' pids to the running status (for ``top``, ``py-spy``, or a kill)."""
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            status = self.run_dir.read_status()
-            if status.get("state") == "running":
-                del status["state"], status["updated"]
-                self.run_dir.write_status("running", **{**status, "workers": self.worker_pids})
+        # The workers start with SIGINT and SIGTERM blocked (the mask is inherited), and ignore them before
+        # unblocking: a signal to the process group while they start (a cancelled SLURM job) reaches the
+        # parent alone, which stops the run as interrupted. Here they are held until every worker exists.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            for role in ROLES:
+                here, there = ctx.Pipe()
+                proc = ctx.Process(target=worker_process, name=f"pql-{role}", daemon=True,
+                                   args=(role, self.shared, devices[role], threads[role], pins.get(role), there,
+                                         self._checkpoint))
+                proc.start()
+                there.close()
+                self.workers[role] = (proc, here)
+                self.worker_pids[role] = proc.pid
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        self.run_dir.refresh_status(workers=self.worker_pids)  # for top, py-spy, or a kill
 
     def _train(self) -> None:
         pr, flags = self.progress, self.board.flags
@@ -529,8 +579,9 @@ class ProcessTrainer(RunLoop):
         try:
             flags["epoch"] += 1
             flags["pause"] = 1
-            while any(flags[f"parked_{role}"] != flags["epoch"] for role in ROLES):
+            while waiting := tuple(r for r in ROLES if flags[f"parked_{r}"] != flags["epoch"]):
                 self._check_workers()
+                self._give_up_if_stopping(waiting)
                 time.sleep(POLL_S)
             self._collect()
             yield
@@ -538,6 +589,21 @@ class ProcessTrainer(RunLoop):
             self._pause_depth -= 1
             flags["actor_limit"] = self._actor_limit()
             flags["pause"] = 0
+
+    def _give_up_if_stopping(self, waiting: tuple[str, ...]) -> None:
+        """After a stop request, stop waiting for the ``waiting`` workers to park when one of them is stuck
+        (started, and silent for STUCK_S) or STOP_GRACE_S have passed (e.g. still compiling): raise
+        :class:`WorkersDidNotPark`, so a signal ends the run promptly without a new checkpoint."""
+        if self._stop_asked_at is None:
+            return
+        stuck = self.board.stalled(STUCK_S, waiting)
+        if stuck is None and time.monotonic() - self._stop_asked_at <= STOP_GRACE_S:
+            return
+        self._stuck.update(waiting)
+        why = f"the {ROLE_NAMES[stuck[0]]} was stuck {stuck[2]}" if stuck else \
+            f"the {', '.join(ROLE_NAMES[r] for r in waiting)} did not park within {STOP_GRACE_S:g} s"
+        raise WorkersDidNotPark(f"{why} when the stop came; stopped without a new checkpoint, resumes from the "
+                                "last one")
 
     def _collect(self) -> None:
         stats = self.board.stats
@@ -570,7 +636,14 @@ class ProcessTrainer(RunLoop):
                 self._raise(role, message)
 
     def _check_workers(self, skip: str | None = None) -> None:
-        """Raise if a worker reported a failure or died (``skip``: a worker whose pipe the caller reads)."""
+        """Raise if a worker reported a failure, died, or stalled: no heartbeat for ``watchdog_s`` once
+        started (``skip``: a worker whose pipe the caller reads)."""
+        stalled = self.board.stalled(self.cfg.watchdog_s) if self.cfg.watchdog_s else None
+        if stalled is not None:
+            role, silent_s, doing = stalled
+            self._stuck.add(role)
+            raise WorkerFailed(role, self.workers[role][0].pid, f"made no progress for {silent_s:.0f} s (watchdog_s="
+                               f"{self.cfg.watchdog_s:g}); it was {doing}", cause="watchdog")
         for role, (proc, conn) in self.workers.items():
             if role == skip and proc.exitcode is None:
                 continue
@@ -585,7 +658,8 @@ class ProcessTrainer(RunLoop):
                 with contextlib.suppress(EOFError, OSError):
                     if conn.poll(0.5):  # its report may still be on the way
                         self._raise(role, conn.recv())
-                raise WorkerFailed(role, proc.pid, _exit_reason(proc.exitcode))
+                reason, cause = _exit_reason(proc.exitcode)
+                raise WorkerFailed(role, proc.pid, reason, cause=cause)
 
     def _raise(self, role: str, message: tuple[Any, ...]) -> None:
         proc = self.workers[role][0]
@@ -597,11 +671,12 @@ class ProcessTrainer(RunLoop):
         raise WorkerFailed(role, proc.pid, f"sent an unexpected message {message[0]!r}")
 
     def _stop(self) -> None:
-        """Tell the workers to stop; kill those that do not exit within STOP_S seconds."""
+        """Tell the workers to stop; kill those found stuck at once, and the others that do not exit within
+        STOP_S seconds."""
         self.board.flags.update(stop=1, pause=0)
         deadline = time.monotonic() + STOP_S
-        for proc, conn in self.workers.values():
-            proc.join(max(0.0, deadline - time.monotonic()))
+        for role, (proc, conn) in self.workers.items():
+            proc.join(0.0 if role in self._stuck else max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
                 proc.join()

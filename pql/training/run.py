@@ -22,7 +22,7 @@ from pql.locks import locked_run
 from pql.manifest import session
 from pql.speed import speed_problem
 from pql.training.loop import NonFiniteLoss, RunLoop
-from pql.training.parallel import ProcessTrainer, WorkerFailed
+from pql.training.parallel import ProcessTrainer, WorkerFailed, WorkersDidNotPark
 from pql.training.ppo import PPOTrainer
 from pql.training.run_dir import CHECKPOINT, CONFIG, RunDir
 from pql.training.sinks import ProgressDisplay, TensorBoardSink, WandbSink
@@ -30,7 +30,7 @@ from pql.training.sync import SyncTrainer
 
 # Keys a resumed run may change: they alter the budget or the display, not the experiment.
 RESUMABLE_KEYS = {"resume", "max_time_s", "max_env_steps", "progress", "tensorboard", "wandb", "wandb_project",
-                  "checkpoint_every_s",
+                  "checkpoint_every_s", "watchdog_s",
                   "device.sim", "device.v_learner", "device.p_learner"}
 
 
@@ -104,14 +104,20 @@ def run_training(cfg: Config, on_start: Callable[[RunLoop], None] | None = None)
 
 def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
                   on_start: Callable[[RunLoop], None] | None) -> RunDir:
+    swept = run_dir.sweep_temporary()  # ours to sweep: the lock is held, so their writers are gone
+    if swept:
+        print(f"pql: removed {', '.join(swept)} from {run_dir.path}, left by a write that was killed", file=sys.stderr)
     state = run_dir.load_checkpoint() if cfg.resume else None
     trainer = trainer_class(cfg)(cfg, run_dir)
     signals.on_first = trainer.request_stop
     if signals.signum is not None:  # a signal came while the trainer was being built
+        if run_dir.config_path.exists():
+            _record(run_dir, signals, "interrupted", signal=signal.Signals(signals.signum).name,
+                    note="stopped before training began", env_steps=trainer.progress.env_steps)
         raise RunInterrupted(signals.signum)
     if state is not None:
         trainer.load_state_dict(state)
-        run_dir.truncate_metrics(state["progress"]["env_steps"])
+        run_dir.truncate_metrics(state["progress"]["rows"])
     else:
         run_dir.write_config(cfg)
     run_dir.record_session(session(dict(zip(("sim", "v_learner", "p_learner"), trainer.devices, strict=True))),
@@ -135,32 +141,40 @@ def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
     run_dir.write_status("running", env_steps=trainer.progress.env_steps, **host)
     if on_start is not None:
         on_start(trainer)
+
+    def facts() -> dict[str, Any]:  # the run's host, devices and workers, and where its last checkpoint is
+        return {**host, "checkpoint_env_steps": trainer.checkpoint_env_steps}
+
     try:
         progress = trainer.run()
     except NonFiniteLoss as err:
-        _record(run_dir, signals, "failed", error=str(err), env_steps=err.env_steps, losses=err.losses,
-                **({"worker": err.worker} if err.worker else {}), **host)
+        _record(run_dir, signals, "failed", error=str(err), cause="nonfinite", resumable=False,
+                env_steps=err.env_steps, losses=err.losses, **({"worker": err.worker} if err.worker else {}), **facts())
         raise
     except SystemExit:  # a scheduler's preemption/timeout handler checkpointed and exits for a requeue
         _record(run_dir, signals, "queued", note="requeued by the scheduler; resumes from its checkpoint",
-                env_steps=trainer.progress.env_steps, **host)
+                env_steps=trainer.progress.env_steps, **facts())
         raise
-    except (RunInterrupted, KeyboardInterrupt) as err:  # a second signal: stopped at once, no new checkpoint
-        signum = err.signum if isinstance(err, RunInterrupted) else signal.SIGINT
-        _record(run_dir, signals, "interrupted", signal=signal.Signals(signum).name, note="stopped at once by a second "
-                "signal; resumes from its last checkpoint", env_steps=trainer.progress.env_steps, **host)
+    except (RunInterrupted, KeyboardInterrupt, WorkersDidNotPark) as err:  # stopped at once, no new checkpoint
+        signum = signals.signum if isinstance(err, WorkersDidNotPark) else \
+            err.signum if isinstance(err, RunInterrupted) else signal.SIGINT
+        note = str(err) if isinstance(err, WorkersDidNotPark) else \
+            "stopped at once by a second signal; resumes from its last checkpoint"
+        _record(run_dir, signals, "interrupted", signal=signal.Signals(signum).name, note=note,
+                env_steps=trainer.progress.env_steps, **facts())
         raise RunInterrupted(signum, _resume_hint(run_dir, signum, trainer.progress.env_steps)) from None
     except WorkerFailed as err:
-        _record(run_dir, signals, "failed", error=f"{type(err).__name__}: {err}", worker=err.worker,
-                traceback=err.worker_traceback or traceback.format_exc(), env_steps=trainer.progress.env_steps, **host)
+        _record(run_dir, signals, "failed", error=f"{type(err).__name__}: {err}", cause=err.cause,
+                resumable=err.resumable, worker=err.worker, traceback=err.worker_traceback or traceback.format_exc(),
+                env_steps=trainer.progress.env_steps, **facts())
         raise
     except BaseException as err:
-        _record(run_dir, signals, "failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
-                env_steps=trainer.progress.env_steps, **host)
+        _record(run_dir, signals, "failed", error=f"{type(err).__name__}: {err}", cause="error", resumable=False,
+                traceback=traceback.format_exc(), env_steps=trainer.progress.env_steps, **facts())
         raise
     else:  # recorded before the sinks close, which a second signal may cut short
         ended = {"env_steps": progress.env_steps, "wall_s": round(progress.wall_s, 3),
-                 "compile_s": round(progress.compile_s, 3), **host}
+                 "compile_s": round(progress.compile_s, 3), **facts()}
         if trainer.stop_signal is not None:
             _record(run_dir, signals, "interrupted", signal=signal.Signals(trainer.stop_signal).name, **ended)
         else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 import sys
@@ -42,6 +43,48 @@ CONFIG, METRICS, STATUS, CHECKPOINT, MANIFEST = "config.yaml", "metrics.csv", "s
 CELL = "cell.json"  # a study's cell: its resolved config, written by pql ablate for the job to run
 RESULT_FILES = (METRICS, STATUS, CONFIG, CHECKPOINT, MANIFEST)
 STATES = ("running", "done", "failed", "interrupted", "queued")
+STATUS_TIME = "%Y-%m-%dT%H:%M:%S%z"  # status.json's ``updated``: local time with its UTC offset
+TEMPORARY = ".*.tmp[0-9]*"  # the temporary files of atomic_write: a writer killed mid-write leaves one
+
+
+def row_order_problem(previous: tuple[int, float] | None, row: tuple[int, float]) -> str | None:
+    """Why a metrics row with ``(env_steps, wall_s)`` ``row`` cannot follow one with ``previous`` in the same
+    run, or None when it can. The one rule for a run's rows, kept by the run loop as it writes them and
+    checked by the store and the report as they read them.
+
+    One writer's rows move forward: env steps never go back, training time never goes back, and each row
+    is later than the last in env steps or in training time (rows written by time may repeat the env steps
+    of the last one when the actor has not stepped since, on a busy machine). A second writer shows as a row
+    that goes back in env steps or training time, or one that repeats the last row's moment exactly.
+    """
+    if previous is None:
+        return None
+    (steps0, wall0), (steps1, wall1) = previous, row
+    if steps1 < steps0:
+        return f"env_steps go backwards ({steps0} then {steps1}; two processes wrote it?)"
+    if wall1 < wall0:
+        return f"wall_s goes backwards ({wall0} then {wall1} at env step {steps1}; two processes wrote it?)"
+    if (steps1, wall1) == (steps0, wall0):
+        return f"a row repeats env step {steps1} at wall_s {wall1} (two processes wrote it?)"
+    return None
+
+
+def rows_order_problem(keys: list[tuple[int, float]]) -> str | None:
+    """:func:`row_order_problem` over a run's rows in file order (None: every row may follow the one before)."""
+    for previous, row in itertools.pairwise(keys):
+        problem = row_order_problem(previous, row)
+        if problem is not None:
+            return problem
+    return None
+
+
+def row_key(row: dict[str, Any]) -> tuple[int, float]:
+    """A metrics row's ``(env_steps, wall_s)``, as the order rule reads it (ValueError if they do not parse)."""
+    return int(float(row["env_steps"])), float(row["wall_s"])
+
+
+class MetricsOrderError(RuntimeError):
+    """A row the run was about to write would break the order rule (a bug, never a user's error)."""
 
 
 class CheckpointError(ConfigError):
@@ -72,6 +115,8 @@ class RunDir:
 
     def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
+        self._last_row: tuple[int, float] | None = None  # (env_steps, wall_s) of the last row written or kept
+        self._rows_read = False
         if create:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
@@ -151,11 +196,21 @@ class RunDir:
     def write_status(self, state: str, **fields: Any) -> None:
         """``state`` is one of STATES; extra fields (error, signal, step, losses...) go along."""
         assert state in STATES, state
-        body = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+        body = {"state": state, "updated": time.strftime(STATUS_TIME), **fields}
         atomic_write(self.path / STATUS, json.dumps(body, indent=2, default=str).encode())
 
     def read_status(self) -> dict[str, Any]:
         return json.loads((self.path / STATUS).read_text())
+
+    def refresh_status(self, **fields: Any) -> None:
+        """Rewrite a ``running`` status with a new ``updated`` time and ``fields`` (e.g. env_steps): the run's
+        claim, renewed at every metrics row and checkpoint, so its age tells another host whether the
+        claim is still alive. Does nothing when the status no longer says ``running``."""
+        with contextlib.suppress(OSError, ValueError):
+            status = self.read_status()
+            if status.get("state") == "running":
+                del status["state"], status["updated"]
+                self.write_status("running", **{**status, **fields})
 
     def _metrics_rows(self) -> tuple[list[str], list[dict[str, str]]]:
         with open(self.metrics_path, newline="") as fh:
@@ -175,6 +230,14 @@ class RunDir:
         from an older version whose header lacks some of the columns is first rewritten with them (empty
         in its old rows); columns it has beyond them stay."""
         new = not self.metrics_path.exists() or self.metrics_path.stat().st_size == 0
+        if not self._rows_read:
+            rows = [] if new else self._metrics_rows()[1]
+            self._last_row = row_key(rows[-1]) if rows else None
+            self._rows_read = True
+        key = row_key(row)
+        problem = row_order_problem(self._last_row, key)
+        if problem is not None:
+            raise MetricsOrderError(f"{self.metrics_path}: refusing a row that breaks the order rule: {problem}")
         columns = list(METRIC_COLUMNS)
         if not new:
             with open(self.metrics_path, newline="") as fh:
@@ -189,14 +252,27 @@ class RunDir:
             writer.writerow({k: row.get(k, "") for k in columns})
             fh.flush()
             os.fsync(fh.fileno())
+        self._last_row = key
 
-    def truncate_metrics(self, max_env_steps: int) -> None:
-        """Keep only the rows up to ``max_env_steps`` (the checkpoint's), so a resume adds no duplicates."""
+    def truncate_metrics(self, rows: int) -> None:
+        """Keep only the first ``rows`` rows (the checkpoint's ``progress.rows``: those written before it), so a
+        resume continues the curve from the checkpoint's moment and adds no duplicates."""
         if not self.metrics_path.exists():
             return
-        header, rows = self._metrics_rows()
-        self._write_metrics(header or list(METRIC_COLUMNS),
-                            [r for r in rows if r.get("env_steps") and int(float(r["env_steps"])) <= max_env_steps])
+        header, kept = self._metrics_rows()
+        kept = kept[:rows]
+        self._write_metrics(header or list(METRIC_COLUMNS), kept)
+        self._last_row, self._rows_read = (row_key(kept[-1]) if kept else None), True
+
+    def sweep_temporary(self) -> list[str]:
+        """Remove the temporary files that a writer killed mid-write left (``.NAME.tmpPID``); call with the
+        run's lock held, when no other writer can be at work. Returns the names removed."""
+        swept = []
+        for item in self.path.glob(TEMPORARY):
+            with contextlib.suppress(OSError):
+                item.unlink()
+                swept.append(item.name)
+        return swept
 
     def clear_status(self) -> None:
         """Remove ``status.json`` where a true one cannot be written (a full disk): a status that says
