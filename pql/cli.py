@@ -125,10 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             overrides = parse_overrides(args.overrides)
             preload_simulator(str(overrides.get("task", "")))
+            from pql.training.failures import failure_recorded
             from pql.training.run import resolve, run_training
 
-            cfg = resolve(overrides)
-            run_dir = run_training(cfg)
+            with failure_recorded(overrides.get("resume") or overrides.get("out")):
+                cfg = resolve(overrides)
+            with failure_recorded(cfg.out):
+                run_dir = run_training(cfg)
             print(f"run finished: {run_dir.path}")
         elif args.command == "report":
             return _report_command(args)
