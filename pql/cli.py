@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             with failure_recorded(overrides.get("resume") or overrides.get("out")):
                 cfg = resolve(overrides)
             with failure_recorded(cfg.out):
+                if cfg.check_memory:
+                    from pql.memory_check import check_fits
+
+                    check_fits(cfg)
                 run_dir = run_training(cfg)
             print(f"run finished: {run_dir.path}")
         elif args.command == "report":

@@ -157,6 +157,8 @@ class Config:
                                             "threshold are resolved to 2.5% of the budget), else never")
     checkpoint_every_s: float = _opt(60.0, "write a checkpoint at most this often (and at the end)")
     progress: bool = _opt(True, "show a progress bar with return and env-steps/s")
+    check_memory: bool = _opt(True, "pql train refuses, before allocating, a run whose memory estimate (as pql "
+                                    "ablate --dry-run prints it) exceeds a device's total memory; false: skip it")
     tensorboard: bool = _opt(False, "also write TensorBoard events to RUN_DIR/tb (needs the tensorboard package)")
     wandb: bool = _opt(False, "also log the config and every metrics row to Weights & Biases, files in RUN_DIR/wandb "
                               "(needs the wandb package; WANDB_MODE=offline logs without a network)")
