@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from collections import Counter
 from typing import TYPE_CHECKING
 
 from pql.ablate.claims import ClaimRule
@@ -142,10 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             overrides = parse_overrides(args.overrides)
             preload_simulator(str(overrides.get("task", "")))
+            from pql.training.failures import failure_recorded
             from pql.training.run import resolve, run_training
 
-            cfg = resolve(overrides)
-            run_dir = run_training(cfg)
+            with failure_recorded(overrides.get("resume") or overrides.get("out")):
+                cfg = resolve(overrides)
+            with failure_recorded(cfg.out):
+                if cfg.check_memory:
+                    from pql.memory_check import check_fits
+
+                    check_fits(cfg)
+                run_dir = run_training(cfg)
             print(f"run finished: {run_dir.path}")
         elif args.command == "report":
             return _report_command(args)
@@ -186,7 +192,7 @@ def _report_command(args: argparse.Namespace) -> int:
 
 
 def _study_command(args: argparse.Namespace) -> int:
-    from pql.ablate.launchers import ClusterProfile, DebugLauncher, LocalLauncher, SlurmLauncher
+    from pql.ablate.launchers import ClusterProfile, DebugLauncher, LocalLauncher, SlurmLauncher, array_groups
     from pql.ablate.runner import describe_plan, plan_study, run_study, status_report, unique_cells
     from pql.ablate.store import STATES
     from pql.report.provenance import by_table, check_field, field_text, lookup, run_facts
@@ -229,9 +235,10 @@ def _study_command(args: argparse.Namespace) -> int:
             launcher = LocalLauncher(args.jobs)
         if args.dry_run:
             if isinstance(launcher, SlurmLauncher):
-                for gpu_model, count in Counter(cell.config.gpu_model for cell in plan.to_run).items():
-                    print(f"\n# sbatch script of the array for gpu_model={gpu_model} ({count} tasks)")
-                    print(launcher.sbatch_script(gpu_model, count))
+                for (gpu_model, gpus), cells in array_groups(plan.to_run).items():
+                    print(f"\n# sbatch script of the array for gpu_model={gpu_model}, {profile.gpus(gpus)} GPU(s) "
+                          f"per task ({len(cells)} tasks)")
+                    print(launcher.sbatch_script(gpu_model, len(cells), gpus))
             return 0
     except BaseException:
         plan.release()

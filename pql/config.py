@@ -131,7 +131,8 @@ class Config:
                           "playground/<Env>, isaacgym/<Task>, isaaclab/<gym id>")
     algo: AlgoConfig = _opt(AlgoConfig(), "algorithm; 'algo=NAME' is short for 'algo.name=NAME'")
     num_envs: int = _opt(4096, "parallel training environments")
-    seed: int = _opt(0, "seed of networks, noise, sampling and environments")
+    seed: int = _opt(0, "seed of networks, noise, sampling and environments (0 to 2**31 - 1, what every "
+                        "backend's seeding accepts)")
     mode: str = _opt("sync", "async: actor, V-learner and P-learner as concurrent processes (the preset of pql and "
                              "pql-d); sync: one process, interleaved by the ratios, deterministic (the baselines')")
     max_time_s: float | None = _opt(None, "stop after this much training wall-clock time")
@@ -160,10 +161,131 @@ class Config:
                                     "in a simulator call or deadlocked (building, compiling and evaluation are "
                                     "not counted); 0: no watchdog")
     progress: bool = _opt(True, "show a progress bar with return and env-steps/s")
+    check_memory: bool = _opt(True, "pql train refuses, before allocating, a run whose memory estimate (as pql "
+                                    "ablate --dry-run prints it) exceeds a device's total memory; false: skip it")
     tensorboard: bool = _opt(False, "also write TensorBoard events to RUN_DIR/tb (needs the tensorboard package)")
     wandb: bool = _opt(False, "also log the config and every metrics row to Weights & Biases, files in RUN_DIR/wandb "
                               "(needs the wandb package; WANDB_MODE=offline logs without a network)")
     wandb_project: str = _opt("pql", "W&B project of the run (with wandb=true)")
+
+
+INT64_MAX = 2**63 - 1  # every integer key ends up in a tensor's size or index, or in a generator's seed
+SEED_MAX = 2**31 - 1  # numpy's legacy seeding (Isaac Gym, Isaac Lab) takes < 2**32; the evaluation envs add 1_000_003
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key accepts: finite, from ``low`` to ``high`` (None: unbounded on that side;
+    ``low_open`` / ``high_open``: that bound itself excluded)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        """Whether ``value`` is finite and in the range."""
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def text(self) -> str:
+        """The range as a message writes it: ``> 0``, ``>= 1``, ``in (0, 1]``, or empty when unbounded."""
+        low, high = _number_text(self.low), _number_text(self.high)
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        return ""
+
+
+def _number_text(value: float | None) -> str:
+    """A bound as written in a message: whole numbers in full (2147483647, not 2.14748e+09)."""
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+ANY = Range()
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_1 = Range(1)
+UNIT = Range(0, 1)  # a probability-like weight
+# The range of every numeric key (ints, floats and the entries of tuples of ints), checked before anything
+# is derived from them; a key of ``null`` is not checked. A numeric key missing here is still checked for
+# being finite (and an integer for fitting int64); tests/test_config.py checks that none is missing.
+NUMBER_RANGES: dict[str, Range] = {
+    "num_envs": AT_LEAST_1, "seed": Range(0, SEED_MAX), "max_time_s": POSITIVE, "max_env_steps": AT_LEAST_1,
+    "eval_envs": NON_NEGATIVE, "eval_every_env_steps": AT_LEAST_1, "eval_every_s": POSITIVE,
+    "checkpoint_every_s": NON_NEGATIVE, "watchdog_s": NON_NEGATIVE,
+    "noise.sigma_min": NON_NEGATIVE, "noise.sigma_max": NON_NEGATIVE, "noise.sigma": NON_NEGATIVE,
+    "algo.batch_size": AT_LEAST_1, "algo.buffer_size": AT_LEAST_1, "algo.nstep": AT_LEAST_1,
+    "algo.gamma": Range(0, 1, low_open=True), "algo.tau": Range(0, 1, low_open=True),
+    "algo.actor_lr": POSITIVE, "algo.critic_lr": POSITIVE, "algo.max_grad_norm": NON_NEGATIVE,
+    "algo.preact_penalty": NON_NEGATIVE, "algo.critic_sample_ratio": POSITIVE, "algo.ratio_scale_envs": AT_LEAST_1,
+    "algo.critic_actor_ratio": POSITIVE, "algo.target_noise_std": NON_NEGATIVE,
+    "algo.target_noise_clip": NON_NEGATIVE, "algo.warmup_steps": NON_NEGATIVE, "algo.obs_clip": POSITIVE,
+    "algo.actor_hidden": AT_LEAST_1, "algo.critic_hidden": AT_LEAST_1, "algo.reward_scale": POSITIVE,
+    "algo.init_temperature": POSITIVE, "algo.alpha_lr": POSITIVE, "algo.num_atoms": Range(2),
+    "algo.v_min": ANY, "algo.v_max": ANY,
+    "algo.ppo.horizon": AT_LEAST_1, "algo.ppo.minibatch_size": AT_LEAST_1, "algo.ppo.epochs": AT_LEAST_1,
+    "algo.ppo.lr": POSITIVE, "algo.ppo.kl_threshold": POSITIVE, "algo.ppo.clip": POSITIVE,
+    "algo.ppo.value_coef": NON_NEGATIVE, "algo.ppo.entropy_coef": ANY, "algo.ppo.gae_lambda": UNIT,
+    "algo.ppo.init_log_std": Range(-20, 20),  # exp of it is the policy's std: finite and non-zero in float32
+    "algo.ppo.bounds_loss_coef": NON_NEGATIVE,
+}
+
+
+def numeric_keys(cls: type = Config, prefix: str = "") -> dict[str, type]:
+    """Every dotted key holding a number, with its kind: ``int``, ``float``, or ``tuple`` (of ints)."""
+    hints = get_type_hints(cls)
+    keys: dict[str, type] = {}
+    for f in fields(cls):
+        hint = hints[f.name]
+        if is_dataclass(hint):
+            keys.update(numeric_keys(hint, prefix + f.name + "."))
+            continue
+        if getattr(hint, "__origin__", None) is tuple:
+            keys[prefix + f.name] = tuple
+            continue
+        kinds = {t for t in (getattr(hint, "__args__", None) or (hint,)) if t is not type(None)}
+        if kinds and kinds <= {int, float}:
+            keys[prefix + f.name] = float if float in kinds else int
+    return keys
+
+
+def number_problem(key: str, value: Any) -> str | None:
+    """Why the value of the numeric ``key`` cannot make a run (not finite, out of its range, an integer that
+    does not fit int64), naming the key and the value; None when it can, or when it is null."""
+    if value is None:
+        return None
+    rule = NUMBER_RANGES.get(key, ANY)
+    if isinstance(value, tuple):
+        bad = [v for v in value if not rule.admits(v) or abs(v) > INT64_MAX]
+        return f"{key} must hold integers {rule.text()}, got {value_text(value)}" if bad else None
+    if isinstance(value, int) and not rule.admits(value):
+        return f"{key} must be {rule.text()}, got {value}"
+    if isinstance(value, int) and abs(value) > INT64_MAX:
+        return f"{key} must fit a 64-bit integer (at most {INT64_MAX}), got {value}"
+    if not isinstance(value, int) and not rule.admits(value):
+        return f"{key} must be a finite number {rule.text()}".rstrip() + f", got {value}"
+    return None
+
+
+def check_numbers(cfg: Config) -> None:
+    """ConfigError naming the first numeric key whose value is not finite or out of its range (see
+    :data:`NUMBER_RANGES`); run on the values as given, before anything is derived from them."""
+    for key in numeric_keys():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        problem = number_problem(key, value)
+        if problem is not None:
+            raise ConfigError(problem)
 
 
 def _preset_table() -> dict[str, dict[str, Any]]:
@@ -362,9 +484,11 @@ def _merged(*layers: Any) -> Config:
             raise _unknown_key_error(str(key)) from None
         raise ConfigError(f"bad value for '{key}': {str(err).splitlines()[0]}") from None
     assert isinstance(cfg, Config)
+    check_numbers(cfg)  # the values as given: a derived value must never take the blame for one of them
     cfg = _with_value_support(cfg)
     if cfg.eval_every_s is None and cfg.max_time_s is not None:
-        cfg = replace(cfg, eval_every_s=round(cfg.max_time_s / EVALS_PER_BUDGET, 4))
+        every = cfg.max_time_s / EVALS_PER_BUDGET
+        cfg = replace(cfg, eval_every_s=round(every, 4) or every)  # never rounded to 0 for a tiny budget
     validate(cfg)
     return cfg
 
@@ -427,7 +551,8 @@ def config_from_dict(data: Any, source: str) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    """Raise ConfigError for values that cannot make a run, before any work starts."""
+    """Raise ConfigError for values that cannot make a run, before any work starts: every number out of its
+    range (:func:`check_numbers`), then what the keys must satisfy together."""
     from pql.algos import ALGORITHMS  # local: the algorithms and envs import torch
     from pql.envs import ONE_SIMULATION_PER_PROCESS, task_problem
     from pql.speed import AMP_MODES, COMPILE_MODES
@@ -438,6 +563,7 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
 
+    check_numbers(cfg)
     problem = task_problem(cfg.task)
     need(problem is None, str(problem))
     need(a.name in ALGORITHMS, f"unknown algo '{a.name}'; known: {', '.join(ALGORITHMS)}")
@@ -450,35 +576,13 @@ def validate(cfg: Config) -> None:
     need(cfg.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got '{cfg.amp}'"
                                + (yaml_hint if cfg.amp == "False" else ""))
     need(n.kind in NOISE_KINDS, f"noise.kind must be one of {', '.join(NOISE_KINDS)}, got '{n.kind}'")
-    need(cfg.num_envs >= 1, f"num_envs must be >= 1, got {cfg.num_envs}")
-    need(cfg.eval_envs >= 0, f"eval_envs must be >= 0, got {cfg.eval_envs}")
     need(cfg.eval_envs < cfg.num_envs or not cfg.task.startswith(ONE_SIMULATION_PER_PROCESS),
          f"eval_envs ({cfg.eval_envs}) must be below num_envs ({cfg.num_envs}) for {cfg.task}: its simulator runs "
          f"one simulation per process, so the evaluation is the first eval_envs training envs acting without "
          f"noise, and the rest must explore")
-    need(cfg.eval_every_env_steps >= 1, f"eval_every_env_steps must be >= 1, got {cfg.eval_every_env_steps}")
-    need(cfg.eval_every_s is None or cfg.eval_every_s > 0, f"eval_every_s must be > 0, got {cfg.eval_every_s}")
-    need(math.isfinite(cfg.watchdog_s) and cfg.watchdog_s >= 0,
-         f"watchdog_s must be a finite number >= 0 (0: off), got {cfg.watchdog_s}")
-    need(n.sigma_min >= 0, f"noise.sigma_min must be >= 0, got {n.sigma_min}")
     need(n.sigma_min <= n.sigma_max, f"noise.sigma_min ({n.sigma_min}) must not exceed noise.sigma_max ({n.sigma_max})")
-    need(n.sigma >= 0, f"noise.sigma must be >= 0, got {n.sigma}")
-    need(a.batch_size >= 1, f"algo.batch_size must be >= 1, got {a.batch_size}")
-    need(a.buffer_size >= 1, f"algo.buffer_size must be >= 1, got {a.buffer_size}")
     need(a.batch_size <= a.buffer_size,
          f"algo.batch_size ({a.batch_size}) is larger than algo.buffer_size ({a.buffer_size})")
-    need(a.nstep >= 1, f"algo.nstep must be >= 1, got {a.nstep}")
-    need(0 < a.gamma <= 1, f"algo.gamma must be in (0, 1], got {a.gamma}")
-    need(0 < a.tau <= 1, f"algo.tau must be in (0, 1], got {a.tau}")
-    for key in ("actor_lr", "critic_lr", "alpha_lr", "init_temperature", "critic_sample_ratio", "critic_actor_ratio",
-                "reward_scale"):
-        value = getattr(a, key)
-        need(math.isfinite(value) and value > 0, f"algo.{key} must be a finite number > 0, got {value}")
-    need(a.ratio_scale_envs is None or a.ratio_scale_envs >= 1,
-         f"algo.ratio_scale_envs must be null or >= 1, got {a.ratio_scale_envs}")
-    need(a.max_grad_norm >= 0, f"algo.max_grad_norm must be >= 0, got {a.max_grad_norm}")
-    need(math.isfinite(a.preact_penalty) and a.preact_penalty >= 0,
-         f"algo.preact_penalty must be a finite number >= 0, got {a.preact_penalty}")
     penalised = [name for name, alg in ALGORITHMS.items() if getattr(alg.make_objective, "uses_preact_penalty", False)]
     need(a.preact_penalty == 0 or a.name in penalised,
          f"algo.preact_penalty ({a.preact_penalty}) applies to the deterministic tanh actor of "
@@ -486,22 +590,11 @@ def validate(cfg: Config) -> None:
     ppo = a.ppo
     need(ppo.lr_schedule in LR_SCHEDULES, f"algo.ppo.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                                           f"got '{ppo.lr_schedule}'")
-    for key in ("horizon", "minibatch_size", "epochs"):
-        need(getattr(ppo, key) >= 1, f"algo.ppo.{key} must be >= 1, got {getattr(ppo, key)}")
     explorers = cfg.num_envs - (cfg.eval_envs if cfg.task.startswith(ONE_SIMULATION_PER_PROCESS) else 0)
     need(ALGORITHMS[a.name].trainer != "ppo" or ppo.minibatch_size <= ppo.horizon * explorers,
          f"algo.ppo.minibatch_size ({ppo.minibatch_size}) is larger than a rollout "
          f"(algo.ppo.horizon x {'the exploring envs' if explorers < cfg.num_envs else 'num_envs'} = "
          f"{ppo.horizon * explorers})")
-    for key in ("lr", "kl_threshold", "clip"):
-        value = getattr(ppo, key)
-        need(math.isfinite(value) and value > 0, f"algo.ppo.{key} must be a finite number > 0, got {value}")
-    need(math.isfinite(ppo.bounds_loss_coef) and ppo.bounds_loss_coef >= 0,
-         f"algo.ppo.bounds_loss_coef must be a finite number >= 0, got {ppo.bounds_loss_coef}")
-    need(0 <= ppo.gae_lambda <= 1, f"algo.ppo.gae_lambda must be in [0, 1], got {ppo.gae_lambda}")
-    need(a.warmup_steps >= 0, f"algo.warmup_steps must be >= 0, got {a.warmup_steps}")
-    need(all(h >= 1 for h in a.actor_hidden + a.critic_hidden), "hidden layer widths must be >= 1")
-    need(a.num_atoms >= 2, f"algo.num_atoms must be >= 2, got {a.num_atoms}")
     if ALGORITHMS[a.name].categorical:
         need(a.v_min is not None and a.v_max is not None,
              f"algo={a.name} needs algo.v_min and algo.v_max: {cfg.task} has no reward bounds in presets.yaml "
@@ -513,7 +606,5 @@ def validate(cfg: Config) -> None:
              f"algo.v_min/v_max [{a.v_min}, {a.v_max}] cannot hold {cfg.task}'s returns: at gamma {a.gamma} and "
              f"reward_scale {a.reward_scale} they lie in {list(support or ())}; widen the range or leave "
              f"v_min and v_max null to use that")
-    need(cfg.max_time_s is None or cfg.max_time_s > 0, f"max_time_s must be > 0, got {cfg.max_time_s}")
-    need(cfg.max_env_steps is None or cfg.max_env_steps >= 1, f"max_env_steps must be >= 1, got {cfg.max_env_steps}")
     need(cfg.max_time_s is not None or cfg.max_env_steps is not None or cfg.resume is not None,
          "set a budget: max_time_s=SECONDS and/or max_env_steps=STEPS")

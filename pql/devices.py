@@ -8,6 +8,8 @@ import torch
 
 from pql.config import Config
 
+GPU_BACKENDS = ("isaacgym/", "isaaclab/")  # task prefixes whose simulator runs on an NVIDIA GPU only
+
 
 def resolve_devices(cfg: Config) -> tuple[torch.device, torch.device, torch.device]:
     """(sim, v_learner, p_learner) devices, with 'auto' filled in from the GPUs present."""
@@ -16,6 +18,18 @@ def resolve_devices(cfg: Config) -> tuple[torch.device, torch.device, torch.devi
     v = cfg.device.v_learner if cfg.device.v_learner != "auto" else ("cuda:1" if gpus >= 2 else sim)
     p = cfg.device.p_learner if cfg.device.p_learner != "auto" else v
     return torch.device(sim), torch.device(v), torch.device(p)
+
+
+def gpus_needed(cfg: Config) -> int:
+    """How many GPUs a run of ``cfg`` asks a scheduler for: one more than the highest CUDA index its
+    ``device.*`` keys name (``cuda`` is index 0, so ``cuda:1`` asks for 2), and at least one when it sets
+    ``gpu_model`` or its backend runs on a GPU only (:data:`GPU_BACKENDS`); 0 for a CPU run (``auto``
+    names no device: with no GPU given, it resolves to the CPU)."""
+    named = [torch.device(d) for d in (cfg.device.sim, cfg.device.v_learner, cfg.device.p_learner) if d != "auto"]
+    count = max((1 + (d.index or 0) for d in named if d.type == "cuda"), default=0)
+    if cfg.gpu_model is not None or cfg.task.startswith(GPU_BACKENDS):
+        count = max(count, 1)
+    return count
 
 
 def device_name(device: torch.device) -> str:

@@ -18,9 +18,11 @@ import torch
 
 from pql.devices import device_name
 
-# Distributions whose versions change results; those not installed are left out.
-PACKAGES = ("torch", "numpy", "gymnasium", "mujoco", "jax", "mujoco_playground", "isaacgym", "isaacgymenvs",
-            "isaaclab", "pql")
+# Distributions whose versions change results, by their distribution names (what importlib.metadata and pip
+# know: MuJoCo Playground's is "playground", not its import name mujoco_playground); those not installed are
+# left out. constraints.txt pins the simulator stack among them for set-up and CI.
+PACKAGES = ("torch", "numpy", "scipy", "gymnasium", "mujoco", "mujoco-mjx", "jax", "jaxlib", "playground",
+            "warp-lang", "brax", "isaacgym", "isaacgymenvs", "isaaclab", "pql")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from pql.ablate.launchers import ClusterProfile, DebugLauncher, SlurmLauncher
 from pql.ablate.runner import plan_study, run_study, status_report
 from pql.ablate.spec import expand, load_spec
-from pql.config import ConfigError
+from pql.config import ConfigError, DeviceConfig, build_config
 
 from .conftest import wait_gone
 
@@ -100,6 +101,91 @@ def test_sbatch_script_matches_golden_file():
     golden("sbatch_rtx4090.sh", launcher.sbatch_script("RTX4090", 3))
     with pytest.raises(ConfigError, match="gpu_model=V100 has no entry"):
         launcher.sbatch_script("V100", 1)
+
+
+def test_a_cpu_array_asks_for_no_gpu_and_gpu_arrays_for_as_many_as_their_cells_need():
+    """GPUs come from the cell, not the cluster profile: CPU work submits to a CPU-only cluster."""
+    launcher = SlurmLauncher(ClusterProfile.load(HERE.parent / "ablations" / "clusters" / "default.yaml"),
+                             Path("/RESULTS/envs/slurm"), "pql-envs")
+    cpu = launcher.sbatch_script(None, 4)
+    golden("sbatch_cpu.sh", cpu)
+    assert "gpu" not in cpu and "gres" not in cpu
+    assert launcher.sbatch_script(None, 4, gpus=0) == cpu
+    assert "#SBATCH --gpus-per-node=2\n" in launcher.sbatch_script(None, 1, gpus=2)
+    a100 = launcher.sbatch_script("A100", 1, gpus=3)
+    assert "#SBATCH --gpus-per-node=3\n" in a100 and "#SBATCH --constraint=a100\n" in a100
+    rtx = launcher.sbatch_script("RTX4090", 1, gpus=2)
+    assert "#SBATCH --gres=gpu:rtx4090:2\n" in rtx and "gpus-per-node" not in rtx
+
+
+def test_gpus_needed_counts_the_highest_cuda_index_the_model_and_the_backend():
+    from pql.devices import gpus_needed
+
+    def need(**overrides):
+        return gpus_needed(replace(build_config({"max_env_steps": "10"}), **overrides))
+
+    assert need() == 0, "auto on every role names no GPU"
+    assert need(device=DeviceConfig("cpu", "cpu", "cpu")) == 0
+    assert need(device=DeviceConfig("cuda", "cuda", "cuda")) == 1
+    assert need(device=DeviceConfig("cuda:0", "cuda:1", "cuda:1")) == 2
+    assert need(device=DeviceConfig("cpu", "cpu", "cuda:2")) == 3
+    assert need(gpu_model="A100") == 1
+    assert need(gpu_model="A100", device=DeviceConfig("cuda:0", "cuda:1", "auto")) == 2
+    assert need(task="isaacgym/Ant") == need(task="isaaclab/Isaac-Ant-Direct-v0") == 1
+
+
+def test_gpus_per_node_of_a_profile_is_a_floor_for_gpu_cells_only(tmp_path):
+    floor = ClusterProfile(gpus_per_node=4, gpu_models={"A100": {"constraint": "a100"}})
+    assert [floor.gpus(n) for n in (0, 1, 2, 5)] == [0, 4, 4, 5]
+    assert "gpus_per_node" not in floor.parameters(None, 0)
+    assert floor.parameters("A100", 1)["gpus_per_node"] == 4
+    path = tmp_path / "c.yaml"
+    for bad in ("0", "1.5", "two", "true"):
+        path.write_text(f"gpus_per_node: {bad}\n")
+        with pytest.raises(ConfigError, match=r"gpus_per_node must be null or an integer >= 1"):
+            ClusterProfile.load(path)
+
+
+def _sbatch_arrays(out: str) -> dict[str, str]:
+    """The dry run's sbatch scripts by their heading line."""
+    parts = out.split("\n# sbatch script of the array for ")[1:]
+    return {part.split("\n", 1)[0]: part for part in parts}
+
+
+def test_dry_run_of_a_cpu_study_on_slurm_asks_for_no_gpu(tmp_path, capsys):
+    from pql.cli import main
+
+    assert main(["ablate", str(HERE.parent / "ablations" / "envs.yaml"), "--launcher", "slurm", "--dry-run",
+                 "--results", str(tmp_path)]) == 0
+    arrays = _sbatch_arrays(capsys.readouterr().out)
+    assert list(arrays) == ["gpu_model=None, 0 GPU(s) per task (15 tasks)"]
+    assert "--gpus-per-node" not in arrays["gpu_model=None, 0 GPU(s) per task (15 tasks)"]
+    assert "--gres" not in arrays["gpu_model=None, 0 GPU(s) per task (15 tasks)"]
+
+
+def test_dry_run_of_the_gpus_study_asks_for_the_gpus_each_cell_names(tmp_path, capsys, isaac_fakes):
+    from pql.cli import main
+
+    spec = str(HERE.parent / "ablations" / "gpus.yaml")
+    assert main(["ablate", spec, "--launcher", "slurm", "--dry-run", "--results", str(tmp_path)]) == 0
+    quick = _sbatch_arrays(capsys.readouterr().out)
+    assert set(quick) == {f"gpu_model={m}, {n} GPU(s) per task (5 tasks)"
+                          for m, n in (("None", 0), ("RTX4090", 1), ("A100", 1), ("H100", 1))}
+    cpu = quick["gpu_model=None, 0 GPU(s) per task (5 tasks)"]
+    assert "--gpus-per-node" not in cpu and "--gres" not in cpu
+    assert "--gres=gpu:rtx4090:1\n" in quick["gpu_model=RTX4090, 1 GPU(s) per task (5 tasks)"]
+    assert main(["ablate", spec, "--launcher", "slurm", "--dry-run", "--profile", "paper",
+                 "--results", str(tmp_path)]) == 0
+    paper = _sbatch_arrays(capsys.readouterr().out)
+    assert len(paper) == 12, "4 GPU models x 1, 2 or 3 GPUs (sim on cuda:0, learners up to cuda:2)"
+    for model, gres in (("RTX3090", "gpu:rtx3090"), ("RTX4090", "gpu:rtx4090")):
+        for n in (1, 2, 3):
+            script = paper[f"gpu_model={model}, {n} GPU(s) per task (5 tasks)"]
+            assert f"--gres={gres}:{n}\n" in script and "gpus-per-node" not in script
+    for model in ("A100", "H100"):
+        for n in (1, 2, 3):
+            script = paper[f"gpu_model={model}, {n} GPU(s) per task (5 tasks)"]
+            assert f"--gpus-per-node={n}\n" in script and f"--constraint={model.lower()}\n" in script
 
 
 def test_cluster_profile_rejects_unknown_keys(tmp_path):

@@ -5,6 +5,7 @@ each learner (parameters, gradients, optimiser state, buffers, normalisers, wind
 Activations cannot be seen that way: they are compared with the tensors autograd saves during one update.
 """
 
+import re
 import types
 from pathlib import Path
 from typing import NamedTuple
@@ -15,7 +16,8 @@ import torch.multiprocessing as mp
 
 import pql.envs
 from pql.ablate.runner import describe_memory, plan_study
-from pql.config import build_config
+from pql.cli import main
+from pql.config import ConfigError, build_config
 from pql.memory import (
     Capacity,
     Component,
@@ -297,3 +299,88 @@ def test_dry_run_prints_each_cells_memory(tmp_path, capsys):
     assert f"v_learner cpu {size_text(est.role_bytes('v_learner'))}," in line
     assert f"; cpu {size_text(sum(est.device_bytes().values()))} of " in line
     assert out.index("memory per cell") > out.index("study tiny")
+
+
+# -- pql train's check (pql.memory_check) ------------------------------------------------------------------
+def _no_training(monkeypatch) -> list:
+    """Replace the training with a recorder: a test of the check must never allocate the run it refuses."""
+    import pql.training.run
+
+    started: list = []
+    monkeypatch.setattr(pql.training.run, "run_training", lambda cfg: started.append(cfg) or RunDir(cfg.out))
+    return started
+
+
+@pytest.mark.parametrize(("overrides", "biggest", "pinned"), [
+    ({"num_envs": "100000000"}, r"actor step \(policy forward, packed transitions\) 104.7 GiB \(sim\): lower num_envs",
+     True),  # 144 GiB: refused by a 64 GiB device (a machine with more might run it)
+    ({"algo.buffer_size": "1000000000000"}, r"replay buffer 33527.6 GiB \(v_learner\): lower algo.buffer_size",
+     False),  # 44 TiB: refused by this machine, whatever it is
+])
+def test_train_refuses_a_run_that_cannot_fit_before_it_allocates(overrides, biggest, pinned, monkeypatch, tmp_path,
+                                                                  capsys):
+    import time
+
+    import pql.memory_check
+
+    if pinned:
+        monkeypatch.setattr(pql.memory_check, "local_capacity",
+                            lambda device: Capacity(64 * 2**30, "a 64 GiB test device (total)"))
+    started = _no_training(monkeypatch)
+    t0 = time.monotonic()
+    code = main(["train", *(f"{k}={v}" for k, v in overrides.items()), f"out={tmp_path / 'never'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and started == [] and not (tmp_path / "never").exists()
+    assert time.monotonic() - t0 < 30
+    assert re.search(r"^pql: error: the run cannot fit in memory: it needs [\d.]+ GiB on \S+ but .* \(total\) has "
+                     r"[\d.]+ GiB; biggest: " + biggest, err), err
+    assert "against each device's total memory" in err and "check_memory=false" in err
+
+
+def test_a_run_that_fits_is_not_refused_and_check_memory_false_skips_the_check(monkeypatch, tmp_path):
+    import pql.memory_check
+
+    pql.memory_check.check_fits(build_config({**SMALL}))  # no error
+    started = _no_training(monkeypatch)
+    assert main(["train", *(f"{k}={v}" for k, v in SMALL.items()), f"out={tmp_path / 'fits'}"]) == 0
+    assert len(started) == 1 and started[0].check_memory is True
+    monkeypatch.setattr(pql.memory_check, "local_capacity", lambda device: Capacity(2**20, "a 1 MiB device (total)"))
+    assert main(["train", *(f"{k}={v}" for k, v in SMALL.items()), f"out={tmp_path / 'small'}"]) == 2
+    assert main(["train", *(f"{k}={v}" for k, v in SMALL.items()), f"out={tmp_path / 'skip'}",
+                 "check_memory=false"]) == 0
+    assert len(started) == 2 and started[1].check_memory is False
+
+
+def test_check_memory_stays_out_of_run_ids_and_may_change_on_resume(tmp_path):
+    from pql.ablate.spec import run_id
+    from pql.training.run import resolve
+
+    cfg = build_config({**SMALL})
+    assert run_id(cfg) == run_id(build_config({**SMALL, "check_memory": "false"}))
+    run = RunDir(tmp_path / "run")
+    run.write_config(cfg)
+    run.checkpoint_path.write_bytes(b"")
+    assert resolve({"resume": str(run.path), "check_memory": "false"}).check_memory is False
+
+
+def test_isaac_tasks_are_checked_on_a_lower_bound_without_building_their_one_simulation(isaac_fakes, monkeypatch):
+    import pql.memory_check
+
+    def never(task):
+        raise AssertionError("Isaac Gym makes one simulation per process: the check must not build one")
+
+    monkeypatch.setattr(pql.memory_check, "probe_task", never)
+    cfg = build_config({"task": "isaacgym/Ant", "algo.buffer_size": "1000000000000"})
+    with pytest.raises(ConfigError, match=r"it at least needs [\d.]+ GiB on .*lower algo.buffer_size"):
+        pql.memory_check.check_fits(cfg)
+
+
+def test_the_host_figure_is_the_cgroup_limit_where_that_is_lower(monkeypatch, tmp_path):
+    import pql.memory_check
+
+    limit = tmp_path / "memory.max"
+    limit.write_text(f"{2**30}\n")
+    monkeypatch.setattr(pql.memory_check, "CGROUP_LIMITS", (limit,))
+    assert pql.memory_check.host_capacity() == Capacity(2**30, f"the memory limit of this process's cgroup ({limit})")
+    limit.write_text("max\n")
+    assert pql.memory_check.host_capacity().source == "host memory (total)"

@@ -7,17 +7,21 @@ Needs root and Debian's slurmctld, slurmd, slurm-client, munge, slurmdbd and mar
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pql.ablate.launchers import ClusterProfile, SlurmLauncher
 from pql.ablate.runner import plan_study, run_study, status_report
+from pql.devices import gpus_needed
 
 from .slurm_cluster import LocalSlurmCluster
 
 pytestmark = pytest.mark.slurm
 TINY = Path(__file__).parent / "data" / "tiny_study.yaml"
+DEFAULT_PROFILE = Path(__file__).parent.parent / "ablations" / "clusters" / "default.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +103,24 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     assert rows[: len(before)] == before, "the rows written before the preemption are kept: it resumed"
     log = "".join(p.read_text() for p in (run.parent / "slurm").rglob("*_log.out"))
     assert "Calling checkpoint method" in log and "Requeued job" in log and "completed successfully" in log
+
+
+def test_a_cpu_study_under_the_default_profile_asks_for_no_gpu_and_lands(cluster, tmp_path):
+    """The default cluster profile's GPU rule on the test node, which has no GPU: CPU cells ask for none, so
+    SLURM accepts the array and the runs finish (a --gpus-per-node line would be refused at submission)."""
+    spec = yaml.safe_load(TINY.read_text())
+    spec["profiles"]["two"] = {"axes": {"algo": ["pql"], "noise": [{"kind": "fixed", "sigma": 0.3}]}, "seeds": [0, 1]}
+    path = tmp_path / "cpu_study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    two = plan_study(path, "two", {"max_env_steps": "320"}, tmp_path / "results", check_local_gpu=False)
+    assert len(two.to_run) == 2 and all(gpus_needed(cell.config) == 0 for cell in two.to_run)
+    profile = replace(ClusterProfile.load(DEFAULT_PROFILE), cpus_per_task=1, mem_gb=1)  # the 2-CPU / 2000 MB node
+    slurm = SlurmLauncher(profile, two.store.path / "slurm", "pql-cpu", wait=True, poll_s=0.5)
+    assert run_study(two, slurm, progress=False) == []
+    assert len(slurm.jobs) == 2 and len({job.job_id.split("_")[0] for job in slurm.jobs}) == 1, "one array"
+    assert "done 2" in status_report(two.study, two.store)
+    for cell in two.to_run:
+        status = json.loads((two.store.run_path(cell) / "status.json").read_text())
+        assert status["state"] == "done" and status["slurm_job_id"] and status["devices"]["sim"].startswith("cpu")
+    scripts = [p.read_text() for p in (two.store.path / "slurm").rglob("*_submission.sh")]
+    assert scripts and all("--gpus-per-node" not in text and "--gres" not in text for text in scripts)

@@ -185,6 +185,30 @@ def test_manifest_records_code_packages_and_hardware_of_every_session(tiny):
     assert resumed["resumes"][0]["git"] == manifest["git"]
 
 
+def test_the_manifest_records_the_simulator_stack_under_its_distribution_names():
+    """Each package is looked up by its distribution name (an import name such as mujoco_playground finds
+    nothing, so its version went unrecorded); jaxlib and mujoco-mjx, which change results, are there."""
+    import importlib.metadata
+    import importlib.util
+    import re
+
+    from pql.manifest import PACKAGES, package_versions
+
+    assert {"playground", "jaxlib", "mujoco-mjx", "jax", "mujoco", "warp-lang", "brax"} <= set(PACKAGES)
+    assert "mujoco_playground" not in PACKAGES
+    versions = package_versions()
+    for name in PACKAGES:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            assert name not in versions
+            continue
+        assert versions[name] == dist.version
+        assert re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower() == name, f"{name} is not its distribution name"
+    if importlib.util.find_spec("mujoco_playground") is not None:  # installed: all of its stack is recorded
+        assert {"playground", "jax", "jaxlib", "mujoco", "mujoco-mjx", "warp-lang", "brax"} <= set(versions)
+
+
 def test_the_manifest_names_uncommitted_changes_and_hashes_their_diff(tmp_path):
     """A dirty checkout's runs say which tracked files differ from the commit and hash that diff, so runs
     made on the same uncommitted state are told apart from the others; untracked files do not count."""

@@ -18,6 +18,7 @@ from pql.config import Config, ConfigError, apply_overrides, config_from_dict
 from pql.interrupt import RunInterrupted
 from pql.locks import locked_run
 from pql.preload import preload_simulator
+from pql.training.failures import failure_recorded
 from pql.training.run_dir import CELL, RunDir
 
 _live: dict[str, Any] = {}  # the running trainer (a pql.training.loop.RunLoop), for checkpoint()
@@ -37,9 +38,10 @@ def cell_config(run_dir: RunDir) -> Config:
 
 def run_cell(run_path: str) -> dict[str, Any]:
     """Train the cell whose ``cell.json`` is in ``run_path``, holding its run directory's lock;
-    returns its final ``status.json``. RunLocked if another process has the cell."""
+    returns its final ``status.json``. RunLocked if another process has the cell; a failure before
+    training (its config no longer validates, ...) is recorded as ``failed`` too."""
     run_dir = RunDir(run_path, create=False)
-    with locked_run(run_dir.path):
+    with locked_run(run_dir.path), failure_recorded(run_dir.path):
         preload_simulator(run_dir.read_cell()["config"]["task"])
         from pql.training.run import run_training
 

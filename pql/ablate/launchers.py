@@ -2,8 +2,9 @@
 
 - ``local``: a bounded pool of ``python -m pql.ablate.job RUN_DIR`` processes.
 - ``debug``: in this process, one after another (for pdb and tracebacks).
-- ``slurm``: one submitit job array per study and GPU model, each task a
-  checkpointable :class:`~pql.ablate.job.CellJob` that requeues on preemption.
+- ``slurm``: one submitit job array per study, GPU model and number of GPUs, each task a
+  checkpointable :class:`~pql.ablate.job.CellJob` that requeues on preemption. A task asks for
+  the GPUs its cell needs (:func:`pql.devices.gpus_needed`): none for a CPU cell.
 
 Each cell arrives with the lock of its run directory, taken by ``pql ablate`` when it
 decided to run the cell: the local launcher hands it to the child process, the debug
@@ -27,7 +28,8 @@ from typing import Any
 
 from pql.ablate.job import LAUNCHER_PID
 from pql.ablate.spec import Cell
-from pql.config import ConfigError, read_yaml_mapping
+from pql.config import Config, ConfigError, read_yaml_mapping
+from pql.devices import gpus_needed
 from pql.interrupt import RunInterrupted, StopSignals
 from pql.locks import INHERITED_FD, FileLock
 from pql.training.run_dir import RunDir
@@ -195,6 +197,10 @@ class ClusterProfile:
         for model, rule in (data.get("gpu_models") or {}).items():
             if not set(rule) <= {"gres", "constraint"}:
                 raise ConfigError(f"{path}: gpu_models.{model} may set only gres and constraint")
+        least = data.get("gpus_per_node")
+        if least is not None and (isinstance(least, bool) or not isinstance(least, int) or least < 1):
+            raise ConfigError(f"{path}: gpus_per_node must be null or an integer >= 1 (the least number of GPUs "
+                              f"a cell that uses GPUs asks for), got {least!r}")
         return cls(**data)
 
     @classmethod
@@ -206,16 +212,24 @@ class ClusterProfile:
             return cls.load(path), str(path)
         return cls(), "built-in defaults (no clusters/default.yaml beside the spec)"
 
-    def parameters(self, gpu_model: str | None) -> dict[str, Any]:
-        """submitit ``SlurmExecutor.update_parameters`` arguments for tasks that ask for ``gpu_model``."""
+    def gpus(self, needed: int) -> int:
+        """GPUs a task asks for when its cell needs ``needed``: none for a CPU cell (0), else ``needed`` or
+        ``gpus_per_node`` where that is more (the profile's key is a floor for GPU cells, never a GPU for a
+        CPU cell)."""
+        return 0 if needed == 0 else max(needed, self.gpus_per_node or 0)
+
+    def parameters(self, gpu_model: str | None, gpus: int | None = None) -> dict[str, Any]:
+        """submitit ``SlurmExecutor.update_parameters`` arguments for tasks that ask for ``gpu_model`` and
+        need ``gpus`` GPUs (:func:`pql.devices.gpus_needed`; None: none, and at least one with a model)."""
         params: dict[str, Any] = {"time": self.timeout_min, "array_parallelism": self.array_parallelism,
                                   "cpus_per_task": self.cpus_per_task, "ntasks_per_node": 1, "nodes": 1}
         if self.partition:
             params["partition"] = self.partition
         if self.mem_gb is not None:
             params["mem"] = f"{self.mem_gb:g}GB"
-        if self.gpus_per_node is not None:
-            params["gpus_per_node"] = self.gpus_per_node
+        count = self.gpus(max(gpus or 0, int(gpu_model is not None)))
+        if count:
+            params["gpus_per_node"] = count
         if self.setup:
             params["setup"] = list(self.setup)
         extra = dict(self.additional_parameters)
@@ -225,13 +239,43 @@ class ClusterProfile:
                                   f"(known: {', '.join(self.gpu_models) or 'none'})")
             rule = self.gpu_models[gpu_model]
             if "gres" in rule:
-                params["gres"] = rule["gres"]
+                params["gres"] = gres_with_count(rule["gres"], count)
                 params.pop("gpus_per_node", None)
             if "constraint" in rule:
                 params["constraint"] = rule["constraint"]
         if extra:
             params["additional_parameters"] = extra
         return params
+
+
+def gres_with_count(gres: str, count: int) -> str:
+    """``gres`` (SLURM's ``name[:type][:count]``, comma-separated) with the count of its ``gpu`` entry set to
+    ``count``: ``gpu:rtx4090:1`` for two GPUs is ``gpu:rtx4090:2``; other entries are kept as written."""
+    entries = []
+    for entry in gres.split(","):
+        fields = entry.split(":")
+        if fields[0] == "gpu":
+            if len(fields) > 1 and fields[-1].isdigit():
+                fields = fields[:-1]
+            entry = ":".join([*fields, str(count)])
+        entries.append(entry)
+    return ",".join(entries)
+
+
+ArrayKey = tuple[str | None, int]  # what one job array asks for: (gpu_model, GPUs per task)
+
+
+def array_key(cfg: Config) -> ArrayKey:
+    """The job array a cell of ``cfg`` goes into: its ``gpu_model`` and the GPUs it needs."""
+    return cfg.gpu_model, gpus_needed(cfg)
+
+
+def array_groups(cells: list[Cell]) -> dict[ArrayKey, list[int]]:
+    """Indices of ``cells`` per job array (:func:`array_key`), in order of first appearance."""
+    groups: dict[ArrayKey, list[int]] = {}
+    for i, cell in enumerate(cells):
+        groups.setdefault(array_key(cell.config), []).append(i)
+    return groups
 
 
 def _slurm_executor(folder: Path, preview: bool) -> Any:
@@ -258,7 +302,7 @@ def _slurm_executor(folder: Path, preview: bool) -> Any:
 
 
 class SlurmLauncher(Launcher):
-    """Submits one job array per study and GPU model; ``wait`` blocks until every task ended."""
+    """Submits one job array per study, GPU model and number of GPUs; ``wait`` blocks until every task ended."""
 
     name = "slurm"
 
@@ -272,37 +316,38 @@ class SlurmLauncher(Launcher):
                progress: bool = True) -> list[str]:
         from pql.ablate.job import CellJob
 
-        groups: dict[str | None, list[Path]] = {}
-        for cell, path in zip(cells, run_paths, strict=True):
-            groups.setdefault(cell.config.gpu_model, []).append(path)
         try:
-            for gpu_model, paths in groups.items():
-                jobs = self.executor(gpu_model).map_array(CellJob(), [str(p) for p in paths])
+            for (gpu_model, gpus), indices in array_groups(cells).items():
+                paths = [run_paths[i] for i in indices]
+                jobs = self.executor(gpu_model, gpus).map_array(CellJob(), [str(p) for p in paths])
                 self.jobs.extend(jobs)
                 for path, job in zip(paths, jobs, strict=True):  # until the job starts, its run reads as queued
                     RunDir(path, create=False).write_status("queued", slurm_job_id=job.job_id,
                                                             host=socket.gethostname(), pid=os.getpid())
                 if progress:
                     print(f"submitted array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks"
-                          f"{', gpu_model=' + gpu_model if gpu_model else ''})", flush=True)
+                          f"{', gpu_model=' + gpu_model if gpu_model else ''}, "
+                          f"{self.profile.gpus(gpus)} GPU(s) each)", flush=True)
         finally:
             for lock in locks:  # each job takes its run's lock when it starts
                 lock.release()
         return self._wait() if self.wait else []
 
-    def executor(self, gpu_model: str | None, preview: bool = False) -> Any:
-        """A submitit executor configured for the tasks of one GPU model (``preview``: never submits)."""
+    def executor(self, gpu_model: str | None, gpus: int | None = None, preview: bool = False) -> Any:
+        """A submitit executor configured for the tasks of one GPU model that need ``gpus`` GPUs (see
+        :meth:`ClusterProfile.parameters`; ``preview``: never submits)."""
         executor = _slurm_executor(self.folder / "%j", preview)
-        executor.update_parameters(job_name=self.job_name, **self.profile.parameters(gpu_model))
+        executor.update_parameters(job_name=self.job_name, **self.profile.parameters(gpu_model, gpus))
         return executor
 
-    def sbatch_script(self, gpu_model: str | None, num_tasks: int) -> str:
-        """The sbatch script of an array of ``num_tasks`` tasks of ``gpu_model``, as submitit would write it
-        (submitit's own renderer, so the preview cannot drift from what is submitted; submitit is pinned
-        to the 1.5 series in pyproject.toml for this, and a golden test watches the output)."""
+    def sbatch_script(self, gpu_model: str | None, num_tasks: int, gpus: int | None = None) -> str:
+        """The sbatch script of an array of ``num_tasks`` tasks of ``gpu_model`` needing ``gpus`` GPUs (None:
+        none, and at least one with a model), as submitit would write it (submitit's own renderer, so the preview
+        cannot drift from what is submitted; submitit is pinned to the 1.5 series in pyproject.toml for
+        this, and golden tests watch the output)."""
         from submitit.slurm.slurm import _make_sbatch_string
 
-        slurm = self.executor(gpu_model, preview=True)
+        slurm = self.executor(gpu_model, gpus, preview=True)
         return _make_sbatch_string(command="python -u -m submitit.core._submit FOLDER", folder=slurm.folder,
                                    **{**slurm.parameters, "map_count": num_tasks})
 

@@ -44,7 +44,7 @@ FIGURE_X = ("wall_s", "env_steps")  # the x axes a curve figure can have, each a
 DEFAULT_FIGURES = ("curves",)
 # Keys that do not change what a run computes, left out of its id.
 NOT_IN_RUN_ID = {"out", "resume", "progress", "tensorboard", "wandb", "wandb_project", "checkpoint_every_s",
-                 "watchdog_s"}
+                 "watchdog_s", "check_memory"}
 # Bumped when what a config means changes without its keys changing (e.g. a fix in an algorithm's
 # maths): results made under another schema are then not reused. 2: ids hash the whole config.
 RUN_ID_SCHEMA = 2

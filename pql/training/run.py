@@ -30,7 +30,7 @@ from pql.training.sync import SyncTrainer
 
 # Keys a resumed run may change: they alter the budget or the display, not the experiment.
 RESUMABLE_KEYS = {"resume", "max_time_s", "max_env_steps", "progress", "tensorboard", "wandb", "wandb_project",
-                  "checkpoint_every_s", "watchdog_s",
+                  "checkpoint_every_s", "watchdog_s", "check_memory",
                   "device.sim", "device.v_learner", "device.p_learner"}
 
 
