@@ -89,16 +89,16 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # What a worker can be doing, as its heartbeat records it (the watchdog names it when the worker stalls).
 DOING = ("starting", "stepping the envs", "updating", "waiting for the others", "parked", "sending its state")
 WORK = {"actor": "stepping the envs", "v": "updating", "p": "updating"}
-# How a worker can fail (status.json's ``cause``), and those after which the run resumes from its checkpoint.
-CAUSES = ("error", "killed", "watchdog")
+# How a worker can fail (status.json's ``cause``: error, killed, watchdog), and those after which the run
+# resumes from its checkpoint.
 RESUMABLE_CAUSES = ("killed", "watchdog")
 
 
 class WorkerFailed(RuntimeError):
     """A worker process raised, died or stalled; names the worker and carries its traceback when it had one.
-    ``cause`` says how (:data:`CAUSES`), ``resumable`` whether the run may continue from its last checkpoint:
-    a worker killed by a signal (the out-of-memory killer's SIGKILL among them) or stopped by the watchdog
-    leaves a run that is fine up to its checkpoint; one that raised would raise again."""
+    ``cause`` says how (``error``, ``killed`` or ``watchdog``), ``resumable`` whether the run may continue from
+    its last checkpoint: a worker killed by a signal (the out-of-memory killer's SIGKILL among them) or stopped
+    by the watchdog leaves a run that is fine up to its checkpoint; one that raised would raise again."""
 
     def __init__(self, role: str, pid: int | None, reason: str, worker_traceback: str | None = None,
                  cause: str = "error") -> None:
@@ -393,7 +393,7 @@ def worker_process(role: str, shared: Shared, device: torch.device, threads: int
 
 
 def _exit_reason(code: int) -> tuple[str, str]:
-    """Why a worker that exited with ``code`` ended, and its cause (one of CAUSES)."""
+    """Why a worker that exited with ``code`` ended, and its cause (``killed`` by a signal, else ``error``)."""
     if code < 0:
         with contextlib.suppress(ValueError):
             name = signal.Signals(-code).name
@@ -403,8 +403,8 @@ def _exit_reason(code: int) -> tuple[str, str]:
 
 
 class WorkersDidNotPark(RuntimeError):
-    """After a stop request the workers did not park within STOP_GRACE_S: the run stops without a new
-    checkpoint (the last one stays, and the run resumes from it)."""
+    """After a stop request a worker did not park: it was stuck (silent for STUCK_S), or still starting after
+    STOP_GRACE_S. The run stops without a new checkpoint (the last one stays, and the run resumes from it)."""
 
 
 class ProcessTrainer(RunLoop):
