@@ -1,11 +1,20 @@
 """Shared fixtures: a tiny, fast training configuration; the Isaac simulator fakes."""
 
+import atexit
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+# JAX's compilation cache of this session (and the processes it starts), cold at its start: the Playground
+# tests share one compiled step without touching the user's ~/.cache/pql/jax, and time what CI would.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="pql-test-jax-")
+atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 TINY = {  # sync mode: deterministic, and no worker processes to start
     "task": "classic/pendulum", "mode": "sync", "num_envs": "32", "eval_envs": "4", "max_env_steps": "2560",

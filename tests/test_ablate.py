@@ -247,7 +247,7 @@ def test_cell_asking_for_an_absent_gpu_is_skipped(tmp_path):
 
 def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
     args = [sys.executable, "-m", "pql", "ablate", str(TINY), "--profile", "one", "--results", str(tmp_path),
-            "--no-progress", "max_env_steps=40000", "max_time_s=null", "eval_every_env_steps=800",
+            "--no-progress", "max_env_steps=8000", "max_time_s=null", "eval_every_env_steps=800",
             "checkpoint_every_s=0"]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     study_dir = tmp_path / "tiny"
@@ -269,13 +269,13 @@ def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
     wait_gone(status["pid"])
     before = (run / "metrics.csv").read_text().splitlines()
     checkpoint_steps = __import__("torch").load(run / "checkpoint.pt", weights_only=True)["progress"]["env_steps"]
-    plan, problems = _run(tmp_path, "one", max_env_steps=40000, max_time_s="null", eval_every_env_steps=800,
+    plan, problems = _run(tmp_path, "one", max_env_steps=8000, max_time_s="null", eval_every_env_steps=800,
                           checkpoint_every_s=0)
     assert problems == [] and len(plan.to_run) == 1
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     rows = (run / "metrics.csv").read_text().splitlines()
     steps = [int(r.split(",")[0]) for r in rows[1:]]
-    assert steps == sorted(set(steps)) and steps[-1] == 40000, "continued, no duplicate rows"
+    assert steps == sorted(set(steps)) and steps[-1] == 8000, "continued, no duplicate rows"
     kept = [r for r in before[1:] if int(r.split(",")[0]) <= checkpoint_steps]
     assert rows[1 : 1 + len(kept)] == kept, "rows up to the checkpoint are kept as they were"
     assert steps[0] == 0 and len(kept) >= 2, "resumed, not restarted"

@@ -21,7 +21,7 @@ BACKEND_TASKS = [*known_tasks(), "gym/Pendulum-v1", "gym/MountainCarContinuous-v
 def test_contract_shapes_dtypes_and_auto_reset(task, request):
     if task.startswith("isaac"):
         request.getfixturevalue("isaac_fakes")
-    n = 8
+    n = 4  # as tests/test_playground.py: one compiled Playground step for the session
     env = make_env(task, n, device="cpu", seed=3)
     obs = env.reset()
     assert obs.shape == (n, env.obs_dim) and obs.dtype == env.dtype and obs.device == env.device
@@ -54,14 +54,14 @@ def test_set_episode_steps_moves_each_time_limit_by_its_offset(task, request):
     """An env moved k steps into its episode reaches the time limit k steps sooner than one left at 0."""
     if task.startswith("isaac"):
         request.getfixturevalue("isaac_fakes")
-    env = make_env(task, 3, device="cpu", seed=3)
+    env = make_env(task, 4, device="cpu", seed=3)
     env.reset()
     limit = env.max_episode_steps
-    offsets = torch.tensor([0, limit // 2, limit - 5])
+    offsets = torch.tensor([0, limit // 2, limit - 5, limit // 4])
     env.set_episode_steps(offsets)
-    first = torch.full((3,), -1)
+    first = torch.full((4,), -1)
     for t in range(1, limit + 1):
-        _, _, term, trunc, _ = env.step(torch.zeros(3, env.act_dim))
+        _, _, term, trunc, _ = env.step(torch.zeros(4, env.act_dim))
         assert not term.any()
         first = torch.where(trunc & (first < 0), t, first)
         if (first >= 0).all():

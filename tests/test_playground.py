@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from pql.envs.playground_backend import PlaygroundVecEnv
 
-N, LENGTH = 4, 30
+N, LENGTH = 4, 30  # every Playground test (and tests/test_envs.py) steps N envs: one program to compile
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,36 @@ def test_a_diverged_env_terminates_alone_with_a_finite_final_observation(cartpol
     assert not torch.equal(info["final_obs"][0], obs[0]), "env 0 restarted"
 
 
+def test_the_step_compiles_once_for_any_time_limit(cartpole):
+    """reset() compiles the step with the actions placed as step() places them (else the first step compiles
+    a second program, on the clock), and the time limit is an argument, not a constant of the program."""
+    env = cartpole
+    env.reset()
+    compiled = env._step_fn._cache_size()
+    env.step(_actions(0))
+    other = PlaygroundVecEnv("CartpoleBalance", N, seed=1, episode_length=LENGTH + 7)
+    other._step_fn = env._step_fn  # the same jitted function: a new limit must not need a new program
+    other.reset()
+    other.step(_actions(0))
+    assert env._step_fn._cache_size() == compiled == 1
+
+
+def test_compiled_steps_are_cached_on_disk_unless_the_user_chose(monkeypatch, tmp_path):
+    from pql.envs import playground_backend
+
+    assert jax.config.jax_compilation_cache_dir, "tests/conftest.py names the session's cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    chosen = jax.config.jax_compilation_cache_dir
+    playground_backend._modules()
+    assert jax.config.jax_compilation_cache_dir == chosen, "a directory already chosen is kept"
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        playground_backend._modules()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "pql" / "jax")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", chosen)
+
+
 def test_tensors_cross_from_jax_without_copies(cartpole):
     env = cartpole
     env.reset()
@@ -68,7 +98,7 @@ def test_tensors_cross_from_jax_without_copies(cartpole):
 
 
 def test_seeded_resets_are_reproducible():
-    a, b = (PlaygroundVecEnv("CartpoleBalance", 3, seed=7, episode_length=5) for _ in range(2))
+    a, b = (PlaygroundVecEnv("CartpoleBalance", N, seed=7, episode_length=5) for _ in range(2))
     assert torch.equal(a.reset(), b.reset())
     assert torch.equal(a.reset(), b.reset()), "later resets follow the seed too"
 

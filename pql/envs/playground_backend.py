@@ -13,13 +13,20 @@ environment's ``done`` (e.g. a NaN state, a fall) is termination.
 
 JAX preallocates 75 % of a GPU's memory at start-up; the first import here sets
 ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (unless the user set it) so that torch can
-share the GPU.
+share the GPU. It also turns on JAX's persistent compilation cache in
+``~/.cache/pql/jax`` (``$XDG_CACHE_HOME/pql/jax``; unless ``JAX_COMPILATION_CACHE_DIR``
+names another): compiling a task's step takes 10-30 s on a CPU, and every later
+process with the same task, env count and device (each cell of a study, each async
+worker, each resume) loads it instead. The time limit is an argument of the compiled
+step, not a constant in it, so runs with other episode lengths share it too.
+``JAX_ENABLE_COMPILATION_CACHE=false`` turns the cache off.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +47,14 @@ def _modules() -> tuple[Any, Any, Any]:
         from mujoco_playground import registry
     except ImportError as err:
         raise ImportError(f"the playground/ backend needs MuJoCo Playground: {INSTALL}") from err
+    if jax.config.jax_compilation_cache_dir is None:  # neither the user nor JAX_COMPILATION_CACHE_DIR set one
+        jax.config.update("jax_compilation_cache_dir", str(compilation_cache_dir()))
     return jax, jnp, registry
+
+
+def compilation_cache_dir() -> Path:
+    """Where compiled Playground steps are kept between processes: ``$XDG_CACHE_HOME/pql/jax``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pql" / "jax"
 
 
 def playground_task_problem(name: str) -> str | None:
@@ -97,6 +111,8 @@ class PlaygroundVecEnv(VecEnv):
         self._jax, self._jnp, self._device = jax, jnp, _jax_device(jax, self.device)
         self._reset_fn = jax.jit(self._reset_batch)
         self._step_fn = jax.jit(self._step_batch)
+        # The time limit is an argument of the step, so that one compiled program serves any limit.
+        self._limit = jax.device_put(jnp.int32(self.max_episode_steps), self._device)
         self._state = self._steps = self._key = None
 
     # ---- compiled JAX functions (pure) ----------------------------------------------------
@@ -105,13 +121,14 @@ class PlaygroundVecEnv(VecEnv):
         key, sub = self._jax.random.split(key)
         return self._jax.vmap(self.env.reset)(self._jax.random.split(sub, self.num_envs)), key
 
-    def _step_batch(self, state: Any, steps: Any, key: Any, action: Any) -> tuple[Any, ...]:
-        """One step of every env, then a fresh episode wherever one ended, keeping the final observation."""
+    def _step_batch(self, state: Any, steps: Any, key: Any, action: Any, limit: Any) -> tuple[Any, ...]:
+        """One step of every env, then a fresh episode wherever one ended (``limit``: steps per episode),
+        keeping the final observation."""
         jax, jnp = self._jax, self._jnp
         stepped = jax.vmap(self.env.step)(state, action)
         steps = steps + 1
         terminated = stepped.done > 0
-        truncated = steps >= self.max_episode_steps
+        truncated = steps >= limit
         done = terminated | truncated
         # A diverged (NaN) state terminates; its observation and reward must not poison the replay buffer.
         final_obs = jnp.nan_to_num(stepped.obs, nan=0.0, posinf=0.0, neginf=0.0)
@@ -147,8 +164,11 @@ class PlaygroundVecEnv(VecEnv):
         self._state, self._key = self._reset_fn(key)
         self._steps = self._jax.device_put(self._jnp.zeros(self.num_envs, self._jnp.int32), self._device)
         if compiling:  # compile the step now (a pure function: the result is dropped), not in the first step
-            idle = self._jnp.zeros((self.num_envs, self.act_dim), self._jnp.float32)
-            self._jax.block_until_ready(self._step_fn(self._state, self._steps, self._key, idle))
+            # Placed on the device as the actions will be (from DLPack): an uncommitted array compiles another
+            # program, and the first step would compile again, on the clock.
+            idle = self._jax.device_put(self._jnp.zeros((self.num_envs, self.act_dim), self._jnp.float32),
+                                        self._device)
+            self._jax.block_until_ready(self._step_fn(self._state, self._steps, self._key, idle, self._limit))
             self.compile_s = time.perf_counter() - begun
         return torch.from_dlpack(self._state.obs)
 
@@ -162,6 +182,6 @@ class PlaygroundVecEnv(VecEnv):
         info ``{"final_obs": [N, D]}``; the tensors share memory with JAX's arrays."""
         action = self._jnp.from_dlpack(actions.detach().to(self.device, self.dtype).contiguous())
         self._state, self._steps, self._key, reward, term, trunc, final = self._step_fn(
-            self._state, self._steps, self._key, action)
+            self._state, self._steps, self._key, action, self._limit)
         return (torch.from_dlpack(self._state.obs), torch.from_dlpack(reward), torch.from_dlpack(term),
                 torch.from_dlpack(trunc), {"final_obs": torch.from_dlpack(final)})
