@@ -8,10 +8,11 @@ value still equalled its default).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import math
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -20,6 +21,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+# libyaml's loader where PyYAML was built with it (its wheels are): 10x faster on presets and config.yaml files
+FAST_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 LR_SCHEDULES = ("adaptive", "fixed")
 MODES = ("sync", "async")
 EVALS_PER_BUDGET = 40  # a time budget's default evaluation cadence: max_time_s / 40
@@ -289,8 +292,14 @@ def check_numbers(cfg: Config) -> None:
 
 
 def _preset_table() -> dict[str, dict[str, Any]]:
+    """``pql/presets.yaml``, a copy of it read once (a study's status or report builds every cell's config)."""
+    return copy.deepcopy(_read_presets())
+
+
+@functools.cache
+def _read_presets() -> dict[str, dict[str, Any]]:
     text = resources.files("pql").joinpath("presets.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    return yaml.load(text, Loader=FAST_YAML_LOADER) or {}
 
 
 def presets(task: str, algo: str) -> list[dict[str, Any]]:
@@ -494,13 +503,15 @@ def _merged(*layers: Any) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain nested dict (tuples as lists), as written to ``config.yaml``."""
+    """Plain nested dict (tuples as lists), as written to ``config.yaml``: the fields in their order, as
+    OmegaConf writes them (a test holds the two equal), without its cost (a status or report makes one per
+    run)."""
     def plain(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
-        return list(value) if isinstance(value, tuple) else value
+        return [plain(v) for v in value] if isinstance(value, tuple | list) else value
 
-    return plain(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+    return plain(asdict(cfg))
 
 
 def yaml_problem(err: yaml.YAMLError) -> str:
@@ -531,7 +542,7 @@ def load_config(path: str) -> Config:
     the file if it is not one)."""
     try:
         with open(path) as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=FAST_YAML_LOADER)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: {yaml_problem(err)}") from None
     except OSError as err:

@@ -18,7 +18,7 @@ import torch
 from pql.ablate.spec import expand, load_spec
 from pql.ablate.store import ResultsStore
 from pql.cli import main
-from pql.config import ConfigError, build_config, config_to_dict, presets, thresholds
+from pql.config import ConfigError, build_config, presets, thresholds
 from pql.manifest import session
 from pql.report import study as report_module
 from pql.report.aggregate import per_run, summarize
@@ -58,7 +58,7 @@ def manifest(commit: str = "ab" * 20, v_learner: str = "NVIDIA H100") -> dict:
 def write_run(run: Path, cell, facts: dict | None, offset: float = 0.0) -> None:
     """A finished run of ``cell`` at ``run``: config.yaml, metrics.csv, status.json, manifest.json (if ``facts``)."""
     files = RunDir(run)
-    files.write_config(config_to_dict(cell.config))
+    files.write_config(cell.config)
     for i, ret in enumerate(RETURNS[cell.config.algo.name, cell.config.num_envs]):
         steps = 100 * (i + 1)
         files.append_metrics({"env_steps": steps, "wall_s": steps / 100, "eval_return": ret + offset})

@@ -118,3 +118,21 @@ def test_metrics_files_with_extra_or_older_columns_stay_valid(tmp_path):
     with open(run.metrics_path, "w", newline="") as fh:
         fh.write("env_steps,wall_s\n10,1.0\n")
     assert "lacks the column(s) train_return, eval_return" in metrics_problem(run.metrics_path, 10)
+
+
+@pytest.mark.parametrize("name", ["envs", "algorithms", "preact"])
+def test_config_dicts_are_what_omegaconf_writes(name):
+    """config_to_dict (which run ids hash and config.yaml holds) builds the dict without OmegaConf, for speed:
+    the same keys in the same order, the same values and types, as OmegaConf's container of the config."""
+    from omegaconf import OmegaConf
+
+    def lists(value):
+        if isinstance(value, dict):
+            return {k: lists(v) for k, v in value.items()}
+        return [lists(v) for v in value] if isinstance(value, tuple | list) else value
+
+    study = spec.load_spec(TINY.parent.parent.parent / "ablations" / f"{name}.yaml")
+    configs = [build_config({}), *(c.config for c in spec.expand(study, "quick").cells)]
+    for cfg in configs:
+        expected = lists(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+        assert repr(config_to_dict(cfg)) == repr(expected)
