@@ -1,3 +1,5 @@
+"""``python -m pql``: the ``pql`` command line."""
+
 import sys
 
 from pql.cli import main

@@ -100,7 +100,7 @@ class RingBuffer:
     one ``[C, W]`` tensor so that a sample is a single gather; ``data[name]`` is a
     ``[C, *field_shape]`` view. ``add`` writes rows at the write pointer, wrapping
     around the end; ``sample`` draws B random rows. A buffer belongs to one worker:
-    other workers hand it rows through a :class:`pql.exchange.TransitionRing`.
+    other workers hand it rows through a :class:`pql.workers.exchange.TransitionRing`.
     """
 
     def __init__(self, capacity: int, fields: dict[str, tuple[int, ...]], device: torch.device | str,
@@ -129,7 +129,7 @@ class RingBuffer:
 
     def add_rows(self, packed: torch.Tensor) -> torch.Tensor:
         """Append ``packed [R, W]`` (fields side by side, in column order, any device); returns the
-        copy on this buffer's device (the caller may wait for it, see :func:`pql.exchange.settle`)."""
+        copy on this buffer's device (the caller may wait for it, see :func:`pql.workers.exchange.settle`)."""
         packed = packed.to(self.storage)
         if packed.shape[0] > self.capacity:  # only the newest rows fit
             packed = packed[-self.capacity:]

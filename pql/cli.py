@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pql.ablate.claims import ClaimRule
+from pql.ablate.spec import FIGURE_KINDS
 from pql.config import ConfigError, describe, parse_overrides
-from pql.interrupt import RunInterrupted
 from pql.preload import preload_simulator
-from pql.report.figures import FIGURES as FIGURE_KINDS
+from pql.store.claims import ClaimRule
+from pql.training.interrupt import RunInterrupted
 
 if TYPE_CHECKING:
     from pql.ablate.runner import Plan
@@ -29,6 +29,7 @@ def _train_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pql`` command line: train, export, ablate, status and report."""
     parser = argparse.ArgumentParser(prog="pql", description="Parallel Q-Learning benchmarking suite.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one run", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -42,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", help="a run directory with checkpoint.pt")
     export.add_argument("--out", default=None, help="output path (default RUN_DIR/policy.pt)")
 
+    _add_ablate(sub)
+
+    status = sub.add_parser("status", help="done / running / failed / pending counts of a study",
+                            description="Read a study's run directories and report their states and the errors "
+                                        "of failed runs.")
+    _study_args(status)
+    _by_arg(status, "after the report, count the runs per value of FIELD and state")
+
+    _add_report(sub)
+    return parser
+
+
+def _add_ablate(sub: Any) -> None:
+    """``pql ablate``'s options."""
     ablate = sub.add_parser("ablate", help="run a study's matrix of cells (idempotent)",
                             description="Expand a study spec (ablations/*.yaml) into cells x seeds and run what is "
                                         "missing: finished runs are kept, interrupted ones (Ctrl-C, SIGTERM, kill -9, "
@@ -74,12 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "--retry-failed) start from step 0 instead of resuming from their checkpoints")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    status = sub.add_parser("status", help="done / running / failed / pending counts of a study",
-                            description="Read a study's run directories and report their states and the errors "
-                                        "of failed runs.")
-    _study_args(status)
-    _by_arg(status, "after the report, count the runs per value of FIELD and state")
 
+def _add_report(sub: Any) -> None:
+    """``pql report``'s options."""
     report = sub.add_parser("report", help="summary table, figures and markdown report of a study",
                             description="Aggregate the finished runs that the study's index "
                                         "(results/STUDY/index-PROFILE.csv, written by pql ablate) lists, each read "
@@ -99,7 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "classic/pendulum)")
     _by_arg(report, "split each cell's line (and its summary row) by the value of FIELD its runs recorded, "
                     "labelled ' [value]'; every output file name gets -by-FIELD")
-    return parser
 
 
 def _by_arg(parser: argparse.ArgumentParser, what: str) -> None:
@@ -130,6 +141,7 @@ def _study_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``pql`` command in ``argv``; returns its exit code (2: a bad value or key, named)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # KEY=VALUE words may follow options
     stray = [word for word in extra if word.startswith("-") or "=" not in word or not hasattr(args, "overrides")]
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = resolve(overrides)
             with failure_recorded(cfg.out):
                 if cfg.check_memory:
-                    from pql.memory_check import check_fits
+                    from pql.ablate.memory_check import check_fits
 
                     check_fits(cfg)
                 run_dir = run_training(cfg)
@@ -158,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("ablate", "status"):
             return _study_command(args)
         elif args.command == "export":
-            from pql.export import export_policy
+            from pql.training.export import export_policy
 
             print(f"wrote {export_policy(args.run_dir, args.out)}")
     except ConfigError as err:
@@ -192,10 +204,10 @@ def _report_command(args: argparse.Namespace) -> int:
 
 
 def _study_command(args: argparse.Namespace) -> int:
+    """``pql ablate`` and ``pql status``: plan the study, then report its states, or print the plan and run it."""
     from pql.ablate.launchers import ClusterProfile, DebugLauncher, LocalLauncher, SlurmLauncher, array_groups
-    from pql.ablate.runner import describe_plan, plan_study, run_study, status_report, unique_cells
-    from pql.ablate.store import STATES
-    from pql.report.provenance import by_table, check_field, field_text, lookup, run_facts
+    from pql.ablate.runner import describe_plan, plan_study, run_study, status_report
+    from pql.report.provenance import check_field
 
     overrides = parse_overrides(args.overrides)
     by = getattr(args, "by", None)
@@ -207,11 +219,7 @@ def _study_command(args: argparse.Namespace) -> int:
                       retry_failed=getattr(args, "retry_failed", False), check_local_gpu=not slurm, claim=running,
                       claim_rule=ClaimRule(args.stale_after, args.take_over), restart=getattr(args, "restart", False))
     if args.command == "status":
-        print(status_report(plan.study, plan.store, plan.skipped))
-        if by:
-            runs = [(field_text(lookup(run_facts(plan.store.run_path(cell)), by)), plan.states[cell.run_id].state)
-                    for cell in unique_cells(plan.study)]
-            print(by_table(by, runs, STATES))
+        _print_status(plan, by)
         return 0
     try:
         if slurm:
@@ -254,9 +262,22 @@ def _study_command(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _print_status(plan: Plan, by: str | None) -> None:
+    """``pql status``: the study's states and failures; with ``by``, the runs counted per value of that field."""
+    from pql.ablate.runner import status_report, unique_cells
+    from pql.report.provenance import by_table, field_text, lookup, run_facts
+    from pql.store.states import CELL_STATES
+
+    print(status_report(plan.study, plan.store, plan.skipped))
+    if by:
+        runs = [(field_text(lookup(run_facts(plan.store.run_path(cell)), by)), plan.states[cell.run_id].state)
+                for cell in unique_cells(plan.study)]
+        print(by_table(by, runs, CELL_STATES))
+
+
 def _warn_if_dirty() -> None:
     """Say on stderr which tracked files differ from the commit: the runs' manifests will record them."""
-    from pql.manifest import git_state
+    from pql.store.manifest import git_state
 
     state = git_state()
     if state and state["dirty"]:
@@ -270,9 +291,9 @@ def _print_memory(plan: Plan, slurm_mem_gb: float | None, slurm: bool) -> None:
     """The dry run's memory estimate per cell; a warning on stderr for each cell that does not fit. A cell's
     host memory is this machine's, or on SLURM the cluster profile's ``mem_gb``; a GPU's is that of its
     ``gpu_model``, or (not on SLURM) that of the GPU here."""
+    from pql.ablate.memory import device_capacity
     from pql.ablate.runner import describe_memory
-    from pql.manifest import memory_gib
-    from pql.memory import device_capacity
+    from pql.store.manifest import memory_gib
 
     host_gib = slurm_mem_gb if slurm else memory_gib()
     text, warnings = describe_memory(

@@ -46,6 +46,7 @@ class Actor(OffPolicyActor):
         self.net = mlp([obs_dim, *hidden, act_dim], nn.Tanh())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The action ``[B, act_dim]`` in [-1, 1] for ``obs [B, obs_dim]``."""
         return self.net(obs)
 
     def pre_tanh(self, obs: torch.Tensor) -> torch.Tensor:
@@ -72,6 +73,7 @@ class EnsembleLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(ensemble, 1, out_features).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, in]`` (shared by every member) or ``[K, B, in]`` -> ``[K, B, out]``."""
         if x.dim() == 2:
             x = x.expand(self.weight.shape[0], *x.shape)
         return torch.baddbmm(self.bias, x, self.weight)
@@ -91,6 +93,7 @@ class TwinCritic(nn.Module):
         self.out = out
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """``[K, B, out]``: every critic's output for ``obs [B, obs_dim]`` and ``act [B, act_dim]``."""
         x = torch.cat((obs, act), dim=-1)
         for i, layer in enumerate(self.layers):
             x = layer(x)

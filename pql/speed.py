@@ -75,6 +75,7 @@ class Speed:
 
     @property
     def compiling(self) -> bool:
+        """Whether functions are compiled (``compile`` is not off)."""
         return self.compile_mode != "off"
 
     def compile(self, fn: F) -> F:

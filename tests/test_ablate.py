@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from pql.ablate.launchers import ClusterProfile, DebugLauncher, SlurmLauncher
+from pql.ablate.matrix import expand
 from pql.ablate.runner import plan_study, run_study, status_report
-from pql.ablate.spec import expand, load_spec
-from pql.config import ConfigError, DeviceConfig, build_config
+from pql.ablate.spec import load_spec
+from pql.config import ConfigError, DeviceConfig
+from pql.resolve import build_config
 
 from .conftest import wait_gone
 
@@ -307,15 +309,15 @@ def test_dry_run_shows_cells_and_the_sbatch_script_without_running(tmp_path, cap
 def test_a_study_started_on_a_dirty_checkout_names_the_changed_files(tmp_path, capsys, monkeypatch):
     """Runs made on uncommitted code cannot be redone from their commit: pql ablate says so before it starts,
     naming the files (and says nothing on a clean checkout)."""
-    import pql.manifest
+    import pql.store.manifest
     from pql.cli import main
 
     state = {"commit": "ab" * 20, "dirty": True, "changed": ["pql/config.py", "tests/test_x.py"],
              "diff_sha256": "c" * 64}
-    monkeypatch.setattr(pql.manifest, "git_state", lambda: state)
+    monkeypatch.setattr(pql.store.manifest, "git_state", lambda: state)
     assert main(["ablate", str(TINY), "--dry-run", "--results", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert "uncommitted changes (pql/config.py, tests/test_x.py)" in err and "commit first" in err
-    monkeypatch.setattr(pql.manifest, "git_state", lambda: {**state, "dirty": False, "changed": []})
+    monkeypatch.setattr(pql.store.manifest, "git_state", lambda: {**state, "dirty": False, "changed": []})
     main(["ablate", str(TINY), "--dry-run", "--results", str(tmp_path)])
     assert "uncommitted" not in capsys.readouterr().err

@@ -11,11 +11,12 @@ from pql.algos import ALGORITHMS, algorithm
 from pql.algos.base import DeterministicObjective
 from pql.algos.critic_heads import CategoricalHead
 from pql.buffers import observation_buffer
-from pql.config import ConfigError, build_config, load_config
+from pql.config import ConfigError, load_config
 from pql.nets import Actor, TwinCritic
 from pql.normalizer import RunningNormalizer
+from pql.resolve import build_config
 from pql.training.run import train, trainer_class
-from pql.workers import PLearner
+from pql.workers.learners import PLearner
 
 
 def test_every_algorithm_is_declared_once_with_its_own_label_and_colour():

@@ -4,7 +4,7 @@ import heapq
 
 import pytest
 
-from pql.balance import RatioController
+from pql.workers.balance import RatioController
 
 
 class FakeClock:
@@ -89,7 +89,7 @@ def test_simulated_concurrent_workers_hold_the_ratios(durations):
 
 
 def test_critic_sample_ratio_scales_only_above_the_reference_env_count():
-    from pql.balance import critic_sample_ratio
+    from pql.workers.balance import critic_sample_ratio
 
     assert critic_sample_ratio(8, 16384, None) == 8, "null: the paper's fixed ratio"
     assert critic_sample_ratio(8, 16384, 1024) == 128

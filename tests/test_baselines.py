@@ -9,12 +9,13 @@ import torch
 from pql.algos.critic_heads import ScalarHead
 from pql.algos.sac import EntropyRegularisedObjective, GaussianActor
 from pql.buffers import observation_buffer
-from pql.config import ConfigError, build_config
-from pql.export import export_policy
+from pql.config import ConfigError
 from pql.nets import TwinCritic
 from pql.normalizer import RunningNormalizer
+from pql.resolve import build_config
+from pql.training.export import export_policy
 from pql.training.run import train
-from pql.workers import PLearner
+from pql.workers.learners import PLearner
 
 
 def last_row(run):

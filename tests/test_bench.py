@@ -2,7 +2,7 @@
 
 import pytest
 
-from pql.bench import main
+from pql.bench.run import main
 
 
 def test_env_table_for_chosen_tasks(capsys):
@@ -20,7 +20,7 @@ def test_unknown_task_is_refused_before_measuring(capsys):
 
 
 def test_sync_vs_async_row_holds_the_ratios_and_computes_its_ceiling():
-    from pql.bench_modes import compare
+    from pql.bench.modes import compare
 
     tiny = {"num_envs": 32, "eval_envs": 1, "algo.actor_hidden": "[16,16]", "algo.critic_hidden": "[64,64]",
             "algo.batch_size": 128, "algo.buffer_size": 4096, "algo.warmup_steps": 8}

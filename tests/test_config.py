@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from pql.cli import main
-from pql.config import ConfigError, all_keys, build_config, parse_overrides
+from pql.config import ConfigError, all_keys, parse_overrides
+from pql.resolve import build_config
 
 from .conftest import TINY
 
@@ -143,7 +144,7 @@ def test_cli_hostile_numbers_exit_2_naming_the_key_and_value(tmp_path, capsys):
 
 def _stopped_run(path, state="interrupted"):
     """A run directory as a stopped run leaves it: config, a checkpoint file, a status."""
-    from pql.training.run_dir import RunDir
+    from pql.store.run_dir import RunDir
 
     run = RunDir(path)
     run.write_config(build_config({**TINY, "out": str(path)}))
@@ -185,7 +186,7 @@ def test_a_failure_building_the_trainer_is_recorded_where_nothing_else_is(tiny, 
 def test_a_study_cell_whose_config_no_longer_validates_fails_with_the_key(tmp_path):
     from pql.ablate.job import run_cell
     from pql.config import config_to_dict
-    from pql.training.run_dir import RunDir
+    from pql.store.run_dir import RunDir
 
     run = RunDir(tmp_path / "cell")
     config = config_to_dict(build_config({**TINY}))
@@ -198,7 +199,7 @@ def test_a_study_cell_whose_config_no_longer_validates_fails_with_the_key(tmp_pa
 
 
 def test_a_run_held_by_another_process_keeps_its_status(tmp_path):
-    from pql.locks import RunLocked
+    from pql.store.locks import RunLocked
     from pql.training.failures import failure_recorded
 
     run = _stopped_run(tmp_path / "run", "running")

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from pql.ablate.store import metrics_problem
-from pql.interrupt import RunInterrupted, StopSignals
+from pql.store.run_dir import METRIC_COLUMNS, RunDir
+from pql.training.interrupt import RunInterrupted, StopSignals
 from pql.training.run import train
-from pql.training.run_dir import METRIC_COLUMNS, RunDir
 
 from .conftest import TINY, wait_gone
 

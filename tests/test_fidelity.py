@@ -6,11 +6,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pql.ablate.spec import expand, load_spec
+from pql.ablate.matrix import expand
+from pql.ablate.spec import load_spec
 from pql.algos.sac import GaussianActor
-from pql.config import ConfigError, atom_range, build_config, return_bounds, value_support
+from pql.config import ConfigError, atom_range, return_bounds, value_support
+from pql.resolve import build_config
+from pql.store.run_dir import RunDir
 from pql.training.run import resolve, run_training
-from pql.training.run_dir import RunDir
 from pql.training.sync import SyncTrainer
 
 

@@ -123,9 +123,9 @@ def test_pql_train_on_isaacgym_imports_it_before_torch_and_applies_the_task_pres
 def test_one_simulation_backends_evaluate_the_noise_free_slice(isaac_fakes, tmp_path, algo):
     """No separate evaluation envs can be made: the first eval_envs training envs act deterministically
     (whatever the algorithm's exploration), and only their finished episodes make eval_return."""
-    from pql.config import build_config
+    from pql.resolve import build_config
+    from pql.store.run_dir import RunDir
     from pql.training.run import trainer_class
-    from pql.training.run_dir import RunDir
 
     cfg = build_config({"task": "isaaclab/Isaac-Ant-Direct-v0", "algo": algo, "mode": "sync", "num_envs": "8",
                         "eval_envs": "2", "max_env_steps": "800", "algo.actor_hidden": "[16]",

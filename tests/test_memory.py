@@ -1,4 +1,5 @@
-"""The memory estimate (pql.memory) against what the real workers hold, and its place in ``pql ablate --dry-run``.
+"""The memory estimate (``pql/ablate/memory.py``) against what the real workers hold, and its place in
+``pql ablate --dry-run``.
 
 The persistent parts are compared with the bytes of every tensor the built workers hold after one update of
 each learner (parameters, gradients, optimiser state, buffers, normalisers, window, ring, environments).
@@ -15,10 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 import pql.envs
-from pql.ablate.runner import describe_memory, plan_study
-from pql.cli import main
-from pql.config import ConfigError, build_config
-from pql.memory import (
+from pql.ablate.memory import (
     Capacity,
     Component,
     MemoryEstimate,
@@ -30,9 +28,14 @@ from pql.memory import (
     probe_task,
     size_text,
 )
-from pql.training.parallel import ActorRole, LearnerRole, ProcessTrainer
-from pql.training.ppo import PPOTrainer
-from pql.training.run_dir import RunDir
+from pql.ablate.runner import describe_memory, plan_study
+from pql.cli import main
+from pql.config import ConfigError
+from pql.resolve import build_config
+from pql.store.run_dir import RunDir
+from pql.training.on_policy import PPOTrainer
+from pql.training.parallel import ProcessTrainer
+from pql.training.processes import ActorRole, LearnerRole
 from pql.training.sync import SyncTrainer
 
 TINY_STUDY = Path(__file__).parent / "data" / "tiny_study.yaml"
@@ -301,7 +304,7 @@ def test_dry_run_prints_each_cells_memory(tmp_path, capsys):
     assert out.index("memory per cell") > out.index("study tiny")
 
 
-# -- pql train's check (pql.memory_check) ------------------------------------------------------------------
+# -- pql train's check (pql.ablate.memory_check) ------------------------------------------------------------------
 def _no_training(monkeypatch) -> list:
     """Replace the training with a recorder: a test of the check must never allocate the run it refuses."""
     import pql.training.run
@@ -321,10 +324,10 @@ def test_train_refuses_a_run_that_cannot_fit_before_it_allocates(overrides, bigg
                                                                   capsys):
     import time
 
-    import pql.memory_check
+    from pql.ablate import memory_check
 
     if pinned:
-        monkeypatch.setattr(pql.memory_check, "local_capacity",
+        monkeypatch.setattr(memory_check, "local_capacity",
                             lambda device: Capacity(64 * 2**30, "a 64 GiB test device (total)"))
     started = _no_training(monkeypatch)
     t0 = time.monotonic()
@@ -338,13 +341,13 @@ def test_train_refuses_a_run_that_cannot_fit_before_it_allocates(overrides, bigg
 
 
 def test_a_run_that_fits_is_not_refused_and_check_memory_false_skips_the_check(monkeypatch, tmp_path):
-    import pql.memory_check
+    from pql.ablate import memory_check
 
-    pql.memory_check.check_fits(build_config({**SMALL}))  # no error
+    memory_check.check_fits(build_config({**SMALL}))  # no error
     started = _no_training(monkeypatch)
     assert main(["train", *(f"{k}={v}" for k, v in SMALL.items()), f"out={tmp_path / 'fits'}"]) == 0
     assert len(started) == 1 and started[0].check_memory is True
-    monkeypatch.setattr(pql.memory_check, "local_capacity", lambda device: Capacity(2**20, "a 1 MiB device (total)"))
+    monkeypatch.setattr(memory_check, "local_capacity", lambda device: Capacity(2**20, "a 1 MiB device (total)"))
     assert main(["train", *(f"{k}={v}" for k, v in SMALL.items()), f"out={tmp_path / 'small'}"]) == 2
     assert main(["train", *(f"{k}={v}" for k, v in SMALL.items()), f"out={tmp_path / 'skip'}",
                  "check_memory=false"]) == 0
@@ -352,7 +355,7 @@ def test_a_run_that_fits_is_not_refused_and_check_memory_false_skips_the_check(m
 
 
 def test_check_memory_stays_out_of_run_ids_and_may_change_on_resume(tmp_path):
-    from pql.ablate.spec import run_id
+    from pql.ablate.matrix import run_id
     from pql.training.run import resolve
 
     cfg = build_config({**SMALL})
@@ -364,23 +367,23 @@ def test_check_memory_stays_out_of_run_ids_and_may_change_on_resume(tmp_path):
 
 
 def test_isaac_tasks_are_checked_on_a_lower_bound_without_building_their_one_simulation(isaac_fakes, monkeypatch):
-    import pql.memory_check
+    from pql.ablate import memory_check
 
     def never(task):
         raise AssertionError("Isaac Gym makes one simulation per process: the check must not build one")
 
-    monkeypatch.setattr(pql.memory_check, "probe_task", never)
+    monkeypatch.setattr(memory_check, "probe_task", never)
     cfg = build_config({"task": "isaacgym/Ant", "algo.buffer_size": "1000000000000"})
     with pytest.raises(ConfigError, match=r"it at least needs [\d.]+ GiB on .*lower algo.buffer_size"):
-        pql.memory_check.check_fits(cfg)
+        memory_check.check_fits(cfg)
 
 
 def test_the_host_figure_is_the_cgroup_limit_where_that_is_lower(monkeypatch, tmp_path):
-    import pql.memory_check
+    from pql.ablate import memory_check
 
     limit = tmp_path / "memory.max"
     limit.write_text(f"{2**30}\n")
-    monkeypatch.setattr(pql.memory_check, "CGROUP_LIMITS", (limit,))
-    assert pql.memory_check.host_capacity() == Capacity(2**30, f"the memory limit of this process's cgroup ({limit})")
+    monkeypatch.setattr(memory_check, "CGROUP_LIMITS", (limit,))
+    assert memory_check.host_capacity() == Capacity(2**30, f"the memory limit of this process's cgroup ({limit})")
     limit.write_text("max\n")
-    assert pql.memory_check.host_capacity().source == "host memory (total)"
+    assert memory_check.host_capacity().source == "host memory (total)"

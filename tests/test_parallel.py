@@ -17,10 +17,11 @@ from pql.ablate.store import ResultsStore
 from pql.buffers import RingBuffer
 from pql.envs import register
 from pql.envs.classic import Pendulum
-from pql.exchange import TransitionRing
 from pql.training.loop import NonFiniteLoss
-from pql.training.parallel import WorkerFailed, thread_plan
+from pql.training.parallel import WorkerFailed
+from pql.training.placement import thread_plan
 from pql.training.run import train
+from pql.workers.exchange import TransitionRing
 from tests.conftest import wait_gone
 from tests.test_trainer import read_rows
 
@@ -71,7 +72,7 @@ def test_thread_plan_splits_the_cores_without_oversubscription():
 
 
 def test_core_plan_gives_the_v_learner_its_own_cores_and_the_budget_follows_omp_num_threads(monkeypatch):
-    from pql.training.parallel import core_budget, core_plan
+    from pql.training.placement import core_budget, core_plan
 
     assert core_plan({"actor": 1, "v": 1, "p": 1}, [0, 1]) == {"v": {0}, "actor": {1}, "p": {1}}
     assert core_plan({"actor": 5, "v": 6, "p": 5}, list(range(16))) == {

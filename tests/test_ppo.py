@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from pql.algos.ppo import PPOPolicy, adapt_learning_rate, bootstrap_truncated, bounds_loss, gae, ppo_losses
-from pql.config import ConfigError, build_config
-from pql.export import export_policy
+from pql.config import ConfigError
 from pql.normalizer import RunningNormalizer
-from pql.training.ppo import PPOTrainer
+from pql.resolve import build_config
+from pql.store.run_dir import RunDir
+from pql.training.export import export_policy
+from pql.training.on_policy import PPOTrainer
 from pql.training.run import train
-from pql.training.run_dir import RunDir
 
 G, L = 0.9, 0.8
 

@@ -263,7 +263,8 @@ def test_empty_study_says_so(tmp_path, capsys):
 
 
 def test_legend_names_the_axis_values():
-    from pql.ablate.spec import expand, load_spec
+    from pql.ablate.matrix import expand
+    from pql.ablate.spec import load_spec
     from pql.report.study import legend_label
 
     cells = expand(load_spec(TINY), "quick").cells

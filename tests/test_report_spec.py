@@ -15,17 +15,19 @@ import pandas as pd
 import pytest
 import torch
 
-from pql.ablate.spec import expand, load_spec
+from pql.ablate.matrix import expand
+from pql.ablate.spec import load_spec
 from pql.ablate.store import ResultsStore
 from pql.cli import main
-from pql.config import ConfigError, build_config, presets, thresholds
-from pql.manifest import session
+from pql.config import ConfigError, presets, thresholds
 from pql.report import study as report_module
 from pql.report.aggregate import per_run, summarize
 from pql.report.figures import FIGURES, FigureData, Series, threshold_bars_figure
 from pql.report.provenance import MANIFEST_FIELDS, PROVENANCE_COLUMNS, field_text, lookup
 from pql.report.study import report_study
-from pql.training.run_dir import RunDir
+from pql.resolve import build_config
+from pql.store.manifest import session
+from pql.store.run_dir import RunDir
 
 SHIPPED = sorted((Path(__file__).parent.parent / "ablations").glob("*.yaml"))
 SPEC = """\
@@ -128,7 +130,7 @@ def test_thresholds_come_from_the_presets_and_no_config_reads_them():
 def test_threshold_precedence(tmp_path, monkeypatch):
     spec, _, store = fake_study(tmp_path)
     table = {"thresholds": {"classic/pendulum": -123}}
-    monkeypatch.setattr("pql.config._preset_table", lambda: table)
+    monkeypatch.setattr("pql.config.presets._preset_table", lambda: table)
     assert report(spec, tmp_path).summary["threshold"].tolist() == [-123.0] * 4, "the preset's"
     spec.write_text(SPEC + "figure: {threshold: -500}\n")
     assert report(spec, tmp_path).summary["threshold"].tolist() == [-500.0] * 4, "the spec's wins"

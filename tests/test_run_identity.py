@@ -8,15 +8,16 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from pql import config as config_module
-from pql.ablate import spec
+from pql.ablate import matrix, spec
 from pql.ablate.job import cell_config
 from pql.ablate.launchers import DebugLauncher
 from pql.ablate.runner import describe_plan, plan_study, run_study
 from pql.ablate.store import metrics_problem
-from pql.config import build_config, config_to_dict
+from pql.config import config_to_dict
+from pql.config import presets as config_module
 from pql.report.study import EmptyStudy, report_study
-from pql.training.run_dir import METRIC_COLUMNS, RunDir
+from pql.resolve import build_config
+from pql.store.run_dir import METRIC_COLUMNS, RunDir
 
 from .test_ablate import TINY
 
@@ -25,21 +26,21 @@ def test_the_id_hashes_every_value_and_the_schema_but_not_the_display(monkeypatc
     cfg = build_config({"max_env_steps": "100"})
     assert cfg.algo.tau == 0.05
     tweaked = replace(cfg, algo=replace(cfg.algo, tau=0.0501))
-    assert spec.run_id(tweaked) != spec.run_id(cfg), "a default's value is part of the id"
-    assert spec.run_id(replace(cfg, progress=False, out="elsewhere", checkpoint_every_s=5.0)) == spec.run_id(cfg)
-    before = spec.run_id(cfg)
-    monkeypatch.setattr(spec, "RUN_ID_SCHEMA", spec.RUN_ID_SCHEMA + 1)
-    assert spec.run_id(cfg) != before
+    assert matrix.run_id(tweaked) != matrix.run_id(cfg), "a default's value is part of the id"
+    assert matrix.run_id(replace(cfg, progress=False, out="elsewhere", checkpoint_every_s=5.0)) == matrix.run_id(cfg)
+    before = matrix.run_id(cfg)
+    monkeypatch.setattr(matrix, "RUN_ID_SCHEMA", matrix.RUN_ID_SCHEMA + 1)
+    assert matrix.run_id(cfg) != before
 
 
 def test_a_key_added_since_the_schema_leaves_earlier_ids_alone_at_its_earlier_value():
     """Runs made before algo.preact_penalty existed computed what preact_penalty=0 computes: they keep
     their ids (the golden matrix pins them); any other value is a different run."""
     cfg = build_config({"max_env_steps": "100"})
-    assert cfg.algo.preact_penalty == 0.0 and "algo.preact_penalty" not in spec.run_identity(cfg)
+    assert cfg.algo.preact_penalty == 0.0 and "algo.preact_penalty" not in matrix.run_identity(cfg)
     penalised = replace(cfg, algo=replace(cfg.algo, preact_penalty=1e-3))
-    assert spec.run_identity(penalised)["algo.preact_penalty"] == "0.001"
-    assert spec.run_id(penalised) != spec.run_id(cfg)
+    assert matrix.run_identity(penalised)["algo.preact_penalty"] == "0.001"
+    assert matrix.run_id(penalised) != matrix.run_id(cfg)
 
 
 def _plan_and_run(results, profile="one"):
@@ -132,7 +133,7 @@ def test_config_dicts_are_what_omegaconf_writes(name):
         return [lists(v) for v in value] if isinstance(value, tuple | list) else value
 
     study = spec.load_spec(TINY.parent.parent.parent / "ablations" / f"{name}.yaml")
-    configs = [build_config({}), *(c.config for c in spec.expand(study, "quick").cells)]
+    configs = [build_config({}), *(c.config for c in matrix.expand(study, "quick").cells)]
     for cfg in configs:
         expected = lists(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
         assert repr(config_to_dict(cfg)) == repr(expected)

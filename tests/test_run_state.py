@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pql.ablate.claims import ClaimRule
 from pql.ablate.launchers import DebugLauncher
 from pql.ablate.runner import Plan, plan_study, run_study, status_report
 from pql.ablate.store import ResultsStore, metrics_problem
 from pql.report.aggregate import curve_on_grid
-from pql.training.run_dir import STATUS_TIME, MetricsOrderError, RunDir, rows_order_problem
+from pql.store.claims import ClaimRule
+from pql.store.run_dir import STATUS_TIME, MetricsOrderError, RunDir, rows_order_problem
 
 STUDY = Path(__file__).parent / "data" / "tiny_study.yaml"
 

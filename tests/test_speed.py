@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from pql.algos import algorithm
-from pql.config import ConfigError, build_config, load_config, parse_overrides
+from pql.config import ConfigError, load_config, parse_overrides
+from pql.resolve import build_config
 from pql.speed import speed_problem, state_kept
+from pql.store.run_dir import RunDir
 from pql.training.run import resolve, run_training
-from pql.training.run_dir import RunDir
-from pql.training.sync import SyncTrainer, build_actor, build_p_learner, build_v_learner, initial_networks
+from pql.training.sync import SyncTrainer
+from pql.workers.builders import build_actor, build_p_learner, build_v_learner, initial_networks
 
 CPU = torch.device("cpu")
 

@@ -9,10 +9,10 @@ import torch
 
 from pql.envs import register
 from pql.envs.classic import Pendulum
-from pql.export import export_policy
+from pql.store.run_dir import METRIC_COLUMNS
+from pql.training.export import export_policy
 from pql.training.run import resolve, train
-from pql.training.run_dir import METRIC_COLUMNS
-from pql.workers import exploration_std
+from pql.workers.actor import exploration_std
 
 
 def read_rows(run):
@@ -192,7 +192,7 @@ def test_the_manifest_records_the_simulator_stack_under_its_distribution_names()
     import importlib.util
     import re
 
-    from pql.manifest import PACKAGES, package_versions
+    from pql.store.manifest import PACKAGES, package_versions
 
     assert {"playground", "jaxlib", "mujoco-mjx", "jax", "mujoco", "warp-lang", "brax"} <= set(PACKAGES)
     assert "mujoco_playground" not in PACKAGES
@@ -214,7 +214,7 @@ def test_the_manifest_names_uncommitted_changes_and_hashes_their_diff(tmp_path):
     made on the same uncommitted state are told apart from the others; untracked files do not count."""
     import subprocess
 
-    from pql.manifest import git_state
+    from pql.store.manifest import git_state
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)

@@ -2,9 +2,9 @@
 
 import torch
 
-from pql.config import build_config
 from pql.envs.contract import VecEnv
-from pql.training.sync import build_actor, build_p_learner, build_v_learner, initial_networks
+from pql.resolve import build_config
+from pql.workers.builders import build_actor, build_p_learner, build_v_learner, initial_networks
 
 
 class Counter(VecEnv):

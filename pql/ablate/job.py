@@ -14,12 +14,13 @@ import sys
 from types import FrameType
 from typing import Any
 
-from pql.config import Config, ConfigError, apply_overrides, config_from_dict
-from pql.interrupt import RunInterrupted
-from pql.locks import locked_run
+from pql.config import Config, ConfigError, config_from_dict
 from pql.preload import preload_simulator
+from pql.resolve import apply_overrides
+from pql.store.locks import locked_run
+from pql.store.run_dir import CELL, RunDir
 from pql.training.failures import failure_recorded
-from pql.training.run_dir import CELL, RunDir
+from pql.training.interrupt import RunInterrupted
 
 _live: dict[str, Any] = {}  # the running trainer (a pql.training.loop.RunLoop), for checkpoint()
 LAUNCHER_PID = "PQL_LAUNCHER_PID"  # set by the local launcher for its jobs
@@ -59,9 +60,11 @@ class CellJob(Checkpointable):  # type: ignore[misc,valid-type]
     """A submitit job for one cell that checkpoints and requeues itself when preempted."""
 
     def __call__(self, run_path: str) -> dict[str, Any]:
+        """Run the cell (submitit calls this in the SLURM task)."""
         return run_cell(run_path)
 
     def checkpoint(self, run_path: str) -> DelayedSubmission:
+        """On preemption or timeout: checkpoint the live run and requeue this job with the same cell."""
         trainer = _live.get("trainer")
         if trainer is not None:
             trainer.checkpoint()

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from pql.ablate.job import LAUNCHER_PID
-from pql.ablate.spec import Cell
+from pql.ablate.matrix import Cell
 from pql.config import Config, ConfigError, read_yaml_mapping
 from pql.devices import gpus_needed
-from pql.interrupt import RunInterrupted, StopSignals
-from pql.locks import INHERITED_FD, FileLock
-from pql.training.run_dir import RunDir
+from pql.store.locks import INHERITED_FD, FileLock
+from pql.store.run_dir import RunDir
+from pql.training.interrupt import RunInterrupted, StopSignals
 
 STOP_GRACE_S = 120.0  # how long an interrupted launcher waits for its runs to checkpoint before killing them
 
@@ -61,6 +61,7 @@ class DebugLauncher(Launcher):
 
     def launch(self, cells: list[Cell], run_paths: list[Path], locks: list[FileLock],
                progress: bool = True) -> list[str]:
+        """Run each cell here in turn; a cell's failure is recorded and the next one runs."""
         from pql.ablate.job import run_cell
 
         problems = []
@@ -90,6 +91,8 @@ class LocalLauncher(Launcher):
 
     def launch(self, cells: list[Cell], run_paths: list[Path], locks: list[FileLock],
                progress: bool = True) -> list[str]:
+        """Run the cells as child processes, ``jobs`` at a time, with a progress bar; SIGINT / SIGTERM stop
+        them (they checkpoint) and raise RunInterrupted."""
         from tqdm import tqdm
 
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
@@ -187,6 +190,7 @@ class ClusterProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> ClusterProfile:
+        """The profile in the YAML file ``path``; ConfigError naming the file and any unknown key."""
         path = Path(path)
         data = read_yaml_mapping(path, f"--cluster {path}", "cluster keys")
         known = set(cls.__dataclass_fields__)
@@ -314,6 +318,8 @@ class SlurmLauncher(Launcher):
 
     def launch(self, cells: list[Cell], run_paths: list[Path], locks: list[FileLock],
                progress: bool = True) -> list[str]:
+        """Submit the cells as job arrays, one per GPU model and GPU count, recording each job id in its run's
+        ``status.json`` (``queued``); with ``wait``, wait for them and return their problems."""
         from pql.ablate.job import CellJob
 
         try:

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pql.ablate.launchers import Launcher
-from pql.ablate.spec import Cell, Study, expand, load_spec
-from pql.ablate.store import STATES, STUDY_LOCK_WAIT_S, ClaimRule, ResultsStore, RunState
+from pql.ablate.matrix import Cell, Study, expand
+from pql.ablate.memory import Capacity, TaskDims, estimate, misfits, probe_task, summary
+from pql.ablate.spec import load_spec
+from pql.ablate.store import STUDY_LOCK_WAIT_S, ClaimRule, ResultsStore, RunState
 from pql.config import ConfigError
 from pql.devices import gpu_mismatch, resolve_devices
-from pql.locks import FileLock, holder, run_lock
-from pql.memory import Capacity, TaskDims, estimate, misfits, probe_task, summary
+from pql.store.locks import FileLock, holder, run_lock
+from pql.store.states import CELL_STATES
 
 
 @dataclass
@@ -125,7 +127,7 @@ def describe_plan(plan: Plan) -> str:
 
 
 def describe_memory(plan: Plan, capacity: Callable[[str, str | None], Capacity | None]) -> tuple[str, list[str]]:
-    """The memory each cell will need on each device (:mod:`pql.memory`), one line per cell, and a warning
+    """The memory each cell will need on each device (:mod:`pql.ablate.memory`), one line per cell, and a warning
     naming the cell for each device it does not fit. ``capacity(device, gpu_model)`` is a device's memory
     (None: unknown, not checked). Each task is built once, with one environment on the CPU, for its sizes."""
     dims: dict[str, TaskDims] = {}
@@ -199,7 +201,7 @@ def status_report(study: Study, store: ResultsStore, skipped: dict[str, str] | N
             states[run_id] = RunState("skipped", reason)
     counts = Counter(s.state for s in states.values())
     lines = [f"study {study.name} (profile {study.profile}), {len(states)} runs in {store.path}",
-             "  " + "  ".join(f"{name} {counts.get(name, 0)}" for name in STATES)]
+             "  " + "  ".join(f"{name} {counts.get(name, 0)}" for name in CELL_STATES)]
     for cell in unique_cells(study):
         st = states[cell.run_id]
         if st.state in ("failed", "skipped") or st.detail:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 
-from pql.ablate.claims import ClaimRule, claim_age_s, job_alive
-from pql.ablate.spec import Cell, Study, run_identity
+from pql.ablate.matrix import Cell, Study, run_identity
 from pql.config import Config, ConfigError, config_to_dict, load_config
-from pql.locks import LOCK_NAME, FileLock, holder
-from pql.training.run_dir import (
+from pql.store.claims import ClaimRule, claim_age_s, job_alive
+from pql.store.locks import LOCK_NAME, FileLock, holder
+from pql.store.run_dir import (
     CHECKPOINT,
     CONFIG,
     METRICS,
@@ -33,13 +33,13 @@ from pql.training.run_dir import (
     rows_order_problem,
 )
 
-STATES = ("done", "running", "queued", "failed", "stale", "pending", "skipped")
 STUDY_LOCK_WAIT_S = 120.0
 
 
 @dataclass(frozen=True)
 class RunState:
-    """What the store knows of one cell's run: ``state`` in STATES, plus why (error or skip reason)."""
+    """What the store knows of one cell's run: ``state`` in :data:`~pql.store.states.CELL_STATES`, plus why (error
+    or skip reason)."""
 
     state: str
     detail: str = ""
@@ -49,7 +49,7 @@ class RunState:
 
 def metrics_problem(path: Path, expected_steps: int | None) -> str | None:
     """Why ``metrics.csv`` at ``path`` cannot be trusted, or None if it reads whole and its rows keep the
-    order rule of one writer (:func:`pql.training.run_dir.row_order_problem`)."""
+    order rule of one writer (:func:`pql.store.run_dir.row_order_problem`)."""
     if not path.exists():
         return "metrics.csv is missing"
     try:
@@ -101,6 +101,7 @@ class ResultsStore:
         self.claim_rule = claim_rule or ClaimRule()
 
     def run_path(self, cell: Cell) -> Path:
+        """The run directory of ``cell`` in this study's results."""
         return self.path / cell.run_id
 
     def lock(self) -> FileLock:

@@ -77,6 +77,7 @@ class ActorObjective(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore the state of :meth:`state_dict`."""
         ...
 
 
@@ -92,9 +93,12 @@ class DeterministicObjective:
         self.policy, self.preact_penalty = policy, cfg.preact_penalty
 
     def parameters(self) -> list[nn.Parameter]:
+        """The parameters the P-learner's optimiser trains: the policy's."""
         return list(self.policy.parameters())
 
     def loss(self, obs: torch.Tensor, q: QFunction, noise: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        """``-min_k Q_k(obs, pi(obs))`` averaged over the batch, plus the pre-tanh penalty when set; no auxiliary
+        output (``noise`` is unused: the policy is deterministic)."""
         pre = self.policy.pre_tanh(obs)
         loss = -q(obs, torch.tanh(pre)).min(0).values.mean()
         if self.preact_penalty:
@@ -102,15 +106,19 @@ class DeterministicObjective:
         return loss, None
 
     def after_step(self, aux: torch.Tensor | None) -> None:
+        """Nothing to do after the policy's step."""
         pass
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
+        """No optimisers of its own."""
         return []
 
     def state_dict(self) -> dict[str, Any] | None:
+        """No state of its own."""
         return None
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """No state of its own to restore."""
         pass
 
 

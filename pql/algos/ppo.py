@@ -1,5 +1,5 @@
 """PPO as Isaac Gym users know it (rl_games style): its Gaussian policy, GAE, the clipped losses, the
-adaptive learning rate. The rollouts and updates are :class:`pql.training.ppo.PPOTrainer`'s.
+adaptive learning rate. The rollouts and updates are :class:`pql.training.on_policy.PPOTrainer`'s.
 
 Shapes: H horizon steps, N environments, A action size, M minibatch rows.
 """
@@ -26,6 +26,7 @@ class PPOPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((act_dim,), init_log_std))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The mean action ``[B, A]``, clamped to [-1, 1] (the deterministic action)."""
         return self.net(obs).clamp(-1.0, 1.0)
 
     def distribution(self, obs: torch.Tensor) -> torch.distributions.Normal:
@@ -35,6 +36,7 @@ class PPOPolicy(nn.Module):
 
 
 class Advantages(NamedTuple):
+    """GAE's output for a rollout: the advantages and the value targets, each ``[H, N]``."""
     advantages: torch.Tensor  # [H, N]
     returns: torch.Tensor  # [H, N], the value targets: advantages + values
 
@@ -66,6 +68,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_value: torch.Tensor, d
 
 
 class Losses(NamedTuple):
+    """PPO's loss terms for one minibatch, each a scalar tensor."""
     policy: torch.Tensor
     value: torch.Tensor
     entropy: torch.Tensor

@@ -31,6 +31,7 @@ class GaussianActor(OffPolicyActor):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic action ``[B, A]``: tanh of the Gaussian's mean."""
         mean, _ = self.net(obs).chunk(2, dim=-1)
         return torch.tanh(mean)
 
@@ -72,12 +73,15 @@ class EntropyRegularisedObjective:
         return list(self.policy.net.parameters())
 
     def loss(self, obs: torch.Tensor, q: QFunction, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``alpha * log pi(a|obs) - min_k Q_k(obs, a)`` for actions sampled with ``noise``, averaged; the log-probs
+        (detached) go to :meth:`after_step`."""
         assert noise is not None, "SAC's objective samples actions"
         action, log_prob = self.policy.sample(obs, noise)
         alpha = self.policy.log_alpha.exp().detach()
         return (alpha * log_prob - q(obs, action).min(0).values).mean(), log_prob.detach()
 
     def after_step(self, log_prob: torch.Tensor | None) -> None:
+        """One step of the temperature: ``log_alpha`` moved so the policy's entropy tends to ``-|A|``."""
         assert log_prob is not None, "after_step follows a loss"
         temperature_loss = -(self.policy.log_alpha * (log_prob + self.target_entropy)).mean()
         self.temperature_optimizer.zero_grad(set_to_none=True)
@@ -85,12 +89,15 @@ class EntropyRegularisedObjective:
         self.temperature_optimizer.step()
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The temperature's optimiser (saved and restored with the P-learner's)."""
         return [self.temperature_optimizer]
 
     def state_dict(self) -> dict[str, Any] | None:
+        """The temperature optimiser's state."""
         return self.temperature_optimizer.state_dict()
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore the temperature optimiser's state."""
         assert state is not None, "a SAC checkpoint holds the temperature's optimiser"
         self.temperature_optimizer.load_state_dict(state)
 

@@ -61,6 +61,7 @@ class TorchClassicEnv(VecEnv):
         """Observation ``[N, D]`` of ``state``."""
 
     def reset(self) -> torch.Tensor:
+        """Reset every env; the first observations ``[N, obs_dim]``."""
         self.state = self._initial_state(self.num_envs)
         self.elapsed.zero_()
         return self._observe(self.state)
@@ -70,6 +71,7 @@ class TorchClassicEnv(VecEnv):
         self.elapsed.copy_(steps.to(self.elapsed))
 
     def step(self, actions: torch.Tensor) -> StepResult:
+        """Step every env with ``actions [N, act_dim]`` in env units; an env that ends resets itself."""
         state, reward, terminated = self._dynamics(self.state, actions.to(self.device))
         self.elapsed += 1
         truncated = self.elapsed >= self.max_episode_steps

@@ -66,12 +66,15 @@ class GymVecEnv(VecEnv):
         return torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
 
     def reset(self) -> torch.Tensor:
+        """Reset every env (seeded on the first call, then from this env's generator); observations ``[N, obs_dim]``."""
         seed = self.seed if not self._seeded else int(torch.randint(2**31 - 1, (), generator=self.generator))
         self._seeded = True
         obs, _ = self.env.reset(seed=seed)
         return self._tensor(obs)
 
     def step(self, actions: torch.Tensor) -> StepResult:
+        """Step every env with ``actions [N, act_dim]``; gymnasium's autoreset, with each ended env's true final
+        observation."""
         obs, reward, terminated, truncated, info = self.env.step(actions.detach().cpu().numpy())
         final = np.array(obs, dtype=np.float32, copy=True)
         if "_final_obs" in info:

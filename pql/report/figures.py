@@ -195,7 +195,7 @@ def profile_figure(data: FigureData) -> Figure:
 
 
 FigureKind = Callable[[FigureData], "Figure"]
-# The figure kinds a spec can ask for (``figures: [curves, threshold_bars, profile]``; default ``[curves]``).
+# How each figure kind a spec can ask for (pql.ablate.spec.FIGURE_KINDS) is drawn.
 FIGURES: dict[str, FigureKind] = {"curves": curves_figure, "threshold_bars": threshold_bars_figure,
                                   "profile": profile_figure}
 

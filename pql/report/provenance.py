@@ -1,4 +1,4 @@
-"""Where and with what code each run ran, from its ``manifest.json`` (:mod:`pql.manifest`), for reports.
+"""Where and with what code each run ran, from its ``manifest.json`` (:mod:`pql.store.manifest`), for reports.
 
 A *field* is a dotted path into the manifest, list items by index: ``devices.v_learner``,
 ``git.commit``, ``packages.torch``, ``cpu``, ``host``, ``gpus.0.name``. The manifest's top level
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pql.config import ConfigError
-from pql.training.run_dir import MANIFEST, STATUS
+from pql.store.run_dir import MANIFEST, STATUS
 
-# The top-level keys of manifest.json: pql.manifest.session()'s, with pql.training.run_dir.RunDir.record_session's.
+# The top-level keys of manifest.json: pql.store.manifest.session()'s, with pql.store.run_dir.RunDir.record_session's.
 MANIFEST_FIELDS = ("schema", "started", "git", "python", "packages", "host", "platform", "cpu", "cpus",
                    "memory_gib", "gpus", "devices", "command", "resumes", "resumed_without_manifest")
 STATUS_FIELDS = ("host", "devices")  # also in status.json, for runs without a manifest

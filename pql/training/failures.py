@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pql.config import ConfigError
-from pql.locks import RunLocked, held_here, run_lock
-from pql.training.run_dir import CELL, CONFIG, STATUS, RunDir
+from pql.store.locks import RunLocked, held_here, run_lock
+from pql.store.run_dir import CELL, CONFIG, STATUS, RunDir
 
 REPLACEABLE = (None, "queued", "failed")  # the states a failure before training may replace
 

@@ -13,11 +13,9 @@ from typing import Any
 import torch
 
 from pql.config import Config, config_to_dict
-from pql.envs import ONE_SIMULATION_PER_PROCESS, VecEnv, make_env
+from pql.envs import VecEnv
 from pql.speed import log_recompiles
-from pql.training.run_dir import RunDir
-
-EVAL_SEED_OFFSET = 1_000_003  # evaluation environments are seeded apart from the training ones
+from pql.store.run_dir import RunDir
 
 
 class NonFiniteLoss(RuntimeError):
@@ -27,20 +25,6 @@ class NonFiniteLoss(RuntimeError):
         where = f" in the {worker}" if worker else ""
         super().__init__(f"non-finite loss{where} at env step {env_steps}: {losses}")
         self.env_steps, self.losses, self.worker = env_steps, losses, worker
-
-
-def eval_slice(cfg: Config) -> int:
-    """How many of the training envs act without noise as the evaluation: ``cfg.eval_envs`` for a simulator
-    with one simulation per process (no separate evaluation envs can be made), else 0."""
-    return cfg.eval_envs if cfg.task.startswith(ONE_SIMULATION_PER_PROCESS) else 0
-
-
-def make_eval_env(cfg: Config, device: torch.device) -> VecEnv | None:
-    """The separate, separately seeded evaluation environments; None when ``cfg.eval_envs`` is 0 or the
-    evaluation is a slice of the training envs (:func:`eval_slice`)."""
-    if cfg.eval_envs == 0 or eval_slice(cfg):
-        return None
-    return make_env(cfg.task, cfg.eval_envs, device=device, seed=cfg.seed + EVAL_SEED_OFFSET)
 
 
 @dataclass
@@ -74,6 +58,7 @@ class PhaseClock:
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        """Time the block as phase ``name`` (CUDA events on a GPU, so the host is not synchronised)."""
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -176,6 +161,7 @@ class RunLoop(abc.ABC):
         self.stop_signal = signum
 
     def done(self) -> bool:
+        """Whether the run ends: a stop signal came, or a budget (env steps, seconds) is spent."""
         cfg, pr = self.cfg, self.progress
         return (self.stop_signal is not None
                 or (cfg.max_env_steps is not None and pr.env_steps >= cfg.max_env_steps)
@@ -219,6 +205,7 @@ class RunLoop(abc.ABC):
         return row
 
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint: config, progress, generators and the trainer's :meth:`model_state`."""
         pr = self.progress
         return {"config": config_to_dict(self.cfg),
                 "progress": {"actor_steps": pr.actor_steps, "env_steps": pr.env_steps, "wall_s": pr.wall_s,
@@ -243,12 +230,14 @@ class RunLoop(abc.ABC):
         return self.progress.env_steps >= self.progress.next_eval or self.progress.wall_s >= self._next_eval_s
 
     def checkpoint(self) -> None:
+        """Write the checkpoint now and record its env steps in ``status.json``."""
         self.run_dir.save_checkpoint(self.state_dict())
         self.checkpoint_env_steps = self.progress.env_steps
         self.run_dir.refresh_status(checkpoint_env_steps=self.checkpoint_env_steps)
         self._last_checkpoint = time.monotonic()
 
     def checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_every_s`` has passed since the last checkpoint."""
         return time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint_every_s
 
     def log_if_due(self, start: float) -> float:

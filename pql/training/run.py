@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from pql.algos import algorithm
-from pql.config import Config, ConfigError, apply_overrides, build_config
+from pql.config import Config, ConfigError
 from pql.devices import device_name, gpu_mismatch, resolve_devices
-from pql.interrupt import RunInterrupted, StopSignals
-from pql.locks import locked_run
-from pql.manifest import session
+from pql.resolve import apply_overrides, build_config
 from pql.speed import speed_problem
+from pql.store.locks import locked_run
+from pql.store.manifest import session
+from pql.store.run_dir import CHECKPOINT, CONFIG, RunDir
+from pql.training.interrupt import RunInterrupted, StopSignals
 from pql.training.loop import NonFiniteLoss, RunLoop
+from pql.training.on_policy import PPOTrainer
 from pql.training.parallel import ProcessTrainer, WorkerFailed, WorkersDidNotPark
-from pql.training.ppo import PPOTrainer
-from pql.training.run_dir import CHECKPOINT, CONFIG, RunDir
 from pql.training.sinks import ProgressDisplay, TensorBoardSink, WandbSink
 from pql.training.sync import SyncTrainer
 
@@ -46,6 +47,7 @@ def trainer_class(cfg: Config) -> type[RunLoop]:
 
 
 def default_out(cfg: Config) -> str:
+    """A fresh run directory's path: ``results/runs/TASK-ALGO-sSEED-TIMESTAMP``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return str(Path("results") / "runs" / f"{cfg.task.replace('/', '-')}-{cfg.algo.name}-s{cfg.seed}-{stamp}")
 
@@ -104,40 +106,15 @@ def run_training(cfg: Config, on_start: Callable[[RunLoop], None] | None = None)
 
 def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
                   on_start: Callable[[RunLoop], None] | None) -> RunDir:
-    swept = run_dir.sweep_temporary()  # ours to sweep: the lock is held, so their writers are gone
-    if swept:
-        print(f"pql: removed {', '.join(swept)} from {run_dir.path}, left by a write that was killed", file=sys.stderr)
-    state = run_dir.load_checkpoint() if cfg.resume else None
-    trainer = trainer_class(cfg)(cfg, run_dir)
-    signals.on_first = trainer.request_stop
-    if signals.signum is not None:  # a signal came while the trainer was being built
-        if run_dir.config_path.exists():
-            _record(run_dir, signals, "interrupted", signal=signal.Signals(signals.signum).name,
-                    note="stopped before training began", env_steps=trainer.progress.env_steps)
-        raise RunInterrupted(signals.signum)
-    if state is not None:
-        trainer.load_state_dict(state)
-        run_dir.truncate_metrics(state["progress"]["rows"])
-    else:
-        run_dir.write_config(cfg)
-    run_dir.record_session(session(dict(zip(("sim", "v_learner", "p_learner"), trainer.devices, strict=True))),
-                           resumed=state is not None)
-    sinks: list[Any] = [ProgressDisplay(cfg, cfg.progress, trainer.progress)]
-    if cfg.tensorboard:
-        sinks.append(TensorBoardSink(run_dir.path / "tb"))
-    if cfg.wandb:
-        sinks.append(WandbSink(cfg, run_dir.path / "wandb"))
+    trainer = _prepare(cfg, run_dir, signals)
+    sinks = _open_sinks(cfg, run_dir, trainer)
 
     def on_row(row: dict[str, float]) -> None:
         for sink in sinks:
             sink(row)
 
     trainer.on_row = on_row
-    host = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-            "devices": {name: device_name(d) for name, d in zip(("sim", "v_learner", "p_learner"), trainer.devices,
-                                                                   strict=True)}}
-    if isinstance(trainer, ProcessTrainer):
-        host["workers"] = trainer.worker_pids  # filled in when the workers start
+    host = _host_facts(trainer)
     run_dir.write_status("running", env_steps=trainer.progress.env_steps, **host)
     if on_start is not None:
         on_start(trainer)
@@ -185,6 +162,51 @@ def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
     if trainer.stop_signal is not None:
         raise RunInterrupted(trainer.stop_signal, _resume_hint(run_dir, trainer.stop_signal, progress.env_steps))
     return run_dir
+
+
+def _prepare(cfg: Config, run_dir: RunDir, signals: StopSignals) -> RunLoop:
+    """The trainer of ``cfg``, built in ``run_dir`` (whose lock is held) and resumed from its checkpoint when
+    ``cfg.resume``, with this session recorded; RunInterrupted if a signal came while it was built."""
+    swept = run_dir.sweep_temporary()  # ours to sweep: the lock is held, so their writers are gone
+    if swept:
+        print(f"pql: removed {', '.join(swept)} from {run_dir.path}, left by a write that was killed", file=sys.stderr)
+    state = run_dir.load_checkpoint() if cfg.resume else None
+    trainer = trainer_class(cfg)(cfg, run_dir)
+    signals.on_first = trainer.request_stop
+    if signals.signum is not None:  # a signal came while the trainer was being built
+        if run_dir.config_path.exists():
+            _record(run_dir, signals, "interrupted", signal=signal.Signals(signals.signum).name,
+                    note="stopped before training began", env_steps=trainer.progress.env_steps)
+        raise RunInterrupted(signals.signum)
+    if state is not None:
+        trainer.load_state_dict(state)
+        run_dir.truncate_metrics(state["progress"]["rows"])
+    else:
+        run_dir.write_config(cfg)
+    run_dir.record_session(session(dict(zip(("sim", "v_learner", "p_learner"), trainer.devices, strict=True))),
+                           resumed=state is not None)
+    return trainer
+
+
+def _host_facts(trainer: RunLoop) -> dict[str, Any]:
+    """Where the run runs, for ``status.json``: host, pid, SLURM job, device names and the async workers' pids."""
+    roles = ("sim", "v_learner", "p_learner")
+    host: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
+                            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                            "devices": {name: device_name(d) for name, d in zip(roles, trainer.devices, strict=True)}}
+    if isinstance(trainer, ProcessTrainer):
+        host["workers"] = trainer.worker_pids  # filled in when the workers start
+    return host
+
+
+def _open_sinks(cfg: Config, run_dir: RunDir, trainer: RunLoop) -> list[Any]:
+    """Where the run's rows go besides ``metrics.csv``: the progress bar, and TensorBoard and W&B when asked."""
+    sinks: list[Any] = [ProgressDisplay(cfg, cfg.progress, trainer.progress)]
+    if cfg.tensorboard:
+        sinks.append(TensorBoardSink(run_dir.path / "tb"))
+    if cfg.wandb:
+        sinks.append(WandbSink(cfg, run_dir.path / "wandb"))
+    return sinks
 
 
 def _resume_hint(run_dir: RunDir, signum: int, env_steps: int) -> str:

@@ -40,6 +40,7 @@ class ProgressDisplay:
         return value if self.total is None else min(value, self.total)
 
     def __call__(self, row: dict[str, float]) -> None:
+        """Move the bar to the row's position and show its return and throughput."""
         if self.bar is None:
             return
         self.bar.n = self._position(row["wall_s"], row["env_steps"])
@@ -48,6 +49,7 @@ class ProgressDisplay:
                                  f"{row['env_steps_per_s'] or 0:,.0f} env-steps/s", refresh=True)
 
     def close(self) -> None:
+        """Close the bar."""
         if self.bar is not None:
             self.bar.close()
 
@@ -63,12 +65,14 @@ class TensorBoardSink:
         self.writer = SummaryWriter(str(path))
 
     def __call__(self, row: dict[str, float]) -> None:
+        """Write the row's finite numbers at its env step."""
         for key, value in row.items():
             if key != "env_steps" and isinstance(value, (int, float)) and not math.isnan(value):
                 self.writer.add_scalar(key, value, int(row["env_steps"]))
         self.writer.flush()
 
     def close(self) -> None:
+        """Flush and close the writer."""
         self.writer.close()
 
 
@@ -89,7 +93,9 @@ class WandbSink:
         self.run.define_metric("*", step_metric="env_steps")
 
     def __call__(self, row: dict[str, float]) -> None:
+        """Log the row's finite numbers."""
         self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not math.isnan(v)})
 
     def close(self) -> None:
+        """Finish the W&B run."""
         self.run.finish()

@@ -1,7 +1,6 @@
-"""The workers of a PQL-family run built from its config, and ``mode=sync``: one thread, interleaved by the ratios.
-
-``mode=async`` (:mod:`pql.training.parallel`) builds the same workers with the same functions,
-one per process. Sync is bit-for-bit deterministic under a seed on CPU.
+"""``mode=sync``: the workers of a PQL-family run (:mod:`pql.workers.builders`) in one thread, interleaved by the
+ratios. ``mode=async`` (:mod:`pql.training.parallel`) builds the same workers with the same functions, one per
+process. Sync is bit-for-bit deterministic under a seed on CPU.
 """
 
 from __future__ import annotations
@@ -10,93 +9,25 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from pql.algos import algorithm
-from pql.balance import RatioController, critic_sample_ratio
-from pql.buffers import NStepWindow, observation_buffer, transition_buffer
 from pql.config import Config
-from pql.devices import resolve_devices, seeded_generator
+from pql.devices import resolve_devices
 from pql.envs import VecEnv, make_env
-from pql.exchange import ModuleSlot
-from pql.nets import OffPolicyActor, TwinCritic
-from pql.normalizer import RunningNormalizer
-from pql.speed import Speed
-from pql.training.loop import (
-    Progress,
-    RunLoop,
-    envs_compile_s,
-    eval_slice,
-    generator_state,
-    make_eval_env,
-    restore_generator,
+from pql.store.run_dir import RunDir
+from pql.training.loop import Progress, RunLoop, envs_compile_s, generator_state, restore_generator
+from pql.workers.balance import RatioController
+from pql.workers.builders import (
+    build_actor,
+    build_p_learner,
+    build_v_learner,
+    initial_networks,
+    ratio_controller,
 )
-from pql.training.run_dir import RunDir
-from pql.workers import ActorWorker, Evaluator, PLearner, VLearner, exploration_std
-
-# Seeds of the workers' generators, offsets from cfg.seed.
-ACTOR_SEED, V_SEED, P_SEED = 1, 2, 3
-
-
-@dataclass
-class Networks:
-    """The initial policy, critic and observation normaliser of a run (built on the CPU)."""
-
-    policy: OffPolicyActor
-    critic: nn.Module
-    normalizer: RunningNormalizer
-    obs_dim: int
-    act_dim: int
-
-
-def initial_networks(cfg: Config, obs_dim: int, act_dim: int) -> Networks:
-    """The networks every worker starts from, drawn from the global torch generator (seed it first)."""
-    algo, declared = cfg.algo, algorithm(cfg.algo.name)
-    policy = declared.make_policy(algo, obs_dim, act_dim)
-    assert isinstance(policy, OffPolicyActor), f"{algo.name}'s policy is not an off-policy actor"
-    critic = TwinCritic(obs_dim, act_dim, algo.critic_hidden, declared.head(algo, "cpu").out_features)
-    return Networks(policy, critic, RunningNormalizer(obs_dim, algo.obs_clip, enabled=algo.normalize_obs), obs_dim,
-                    act_dim)
-
-
-def build_actor(cfg: Config, env: VecEnv, nets: Networks) -> ActorWorker:
-    """The actor on the env's device, with copies of ``nets``' policy and normaliser."""
-    sim = env.device
-    window = NStepWindow(cfg.algo.nstep, cfg.algo.gamma, cfg.num_envs, env.obs_dim, env.act_dim, sim)
-    noise = exploration_std(cfg.noise.kind, cfg.num_envs, cfg.noise.sigma_min, cfg.noise.sigma_max,
-                            cfg.noise.sigma, sim)
-    return ActorWorker(env, copy.deepcopy(nets.policy).to(sim), copy.deepcopy(nets.normalizer).to(sim), noise,
-                       window, cfg.algo.reward_scale, seeded_generator(sim, cfg.seed + ACTOR_SEED),
-                       Speed(cfg.compile, "off", sim), eval_slice(cfg))
-
-
-def build_v_learner(cfg: Config, nets: Networks, device: torch.device) -> VLearner:
-    """The V-learner on ``device``: a copy of the critic to train, copies of the policy and normaliser to read."""
-    return VLearner(copy.deepcopy(nets.critic).to(device), algorithm(cfg.algo.name).head(cfg.algo, device),
-                    copy.deepcopy(nets.policy).to(device), copy.deepcopy(nets.normalizer).to(device),
-                    transition_buffer(cfg.algo.buffer_size, nets.obs_dim, nets.act_dim, device), cfg.algo,
-                    seeded_generator(device, cfg.seed + V_SEED), Speed(cfg.compile, cfg.amp, device))
-
-
-def build_p_learner(cfg: Config, nets: Networks, device: torch.device) -> PLearner:
-    """The P-learner on ``device``: a copy of the policy to train, copies of the critic and normaliser to read."""
-    policy = copy.deepcopy(nets.policy).to(device)
-    declared = algorithm(cfg.algo.name)
-    return PLearner(policy, declared.head(cfg.algo, device), copy.deepcopy(nets.critic).to(device),
-                    declared.objective(policy, cfg.algo), copy.deepcopy(nets.normalizer).to(device),
-                    observation_buffer(cfg.algo.buffer_size, nets.obs_dim, device), cfg.algo,
-                    seeded_generator(device, cfg.seed + P_SEED), Speed(cfg.compile, cfg.amp, device))
-
-
-def ratio_controller(cfg: Config) -> RatioController:
-    """The controller holding the run's beta_a:v and beta_p:v."""
-    algo = cfg.algo
-    return RatioController(critic_sample_ratio(algo.critic_sample_ratio, cfg.num_envs, algo.ratio_scale_envs),
-                           algo.critic_actor_ratio)
+from pql.workers.evaluation import Evaluator, make_eval_env
+from pql.workers.exchange import ModuleSlot
 
 
 class SyncTrainer(RunLoop):
@@ -122,6 +53,7 @@ class SyncTrainer(RunLoop):
 
     # -- one step of each worker, shared by both modes --------------------------------
     def actor_step(self) -> None:
+        """One actor step with the latest policy; its transitions go to both learners' buffers."""
         self.seen["actor_policy"] = self.policy_slot.pull(self.actor.policy, self.seen["actor_policy"])
         random = self.progress.actor_steps < self.cfg.algo.warmup_steps and not self.resumed
         transitions = self.actor.step(random=random)
@@ -138,12 +70,14 @@ class SyncTrainer(RunLoop):
         return self.progress.actor_steps >= self.learn_from and self.v.buffer.size > 0
 
     def v_update(self) -> None:
+        """One V-update with the latest policy and normaliser."""
         self.seen["v_policy"] = self.policy_slot.pull(self.v.policy, self.seen["v_policy"])
         self.seen["v_norm"] = self.norm_slot.pull(self.v.normalizer, self.seen["v_norm"])
         self.add_loss("critic_loss", self.v.update())
         self.critic_slot.publish(self.v.critic)
 
     def p_update(self) -> None:
+        """One P-update with the latest critic and normaliser."""
         self.seen["p_critic"] = self.critic_slot.pull(self.p.critic, self.seen["p_critic"])
         self.seen["p_norm"] = self.norm_slot.pull(self.p.normalizer, self.seen["p_norm"])
         self.add_loss("actor_loss", self.p.update())
@@ -151,12 +85,15 @@ class SyncTrainer(RunLoop):
 
     # -- what the run loop needs ----------------------------------------------------------
     def warm_up(self) -> float:
+        """Compile the envs and every worker; the seconds it took."""
         return envs_compile_s(self.env, self.eval_env) + self.actor.warm_up() + self.v.warm_up() + self.p.warm_up()
 
     def diagnostics(self) -> dict[str, float]:
+        """The V-learner's diagnostics."""
         return self.v.diagnostics()
 
     def evaluate(self) -> float:
+        """The mean return of the noise-free slice's episodes, or one episode of the evaluation envs."""
         if self.actor.eval_slice:
             return self.actor.eval_episodes.take_mean()
         if self.evaluator is None:
@@ -166,16 +103,20 @@ class SyncTrainer(RunLoop):
         return self.evaluator.run()
 
     def take_train_return(self) -> float:
+        """Mean return of the training episodes finished since the last call."""
         return self.actor.episodes.take_mean()
 
     def update_counts(self) -> tuple[int, int]:
+        """(V-updates, P-updates) so far."""
         return self.controller.counts["v"], self.controller.counts["p"]
 
     def model_state(self) -> dict[str, Any]:
+        """The controller's and every worker's state, merged."""
         return merge_states(run_state(self.controller, self.eval_env), self.actor.state_dict(),
                             self.v.state_dict(), self.p.state_dict())
 
     def load_model_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`model_state`."""
         load_run_state(state, self.controller, self.eval_env)
         self.actor.load_state_dict(state)
         self.v.load_state_dict(state)

@@ -10,7 +10,7 @@ from torch import nn
 from pql.algos import algorithm
 from pql.envs import make_env
 from pql.normalizer import RunningNormalizer
-from pql.training.run_dir import RunDir
+from pql.store.run_dir import RunDir
 
 
 class DeployedPolicy(nn.Module):
@@ -27,6 +27,7 @@ class DeployedPolicy(nn.Module):
         self.actor = actor
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The action ``[B, act_dim]`` in env units for raw observations ``obs [B, obs_dim]``."""
         x = obs.to(self.mean.dtype)
         if self.normalize:
             x = (x - self.mean) / self.std

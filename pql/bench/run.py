@@ -4,11 +4,11 @@ Run ``python -m pql.bench`` (``--help`` for the options). It prints, in one run:
 
 1. env-steps/s of batched tasks (the classic ones unless ``--tasks`` names others, e.g.
    ``playground/CartpoleBalance``) stepped with fixed random actions, compilation excluded;
-2. each worker against its bare limit (:mod:`pql.bench_limits`): the embedded simulator against
+2. each worker against its bare limit (:mod:`pql.bench.limits`): the embedded simulator against
    its dynamics kernel at 4096 envs; ``v_update()`` against a bare forward+backward+AdamW step of
    the same networks and batch, eager and compiled, with the GEMM floor that bounds what
    compilation can gain; the actor's step against a bare policy forward + env step;
-3. sync against async mode on the same config (:mod:`pql.bench_modes`): env-steps/s and
+3. sync against async mode on the same config (:mod:`pql.bench.modes`): env-steps/s and
    V-updates/s of real runs, the ratios async held, sync's time split and the ceiling it
    implies for async.
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from pql.bench_limits import SIM_ENVS, actor_vs_bare, calibrate, sim_vs_kernel, timed, v_update_vs_bare
-from pql.bench_modes import MODE_TASKS, available_cores, compare
+from pql.bench.limits import SIM_ENVS, actor_vs_bare, calibrate, sim_vs_kernel, timed, v_update_vs_bare
+from pql.bench.modes import MODE_TASKS, available_cores, compare
 from pql.envs import make_env, task_problem
 from pql.speed import COMPILE_MODES
 
@@ -94,6 +94,7 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of ``python -m pql.bench``."""
     p = argparse.ArgumentParser(
         prog="python -m pql.bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Benchmark env throughput, each worker against its bare limit (simulator vs its kernel, "
@@ -155,10 +156,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def rate(seconds_per_call: float, per_call: float = 1.0) -> str:
+    """A rate as a table prints it: calls (or ``per_call`` items) per second."""
     return f"{per_call / seconds_per_call:,.0f}" if per_call > 1 else f"{1 / seconds_per_call:,.1f}"
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the benchmarks ``argv`` asks for and print their tables."""
     args = parse_args(argv)
     device = resolve_device(args.device)
     if args.threads:
@@ -249,7 +252,7 @@ def print_actor_table(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def print_modes_table(tasks: list[str], device: str, steps: int, reps: int) -> None:
-    """The sync-vs-async table (:mod:`pql.bench_modes`)."""
+    """The sync-vs-async table (:mod:`pql.bench.modes`)."""
     rows = []
     for task in tasks:
         if problem := task_problem(task):

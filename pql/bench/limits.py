@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from pql.config import build_config
 from pql.envs import make_env
 from pql.envs.classic import TorchClassicEnv
 from pql.nets import Actor, TwinCritic
-from pql.training.run_dir import RunDir
+from pql.resolve import build_config
+from pql.store.run_dir import RunDir
 from pql.training.sync import SyncTrainer
-from pql.workers import ActorWorker, to_env_units
+from pql.workers.actor import ActorWorker, to_env_units
 
 V_TASK = "classic/pendulum"
 SIM_ENVS = 4096
@@ -128,6 +128,7 @@ class BareCriticStep:
         self._step = torch.compile(self.optimizer.step, mode=compile_mode) if compiling else self.optimizer.step
 
     def loss(self) -> torch.Tensor:
+        """The V-update's TD loss on the fixed batch, as the V-learner computes it."""
         with torch.no_grad():
             next_action = self.policy(self.next_obs).clamp(-1.0, 1.0)
             y = self.ret + self.discount * self.target(self.next_obs, next_action).min(0).values
@@ -135,6 +136,7 @@ class BareCriticStep:
         return F.mse_loss(pred, y.expand_as(pred))
 
     def __call__(self) -> None:
+        """One bare forward + backward + AdamW step."""
         loss = self._loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -167,6 +169,7 @@ class GemmFloor:
             self.ops.append(lambda x=x, w=w: torch.mm(x, w))
 
     def __call__(self) -> None:
+        """Every op of the kernel once."""
         for op in self.ops:
             op()
 
@@ -206,6 +209,7 @@ class BarePolicyStep:
 
     @torch.no_grad()
     def __call__(self) -> None:
+        """One bare policy forward and env step."""
         env = self.env
         env.step(to_env_units(self.policy(self.normalizer(self.obs)), env.action_low, env.action_high))
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from pql.config import Config, ConfigError, config_to_dict, load_config
+from pql.store.states import RUN_STATES
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +43,6 @@ CONFIG, METRICS, STATUS, CHECKPOINT, MANIFEST = "config.yaml", "metrics.csv", "s
     "manifest.json"
 CELL = "cell.json"  # a study's cell: its resolved config, written by pql ablate for the job to run
 RESULT_FILES = (METRICS, STATUS, CONFIG, CHECKPOINT, MANIFEST)
-STATES = ("running", "done", "failed", "interrupted", "queued")
 STATUS_TIME = "%Y-%m-%dT%H:%M:%S%z"  # status.json's ``updated``: local time with its UTC offset
 TEMPORARY = ".*.tmp[0-9]*"  # the temporary files of atomic_write: a writer killed mid-write leaves one
 
@@ -125,14 +125,17 @@ class RunDir:
 
     @property
     def metrics_path(self) -> Path:
+        """``metrics.csv``."""
         return self.path / METRICS
 
     @property
     def checkpoint_path(self) -> Path:
+        """``checkpoint.pt``."""
         return self.path / CHECKPOINT
 
     @property
     def config_path(self) -> Path:
+        """``config.yaml``."""
         return self.path / CONFIG
 
     def write_config(self, cfg: Config) -> None:
@@ -148,6 +151,7 @@ class RunDir:
         atomic_write(self.path / CELL, json.dumps(body, indent=2, default=str).encode())
 
     def read_cell(self) -> dict[str, Any]:
+        """``cell.json``: the cell ``pql ablate`` prepared here, with its resolved config."""
         return json.loads((self.path / CELL).read_text())
 
     def resumable(self) -> bool:
@@ -182,7 +186,7 @@ class RunDir:
 
     def record_session(self, facts: dict[str, Any], resumed: bool) -> None:
         """Write ``manifest.json``: the facts of the session that started the run (code, packages, host,
-        hardware: :func:`pql.manifest.session`), and those of each session that resumed it under ``resumes``."""
+        hardware: :func:`pql.store.manifest.session`), and those of each session that resumed it under ``resumes``."""
         path = self.path / MANIFEST
         manifest: dict[str, Any] = {"schema": MANIFEST_SCHEMA, **facts, "resumes": []}
         if resumed:
@@ -194,12 +198,13 @@ class RunDir:
         atomic_write(path, json.dumps(manifest, indent=2, default=str).encode())
 
     def write_status(self, state: str, **fields: Any) -> None:
-        """``state`` is one of STATES; extra fields (error, signal, step, losses...) go along."""
-        assert state in STATES, state
+        """``state`` is one of RUN_STATES; extra fields (error, signal, step, losses...) go along."""
+        assert state in RUN_STATES, state
         body = {"state": state, "updated": time.strftime(STATUS_TIME), **fields}
         atomic_write(self.path / STATUS, json.dumps(body, indent=2, default=str).encode())
 
     def read_status(self) -> dict[str, Any]:
+        """``status.json``."""
         return json.loads((self.path / STATUS).read_text())
 
     def refresh_status(self, **fields: Any) -> None:

@@ -42,6 +42,7 @@ class FileLock:
 
     @property
     def held(self) -> bool:
+        """Whether this process holds the lock."""
         return self.fd is not None
 
     def acquire(self, timeout_s: float = 0.0, poll_s: float = 0.1) -> bool:
@@ -89,6 +90,7 @@ class FileLock:
             pass
 
     def release(self) -> None:
+        """Drop the lock (a child that inherited the descriptor keeps it until it exits)."""
         if self.fd is None:
             return
         _held.pop(self.path.resolve(), None)
@@ -103,6 +105,7 @@ class FileLock:
 
 
 def run_lock(run: str | Path) -> FileLock:
+    """The lock of the run directory ``run``."""
     return FileLock(Path(run) / LOCK_NAME)
 
 

@@ -6,7 +6,7 @@ For each task (its preset, every part on the CPU unless ``--device`` says otherw
    warm-up with each part timed (actor step, V-updates, P-updates); the shares of the sync
    step and its time per actor step.
 2. **Each worker alone**, with the torch threads async mode gives it
-   (:func:`pql.training.parallel.thread_plan`): seconds per actor step of the actor, of beta_a:v
+   (:func:`pql.training.placement.thread_plan`): seconds per actor step of the actor, of beta_a:v
    V-updates and of beta_a:v / beta_p:v P-updates. Async cannot beat its slowest worker, nor
    the sum of the three spread over the cores, so the **ceiling** of the speed-up is
    sync time per actor step / max(slowest worker, sum / cores).
@@ -27,18 +27,20 @@ from typing import Any
 
 import torch
 
-from pql.balance import critic_sample_ratio
-from pql.config import Config, build_config
-from pql.training.parallel import ROLES, core_budget, thread_plan
+from pql.config import Config
+from pql.resolve import build_config
+from pql.store.run_dir import RunDir
+from pql.training.board import ROLES
+from pql.training.placement import core_budget, thread_plan
 from pql.training.run import run_training
-from pql.training.run_dir import RunDir
 from pql.training.sync import SyncTrainer
+from pql.workers.balance import critic_sample_ratio
 
 MODE_TASKS = "classic/pendulum,gym/Pendulum-v1,playground/CartpoleBalance"
 
 
 def available_cores() -> int:
-    """The cores a run here may use (:func:`pql.training.parallel.core_budget`)."""
+    """The cores a run here may use (:func:`pql.training.placement.core_budget`)."""
     return core_budget()[1]
 
 
@@ -52,6 +54,7 @@ class Split:
 
     @property
     def sync_step_s(self) -> float:
+        """Seconds per actor step of sync mode, all its parts."""
         return sum(self.sync.values())
 
     @property
@@ -61,6 +64,7 @@ class Split:
 
     @property
     def ceiling(self) -> float:
+        """How much faster async could be: sync's seconds per step over async's bound."""
         return self.sync_step_s / self.bound_s
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pql.training.run_dir import STATUS_TIME
+from pql.store.run_dir import STATUS_TIME
 
 
 def job_alive(job: str) -> bool | None:

@@ -24,17 +24,10 @@ from pql.envs import make_env
 from pql.nets import mlp
 from pql.normalizer import RunningNormalizer
 from pql.speed import Speed, state_kept, timed_warm_up
-from pql.training.loop import (
-    Progress,
-    RunLoop,
-    envs_compile_s,
-    eval_slice,
-    generator_state,
-    make_eval_env,
-    restore_generator,
-)
-from pql.training.run_dir import RunDir
-from pql.workers import EpisodeReturns, Evaluator, to_env_units
+from pql.store.run_dir import RunDir
+from pql.training.loop import Progress, RunLoop, envs_compile_s, generator_state, restore_generator
+from pql.workers.actor import EpisodeReturns, to_env_units
+from pql.workers.evaluation import Evaluator, eval_slice, make_eval_env
 
 
 class Rollout(NamedTuple):
@@ -110,6 +103,8 @@ class PPOTrainer(RunLoop):
         return losses
 
     def warm_up(self) -> float:
+        """The envs' compilation, and compiling the update on a stand-in minibatch when ``compile`` is on;
+        the seconds it took."""
         compile_s = envs_compile_s(self.env, self.eval_env)
         if not self.speed.compiling:
             return compile_s
@@ -217,17 +212,21 @@ class PPOTrainer(RunLoop):
 
     # -- what the run loop needs ----------------------------------------------------------
     def evaluate(self) -> float:
+        """The mean return of the noise-free slice's episodes, or one episode of the evaluation envs."""
         if self.eval_slice:
             return self.eval_episodes.take_mean()
         return math.nan if self.evaluator is None else self.evaluator.run()
 
     def take_train_return(self) -> float:
+        """Mean return of the training episodes finished since the last call."""
         return self.episodes.take_mean()
 
     def update_counts(self) -> tuple[int, int]:
+        """(updates, updates): PPO's minibatch updates, counted for both columns."""
         return self.updates, self.updates
 
     def model_state(self) -> dict[str, Any]:
+        """Policy, value net, optimiser, normalisers and counters."""
         return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "normalizer": self.normalizer.state_dict(),
                 "value_normalizer": self.value_normalizer.state_dict(), "updates": self.updates,
@@ -235,6 +234,7 @@ class PPOTrainer(RunLoop):
                         "env": self.env.generator.get_state(), "eval_env": generator_state(self.eval_env)}}
 
     def load_model_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`model_state`."""
         self.policy.load_state_dict(state["policy"])
         self.value.load_state_dict(state["value"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -28,6 +28,7 @@ class RunInterrupted(BaseException):
 
     @property
     def exit_code(self) -> int:
+        """The exit code of a process stopped by this signal: 128 + its number."""
         return 128 + self.signum
 
 

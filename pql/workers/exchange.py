@@ -54,6 +54,7 @@ class ModuleSlot:
 
     @property
     def version(self) -> int:
+        """How many times a module was published here."""
         return int(self._version)
 
     @torch.no_grad()

@@ -1,6 +1,6 @@
 """``pql train``'s memory check: a run that cannot fit its devices' memory is refused before it allocates.
 
-The need is :func:`pql.memory.estimate` (what ``pql ablate --dry-run`` prints: the persistent parts plus
+The need is :func:`pql.ablate.memory.estimate` (what ``pql ablate --dry-run`` prints: the persistent parts plus
 one update's activations, so it leans high; the simulator's own memory only for ``classic/`` tasks, no
 CUDA context or allocator cache). The figure it is held against is each device's **total** memory, not
 what is free at the moment: the host's (or, where lower, the memory limit of this process's cgroup: a
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from pql.ablate.memory import Capacity, TaskDims, estimate, misfits, probe_task
 from pql.config import Config, ConfigError
 from pql.envs import ONE_SIMULATION_PER_PROCESS
-from pql.memory import Capacity, TaskDims, estimate, misfits, probe_task
 
 # cgroup v2, then v1: the memory limit of this process's group ("max" or a huge number: none)
 CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))

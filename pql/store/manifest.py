@@ -45,6 +45,7 @@ def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any] | None:
 
 
 def package_versions() -> dict[str, str]:
+    """The installed versions of :data:`PACKAGES`, by distribution name (those not installed left out)."""
     versions = {}
     for name in PACKAGES:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):

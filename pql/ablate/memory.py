@@ -1,15 +1,15 @@
 """How much memory a run will need on each of its devices, from its config and its task's sizes.
 
 A pure count of what the builders allocate (:mod:`pql.training.sync`, :mod:`pql.training.parallel`,
-:mod:`pql.training.ppo`), in float32 (4 bytes) unless said otherwise. D = observation size,
+:mod:`pql.training.on_policy`), in float32 (4 bytes) unless said otherwise. D = observation size,
 A = action size, N = ``num_envs``, C = ``algo.buffer_size``, B = ``algo.batch_size``,
 W = 2D + A + 2 (a packed n-step transition, :meth:`pql.buffers.Transitions.packed`).
 
 Persistent parts (held for the whole run): the V-learner's replay buffer ``[C, W]`` and the
 P-learner's observation buffer ``[C, D]``; every network and its copies (weights, target,
-gradients, the optimiser's two moments, the :class:`~pql.exchange.ModuleSlot` snapshots, the
+gradients, the optimiser's two moments, the :class:`~pql.workers.exchange.ModuleSlot` snapshots, the
 copies of the other workers and the evaluator, and in ``mode=async`` the parent's); the n-step
-window ``[n, N, ...]``; the :class:`~pql.exchange.TransitionRing` ``[8, N, W]`` (async only); the
+window ``[n, N, ...]``; the :class:`~pql.workers.exchange.TransitionRing` ``[8, N, W]`` (async only); the
 actor's observations, noise and returns ``[N, ...]``; PPO's rollout ``[horizon x N, ...]``; and
 the simulator's state, for the embedded ``classic/`` tasks only.
 
@@ -232,7 +232,7 @@ def _off_policy(cfg: Config, d: int, a: int) -> list[Component]:
 
 
 def _ppo(cfg: Config, d: int, a: int) -> list[Component]:
-    """PPO (:class:`pql.training.ppo.PPOTrainer`): everything on the simulation device."""
+    """PPO (:class:`pql.training.on_policy.PPOTrainer`): everything on the simulation device."""
     algo, ppo, n = cfg.algo, cfg.algo.ppo, cfg.num_envs
     rows, m = ppo.horizon * n, ppo.minibatch_size
     policy_sizes, value_sizes = [d, *algo.actor_hidden, a], [d, *algo.critic_hidden, 1]
