@@ -130,7 +130,7 @@ def test_thresholds_come_from_the_presets_and_no_config_reads_them():
 def test_threshold_precedence(tmp_path, monkeypatch):
     spec, _, store = fake_study(tmp_path)
     table = {"thresholds": {"classic/pendulum": -123}}
-    monkeypatch.setattr("pql.config.presets._preset_table", lambda: table)
+    monkeypatch.setattr("pql.config.presets_yaml._preset_table", lambda: table)
     assert report(spec, tmp_path).summary["threshold"].tolist() == [-123.0] * 4, "the preset's"
     spec.write_text(SPEC + "figure: {threshold: -500}\n")
     assert report(spec, tmp_path).summary["threshold"].tolist() == [-500.0] * 4, "the spec's wins"

@@ -14,7 +14,7 @@ from pql.ablate.launchers import DebugLauncher
 from pql.ablate.runner import describe_plan, plan_study, run_study
 from pql.ablate.store import metrics_problem
 from pql.config import config_to_dict
-from pql.config import presets as config_module
+from pql.config import presets_yaml as config_module
 from pql.report.study import EmptyStudy, report_study
 from pql.resolve import build_config
 from pql.store.run_dir import METRIC_COLUMNS, RunDir

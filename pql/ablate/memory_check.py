@@ -70,6 +70,6 @@ def check_fits(cfg: Config) -> None:
     problems = misfits(estimate(cfg, task_dims(cfg)), local_capacity)
     if problems:
         bound = " at least" if cfg.task.startswith(ONE_SIMULATION_PER_PROCESS) else ""
-        raise ConfigError(f"the run cannot fit in memory: it{bound} {'; it'.join(problems)} (pql/memory.py's "
+        raise ConfigError(f"the run cannot fit in memory: it{bound} {'; it'.join(problems)} (pql/ablate/memory.py's "
                           f"estimate: the persistent parts plus one update's activations, against each device's "
                           f"total memory); lower that, or skip this check with check_memory=false")

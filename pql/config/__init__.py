@@ -23,7 +23,7 @@ from pql.config.keys import (
     unknown_key_error,
     value_text,
 )
-from pql.config.presets import (
+from pql.config.presets_yaml import (
     SUPPORT_MARGIN,
     atom_range,
     presets,

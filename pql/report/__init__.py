@@ -1,1 +1,3 @@
-"""Aggregation of a study's raw results into summary tables, figures and a markdown report."""
+"""A study's raw results -> ``runs`` (read from the index and their directories) -> ``aggregate`` (statistics with
+bootstrap intervals) -> ``figures`` and ``markdown``; ``study`` puts them together, ``provenance`` says where
+and with what code each run ran."""
