@@ -119,7 +119,7 @@ class ActorRole:
             stats[f"{prefix}_count"] += count
 
     def state_dict(self) -> dict[str, Any]:
-        """The actor's state (its networks, noise and generator)."""
+        """The actor's part of a checkpoint (its normaliser and generators)."""
         return self.worker.state_dict()
 
 
@@ -199,7 +199,7 @@ class LearnerRole:
         self.loss_count = 0
 
     def state_dict(self) -> dict[str, Any]:
-        """The learner's state (its networks, optimisers and generator)."""
+        """The learner's part of a checkpoint (its network, optimiser and generator)."""
         return self.worker.state_dict()
 
 
