@@ -18,24 +18,43 @@ if TYPE_CHECKING:
 
 
 def _train_help() -> str:
-    lines = ["keys (KEY=VALUE; nested keys are dotted, e.g. algo.batch_size=4096):", ""]
+    from pql.algos import owners  # here: the registry imports torch, which only this help needs
+
+    lines = ["keys (KEY=VALUE; nested keys are dotted, e.g. algo.batch_size=4096); an algo.* key is read by every",
+             "algorithm unless it names its owners:", ""]
     for key, default, meaning in describe():
         shown = list(default) if isinstance(default, tuple) else default
-        lines.append(f"  {key} (default: {shown})")
+        owned = owners(key)
+        lines.append(f"  {key} (default: {shown}" + (f"; {', '.join(owned)} only)" if owned else ")"))
         lines.extend(textwrap.wrap(meaning, 76, initial_indent="      ", subsequent_indent="      "))
     lines += ["", "Task presets (pql/presets.yaml) override the defaults above; your KEY=VALUE always wins.",
               "Resume a run: pql train resume=RUN_DIR [max_time_s=...] [max_env_steps=...]."]
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose epilog may be written only when its help is shown (``pql train``'s lists the
+    keys of every registered algorithm, which needs the registry)."""
+
+    def __init__(self, *args: Any, lazy_epilog: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_epilog = lazy_epilog
+
+    def format_help(self) -> str:
+        """The help, its epilog written now."""
+        if self.lazy_epilog is not None:
+            self.epilog = self.lazy_epilog()
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pql`` command line: train, export, ablate, status and report."""
     parser = argparse.ArgumentParser(prog="pql", description="Parallel Q-Learning benchmarking suite.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="train one run", formatter_class=argparse.RawDescriptionHelpFormatter,
                            description="Train PQL / PQL-D on a batched simulator; writes a run directory with "
                                        "config.yaml, metrics.csv, status.json and checkpoint.pt.",
-                           epilog=_train_help())
+                           lazy_epilog=_train_help)
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     export = sub.add_parser("export", help="write RUN_DIR/policy.pt, a TorchScript policy in env units",
                             description="Export the run's policy: raw observations [B, D] -> actions [B, A] "
@@ -151,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         if args.command == "train":
+            # the simulator first: the keys are checked against the algorithms' registry, which imports torch
+            words = (w.partition("=") for w in args.overrides)
+            preload_simulator(next((value for key, _, value in words if key.strip() == "task"), ""))
             overrides = parse_overrides(args.overrides)
-            preload_simulator(str(overrides.get("task", "")))
             from pql.training.failures import failure_recorded
             from pql.training.run import resolve, run_training
 

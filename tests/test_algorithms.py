@@ -1,22 +1,29 @@
 """The algorithm registry: each algorithm declared in one place, and one more added by a single entry."""
 
 import csv
-from dataclasses import replace
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
+from pql.ablate.matrix import run_id
 from pql.algos import ALGORITHMS, algorithm
 from pql.algos.base import DeterministicObjective
 from pql.algos.critic_heads import CategoricalHead
 from pql.buffers import observation_buffer
-from pql.config import ConfigError, load_config
+from pql.config import ConfigError, config_to_dict
 from pql.nets import Actor, TwinCritic
 from pql.normalizer import RunningNormalizer
 from pql.resolve import build_config
-from pql.training.run import train, trainer_class
+from pql.training.run import trainer_class
 from pql.workers.learners import PLearner
+from pql.workers.plan import plan_run
 
 
 def test_every_algorithm_is_declared_once_with_its_own_label_and_colour():
@@ -25,13 +32,15 @@ def test_every_algorithm_is_declared_once_with_its_own_label_and_colour():
     assert [n for n, a in ALGORITHMS.items() if a.sequential] == ["ddpg", "sac", "ppo"]
     with pytest.raises(KeyError, match="unknown algo 'td3'; known: pql, pql-d, ddpg, sac, ppo"):
         algorithm("td3")
+    with pytest.raises(ConfigError, match="unknown algo 'tom'"):
+        build_config({"algo": "tom", "max_env_steps": "10"})
 
 
 @pytest.mark.parametrize(("name", "expected"), [("pql", "SyncTrainer"), ("ddpg", "SyncTrainer"), ("ppo", "PPOTrainer")])
 def test_the_registry_picks_the_trainer(name, expected):
     cfg = build_config({"algo": name, "mode": "sync", "max_env_steps": "10"})
-    assert trainer_class(cfg).__name__ == expected
-    assert trainer_class(build_config({"algo": "pql", "max_env_steps": "10"})).__name__ == "ProcessTrainer"
+    assert trainer_class(plan_run(cfg)).__name__ == expected
+    assert trainer_class(plan_run(build_config({"algo": "pql", "max_env_steps": "10"}))).__name__ == "ProcessTrainer"
 
 
 def test_categorical_target_is_shifted_by_the_entropy_bonus():
@@ -62,16 +71,57 @@ class PessimisticObjective(DeterministicObjective):
         return -(values.mean(0) - (values[0] - values[1]).abs()).mean(), None
 
 
-def test_an_algorithm_added_by_one_registry_entry_trains_end_to_end(monkeypatch, tiny):
-    toy = replace(algorithm("pql"), name="toy", label="Toy", color="#000000", make_objective=PessimisticObjective)
-    monkeypatch.setitem(ALGORITHMS, "toy", toy)
-    run = train({**tiny, "algo": "toy", "max_env_steps": "1280"}).path
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+def _with_plugin(*args: str) -> subprocess.CompletedProcess:
+    """``python -m pql ARGS`` (or ``python -c ARGS[1]`` after ``-c``) with the module ``cautious_pql`` registered
+    by name, the only place it is named: a registry line outside the package."""
+    env = {**os.environ, "PQL_ALGORITHMS": "cautious_pql",
+           "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", "pql", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_algorithm_in_a_module_of_its_own_trains_end_to_end_with_its_own_keys(mode, tiny, tmp_path):
+    """tests/plugins/cautious_pql.py declares keys (algo.cautious.*), their ranges and a check of its own; named
+    in PQL_ALGORITHMS it trains in both modes (async: its worker processes find it by name), resumes, and its
+    run directory holds its keys."""
+    words = [f"{k}={v}" for k, v in {**tiny, "mode": mode, "max_env_steps": "1280"}.items()]
+    done = _with_plugin("train", "algo=cautious", "algo.cautious.gap_weight=0.25", *words)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "run"
     with open(run / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert int(rows[-1]["env_steps"]) == 1280 and float(rows[-1]["p_updates"]) > 0
-    assert load_config(str(run / "config.yaml")).algo.name == "toy"
-    with pytest.raises(ConfigError, match="unknown algo 'tom'"):
-        build_config({"algo": "tom", "max_env_steps": "10"})
+    saved = yaml.safe_load((run / "config.yaml").read_text())["algo"]
+    assert saved["name"] == "cautious" and saved["cautious"] == {"gap_weight": 0.25, "max_gap_weight": 1.0}
+    resumed = _with_plugin("train", f"resume={run}", "max_env_steps=1920")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "status.json").read_text())["env_steps"] == 1920
+
+
+def test_an_added_algorithm_s_check_ranges_and_help_and_no_other_run_id_moves(tiny):
+    """Its own check and its keys' ranges refuse bad values naming the key; --help lists its keys as its own;
+    with it registered, the runs of the built-in algorithms keep their ids and their config.yaml."""
+    words = [f"{k}={v}" for k, v in tiny.items()]
+    for value, message in (("2", "algo.cautious.gap_weight (2.0) exceeds algo.cautious.max_gap_weight (1.0)"),
+                           ("-1", "algo.cautious.gap_weight must be a finite number >= 0, got -1.0")):
+        refused = _with_plugin("train", "algo=cautious", f"algo.cautious.gap_weight={value}", *words)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    probe = ("import json; from pql.cli import build_parser; from pql.resolve import build_config; "
+             "from pql.ablate.matrix import run_id; from pql.config import config_to_dict; "
+             "cfg = build_config({'algo': 'pql-d', 'max_env_steps': '10'}); "
+             "train = build_parser()._subparsers._group_actions[0].choices['train']; "
+             "print(json.dumps([run_id(cfg), config_to_dict(cfg), train.format_help()]))")
+    out = _with_plugin("-c", probe)
+    assert out.returncode == 0, out.stderr
+    ids, saved, text = json.loads(out.stdout)
+    cfg = build_config({"algo": "pql-d", "max_env_steps": "10"})
+    assert ids == run_id(cfg) and saved == json.loads(json.dumps(config_to_dict(cfg)))
+    assert "algo.cautious.gap_weight (default: 0.5; cautious only)" in text
+    assert "algo.preact_penalty (default: 0.0; pql, pql-d, ddpg only)" in text
 
 
 def test_the_p_learner_steps_the_objective_it_is_given():

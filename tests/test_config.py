@@ -49,7 +49,7 @@ def test_unknown_key_names_the_key_and_nearest():
     ({"algo.critic_lr": "nan"}, "critic_lr must be a finite number"),
     ({"algo.preact_penalty": "-1e-3"}, "preact_penalty must be a finite number >= 0"),
     ({"algo": "sac", "mode": "sync", "algo.preact_penalty": "1e-3"},
-     r"preact_penalty \(0.001\) applies to the deterministic tanh actor of pql, pql-d, ddpg; sac has none"),
+     r"algo.preact_penalty \(0.001\) is a key of pql, pql-d, ddpg only; sac does not read it, so leave it 0.0"),
 ])
 def test_invalid_values_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):

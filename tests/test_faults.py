@@ -195,9 +195,9 @@ def test_a_second_signal_while_the_run_writes_how_it_ended_leaves_it_interrupted
 # -- concurrent use -----------------------------------------------------------------------------------
 def test_two_ablates_of_one_study_never_run_a_cell_twice(tmp_path):
     args = ["ablate", str(STUDY), "--profile", "one", "--results", str(tmp_path), "--no-progress",
-            "max_env_steps=12000", "max_time_s=null", "eval_every_env_steps=800", "checkpoint_every_s=0"]
+            "max_env_steps=16000", "max_time_s=null", "eval_every_env_steps=800", "checkpoint_every_s=0"]
     first = start(*args)
-    run = started_cell(tmp_path, first, rows=2)  # 12 rows (about 11 s) before it ends: two commands start
+    run = started_cell(tmp_path, first, rows=2)  # 18 rows (about 15 s) before it ends: two commands start
     second = pql(*args)
     assert second.returncode == 0, second.stderr
     assert "skip  running" in second.stdout and "left to it" in second.stdout
@@ -206,7 +206,7 @@ def test_two_ablates_of_one_study_never_run_a_cell_twice(tmp_path):
     _, err = first.communicate(timeout=240)
     assert first.returncode == 0, err
     steps = env_steps(run)
-    assert steps == sorted(set(steps)) and steps[-1] == 12000 and status(run)["state"] == "done"
+    assert steps == sorted(set(steps)) and steps[-1] == 16000 and status(run)["state"] == "done"
 
 
 def test_metrics_with_repeated_or_decreasing_env_steps_are_never_done(tmp_path):

@@ -14,6 +14,7 @@ from pql.resolve import build_config
 from pql.store.run_dir import RunDir
 from pql.training.run import resolve, run_training
 from pql.training.sync import SyncTrainer
+from pql.workers.plan import plan_run
 
 
 def test_sac_defaults_are_the_authors():
@@ -71,7 +72,7 @@ def test_edge_mass_is_logged_and_small_when_the_atoms_fit_pendulum(tiny, tmp_pat
     edge = {}
     for name, (lo, hi) in {"derived": (cfg.algo.v_min, cfg.algo.v_max), "reference": (-10.0, 10.0)}.items():
         out = str(tmp_path / name)
-        SyncTrainer(replace(cfg, out=out, algo=replace(cfg.algo, v_min=lo, v_max=hi)), RunDir(out)).run()
+        SyncTrainer(plan_run(replace(cfg, out=out, algo=replace(cfg.algo, v_min=lo, v_max=hi))), RunDir(out)).run()
         edge[name] = pd.read_csv(f"{out}/metrics.csv")["edge_mass"].dropna()
     # A fresh critic's near-uniform logits put 2/51 of the mass on the edges; learning moves it inward.
     assert len(edge["derived"]) >= 10 and (edge["derived"].iloc[-5:] < 0.01).all(), edge["derived"]
@@ -83,7 +84,7 @@ def test_a_resumed_run_refills_its_buffers_before_learning_again(tiny):
     policy (not random actions) before the learners start again, so they never train on a near-empty buffer."""
     run = run_training(resolve({**tiny, "max_env_steps": "1280"})).path
     cfg = resolve({"resume": str(run), "max_env_steps": "2560"})
-    trainer = SyncTrainer(cfg, RunDir(str(run)))
+    trainer = SyncTrainer(plan_run(cfg), RunDir(str(run)))
     trainer.load_state_dict(RunDir(str(run)).load_checkpoint())
     start, warmup, v_before = trainer.progress.actor_steps, cfg.algo.warmup_steps, trainer.controller.counts["v"]
     assert trainer.learn_from == start + warmup

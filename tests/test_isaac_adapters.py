@@ -126,13 +126,15 @@ def test_one_simulation_backends_evaluate_the_noise_free_slice(isaac_fakes, tmp_
     from pql.resolve import build_config
     from pql.store.run_dir import RunDir
     from pql.training.run import trainer_class
+    from pql.workers.plan import plan_run
 
     cfg = build_config({"task": "isaaclab/Isaac-Ant-Direct-v0", "algo": algo, "mode": "sync", "num_envs": "8",
                         "eval_envs": "2", "max_env_steps": "800", "algo.actor_hidden": "[16]",
                         "algo.critic_hidden": "[16]", "algo.batch_size": "32", "algo.warmup_steps": "0",
                         "algo.ppo.horizon": "4", "algo.ppo.minibatch_size": "12", "device.sim": "cpu",
                         "out": str(tmp_path / "run")})
-    trainer = trainer_class(cfg)(cfg, RunDir(cfg.out))
+    plan = plan_run(cfg)
+    trainer = trainer_class(plan)(plan, RunDir(cfg.out))
     policy = trainer.policy if algo == "ppo" else trainer.actor.policy
     env = trainer.env if algo == "ppo" else trainer.actor.env
     normalizer = trainer.normalizer if algo == "ppo" else trainer.actor.normalizer

@@ -37,6 +37,7 @@ from pql.training.on_policy import PPOTrainer
 from pql.training.parallel import ProcessTrainer
 from pql.training.processes import ActorRole, LearnerRole
 from pql.training.sync import SyncTrainer
+from pql.workers.plan import plan_run
 
 TINY_STUDY = Path(__file__).parent / "data" / "tiny_study.yaml"
 # Networks and buffer of similar sizes, so that a network copy too many or a buffer column too wide shows.
@@ -106,7 +107,7 @@ def _temperature_optimizer(p_learner):
 
 def _measure_sync(cfg, tmp_path) -> Measured:
     """What a sync SyncTrainer holds after 4 actor steps and one update of each learner."""
-    trainer = SyncTrainer(cfg, RunDir(tmp_path / "run"))
+    trainer = SyncTrainer(plan_run(cfg), RunDir(tmp_path / "run"))
     for _ in range(4):
         trainer.actor_step()
     trainer.v_update()
@@ -125,7 +126,7 @@ def _measure_sync(cfg, tmp_path) -> Measured:
 def _measure_async(cfg, tmp_path) -> Measured:
     """The same for async mode: the parent's objects and the shared ones, and the three workers built here as
     their processes build them (not started: the roles are stepped in this process)."""
-    parent = ProcessTrainer(cfg, RunDir(tmp_path / "run"))
+    parent = ProcessTrainer(plan_run(cfg), RunDir(tmp_path / "run"))
     shared = parent.shared = parent.share(mp.get_context("spawn"))
     sim, vdev, pdev = parent.devices
     actor = ActorRole(shared, sim, None)
@@ -170,7 +171,7 @@ def test_ppo_estimate_matches_what_the_trainer_holds(tmp_path):
     cfg = build_config({**SMALL, "algo": "ppo", "algo.ppo.horizon": "8", "algo.ppo.minibatch_size": "64",
                         "algo.ppo.epochs": "1"})
     est = estimate(cfg, probe_task(cfg.task))
-    trainer = PPOTrainer(cfg, RunDir(tmp_path / "run"))
+    trainer = PPOTrainer(plan_run(cfg), RunDir(tmp_path / "run"))
     rollout = trainer.collect()
     trainer.update(rollout)
     count = TensorBytes()
@@ -205,7 +206,7 @@ def _saved_activations(update, params: list[torch.Tensor]) -> int:
 def test_activation_estimate_covers_what_one_update_saves(algo, tmp_path):
     cfg = _config(algo, "sync", **{"algo.batch_size": "512", "algo.critic_hidden": "[256,256]",
                                    "algo.actor_hidden": "[256,256]"})
-    trainer = SyncTrainer(cfg, RunDir(tmp_path / "run"))
+    trainer = SyncTrainer(plan_run(cfg), RunDir(tmp_path / "run"))
     for _ in range(4):
         trainer.actor_step()
     est = {c.name.split(" (")[0]: c.nbytes for c in estimate(cfg, probe_task(cfg.task)).components if c.transient}

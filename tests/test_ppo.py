@@ -15,6 +15,7 @@ from pql.store.run_dir import RunDir
 from pql.training.export import export_policy
 from pql.training.on_policy import PPOTrainer
 from pql.training.run import train
+from pql.workers.plan import plan_run
 
 G, L = 0.9, 0.8
 
@@ -154,7 +155,7 @@ def test_staggered_episodes_start_the_exploring_envs_at_spread_steps(tiny, tmp_p
     without it every env's episode would end at the same step, each rollout holding one phase of it."""
     def elapsed(**over: str) -> torch.Tensor:
         cfg = build_config({**tiny, "algo": "ppo", "num_envs": "64", "algo.ppo.minibatch_size": "128", **over})
-        trainer = PPOTrainer(cfg, RunDir(tmp_path / str(len(over))))
+        trainer = PPOTrainer(plan_run(cfg), RunDir(tmp_path / str(len(over))))
         return trainer.env.elapsed.clone()
 
     spread = elapsed()

@@ -18,13 +18,14 @@ from pql.store.run_dir import RunDir
 from pql.training.run import resolve, run_training
 from pql.training.sync import SyncTrainer
 from pql.workers.builders import build_actor, build_p_learner, build_v_learner, initial_networks
+from pql.workers.plan import plan_run
 
 CPU = torch.device("cpu")
 
 
 def _learner_pair(build, cfg, nets, compile_mode: str, device: torch.device = CPU):
     """An eager learner and a compiled one with the same networks, buffer contents and generator state."""
-    eager, compiled = build(cfg, nets, device), build(replace(cfg, compile=compile_mode), nets, device)
+    eager, compiled = build(plan_run(cfg), nets), build(plan_run(replace(cfg, compile=compile_mode)), nets)
     rows = torch.randn(256, eager.buffer.width, generator=torch.Generator().manual_seed(5)).to(device)
     for learner in (eager, compiled):
         learner.buffer.add_rows(rows)
@@ -45,7 +46,7 @@ def test_a_warmed_up_compiled_v_update_matches_eager_updates():
     updates then give the eager updates' losses and parameters."""
     cfg = _config()
     torch.manual_seed(0)
-    nets = initial_networks(cfg, 3, 1)
+    nets = initial_networks(plan_run(cfg), 3, 1)
     eager, compiled = _learner_pair(build_v_learner, cfg, nets, "default")
     assert compiled.warm_up() > 0
     assert all(torch.equal(a, b) for a, b in zip(eager.critic.parameters(), compiled.critic.parameters(),
@@ -133,7 +134,7 @@ def test_collect_and_learn_seconds_are_counted_within_each_row(tiny):
 def test_compiled_p_update_and_policy_step_match_eager(algo):
     cfg = _config(algo)
     torch.manual_seed(0)
-    nets = initial_networks(cfg, 3, 1)
+    nets = initial_networks(plan_run(cfg), 3, 1)
     eager, compiled = _learner_pair(build_p_learner, cfg, nets, "default")
     compiled.warm_up()
     for _ in range(3):
@@ -144,8 +145,8 @@ def test_compiled_p_update_and_policy_step_match_eager(algo):
     from pql.envs import make_env
 
     def actor(compile_mode):
-        actor = build_actor(build_config({"algo": algo, "num_envs": "8", "compile": compile_mode,
-                                          "max_env_steps": "10"}),
+        actor = build_actor(plan_run(build_config({"algo": algo, "num_envs": "8", "compile": compile_mode,
+                                                   "max_env_steps": "10"})),
                             make_env("classic/pendulum", 8, seed=0), copy.deepcopy(nets))
         actor.warm_up()
         return actor
@@ -161,7 +162,7 @@ def test_compiled_ppo_minibatch_step_matches_eager(tiny):
     losses = {}
     for mode in ("off", "default"):
         trainer = algorithm("ppo")  # the registry picks PPO's trainer
-        assert trainer.trainer == "ppo"
+        assert trainer.trainer == "on-policy"
         run = run_training(resolve({**tiny, "algo": "ppo", "compile": mode, "algo.ppo.minibatch_size": "64",
                                     "out": f"{tiny['out']}-{mode}"})).path
         losses[mode] = pd.read_csv(run / "metrics.csv")[["critic_loss", "actor_loss"]].iloc[1:].to_numpy()
@@ -198,7 +199,7 @@ def test_a_resumed_compiled_run_compiles_again_off_the_clock(tiny):
 def test_cuda_compiled_v_update_matches_eager(compile_mode, amp):
     cfg = _config(amp=amp, **{"device.sim": "cuda", "device.v_learner": "cuda", "device.p_learner": "cuda"})
     torch.manual_seed(0)
-    nets = initial_networks(cfg, 3, 1)
+    nets = initial_networks(plan_run(cfg), 3, 1)
     eager, compiled = _learner_pair(build_v_learner, cfg, nets, compile_mode, torch.device("cuda"))
     compiled.warm_up()
     tolerance = 2e-2 if amp == "bf16" else 1e-4
@@ -207,5 +208,5 @@ def test_cuda_compiled_v_update_matches_eager(compile_mode, amp):
 
 
 def test_a_sync_trainer_warms_up_nothing_when_not_compiling(tiny, tmp_path):
-    trainer = SyncTrainer(build_config(tiny), RunDir(str(tmp_path / "t")))
+    trainer = SyncTrainer(plan_run(build_config(tiny)), RunDir(str(tmp_path / "t")))
     assert trainer.warm_up() == 0.0

@@ -5,6 +5,7 @@ import torch
 from pql.envs.contract import VecEnv
 from pql.resolve import build_config
 from pql.workers.builders import build_actor, build_p_learner, build_v_learner, initial_networks
+from pql.workers.plan import plan_run
 
 
 class Counter(VecEnv):
@@ -45,7 +46,7 @@ def _cfg(**more):
 def test_actor_acts_in_env_units_and_bootstraps_from_the_final_observation():
     torch.manual_seed(0)
     cfg, env = _cfg(), Counter()
-    actor = build_actor(cfg, env, initial_networks(cfg, 1, 1))
+    actor = build_actor(plan_run(cfg), env, initial_networks(plan_run(cfg), 1, 1))
     first = actor.step()
     second = actor.step()
     with torch.no_grad():
@@ -68,7 +69,7 @@ def _q(critic, obs, action):
 def test_v_learner_regresses_both_critics_on_the_min_of_the_target_critics_and_moves_the_target():
     torch.manual_seed(1)
     cfg = _cfg()
-    v = build_v_learner(cfg, initial_networks(cfg, 1, 1), torch.device("cpu"))
+    v = build_v_learner(plan_run(cfg), initial_networks(plan_run(cfg), 1, 1))
     obs, action, ret, next_obs, discount = (torch.tensor([[0.3]]), torch.tensor([[0.2]]), torch.tensor([1.5]),
                                             torch.tensor([[-0.4]]), torch.tensor([0.5]))
     v.add(torch.cat([obs, action, ret[:, None], next_obs, discount[:, None]], 1))
@@ -87,7 +88,7 @@ def test_v_learner_regresses_both_critics_on_the_min_of_the_target_critics_and_m
 def test_p_learner_maximises_the_min_of_the_two_critics():
     torch.manual_seed(2)
     cfg = _cfg()
-    p = build_p_learner(cfg, initial_networks(cfg, 1, 1), torch.device("cpu"))
+    p = build_p_learner(plan_run(cfg), initial_networks(plan_run(cfg), 1, 1))
     obs = torch.tensor([[0.7]])
     p.add(obs)
     with torch.no_grad():

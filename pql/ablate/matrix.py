@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from pql.ablate.spec import DEFAULT_FIGURES
+from pql.algos import identity_defaults
 from pql.config import Config, ConfigError, config_to_dict, dotted_overrides, value_text
 from pql.resolve import build_config
 
@@ -21,10 +22,10 @@ NOT_IN_RUN_ID = {"out", "resume", "progress", "tensorboard", "wandb", "wandb_pro
 # Bumped when what a config means changes without its keys changing (e.g. a fix in an algorithm's
 # maths): results made under another schema are then not reused. 2: ids hash the whole config.
 RUN_ID_SCHEMA = 2
-# Keys added since schema 2, each with the value (as text) at which a run computes exactly what it did
-# before the key existed: at that value the key is left out of the id, so earlier runs keep theirs.
-ADDED_SINCE_SCHEMA = {"algo.preact_penalty": "0.0", "algo.ppo.bounds_loss_coef": "0.0",
-                      "algo.ppo.stagger_episodes": "False"}
+# Keys a run's own settings added since schema 2 (run-level ones; an algorithm's are its declaration's
+# identity_defaults), each with the value (as text) at which a run computes exactly what it did before the key
+# existed: at that value the key is left out of the id, so earlier runs keep theirs.
+ADDED_SINCE_SCHEMA: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,11 @@ class Study:
 
 def run_identity(cfg: Config) -> dict[str, str]:
     """The values that make a run what it is: every key of the resolved config (dotted, as text) except
-    those in NOT_IN_RUN_ID and those of ADDED_SINCE_SCHEMA at their earlier behaviour's value."""
+    those in NOT_IN_RUN_ID and the keys added since schema 2 (ADDED_SINCE_SCHEMA, the algorithms'
+    identity_defaults) at their earlier behaviour's value."""
+    added = {**ADDED_SINCE_SCHEMA, **identity_defaults()}
     return {k: v for k, v in dotted_overrides(config_to_dict(cfg)).items()
-            if k.split(".")[0] not in NOT_IN_RUN_ID and ADDED_SINCE_SCHEMA.get(k) != v}
+            if k.split(".")[0] not in NOT_IN_RUN_ID and added.get(k) != v}
 
 
 def run_id(cfg: Config) -> str:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from pql.algos import algorithm
+from pql.algos.base import Algorithm
 from pql.config import Config
 from pql.devices import resolve_devices
 from pql.training.parallel import RING_SLOTS
@@ -144,23 +145,31 @@ def normalizer_bytes(obs_dim: int) -> int:
     return 2 * obs_dim * FLOAT + 8
 
 
+@dataclass(frozen=True)
+class TrainerMemory:
+    """What a trainer (``Algorithm.trainer``) holds: the roles it places, the exploration noise std its actor
+    keeps per env, and its parts beyond the simulator's."""
+
+    roles: tuple[str, ...]
+    noise_bytes_per_env: int
+    parts: Callable[[Config, Algorithm, int, int], list[Component]]
+
+
 def estimate(cfg: Config, dims: TaskDims) -> MemoryEstimate:
     """The memory of a run of ``cfg`` on a task of ``dims`` (see the module docstring for what is counted)."""
-    sim, v, p = (str(d) for d in resolve_devices(cfg))
-    on_policy = algorithm(cfg.algo.name).trainer == "ppo"
-    if on_policy:  # PPOTrainer: everything on the simulation device
-        devices = {"sim": sim}
-    else:
-        devices = {"sim": sim, "v_learner": v, "p_learner": p}
+    declared = algorithm(cfg.algo.name)
+    trainer = TRAINER_MEMORY[declared.trainer]
+    placed = dict(zip(ROLES, (str(d) for d in resolve_devices(cfg)), strict=True))
+    devices = {role: placed[role] for role in trainer.roles}
     if dims.obs_dim is None or dims.act_dim is None:
         return MemoryEstimate(devices, problem=f"task dims unknown ({dims.problem})")
     d, a = dims.obs_dim, dims.act_dim
-    parts = _simulator(cfg, d, a, dims.sim_bytes_per_env)
-    parts += _ppo(cfg, d, a) if on_policy else _off_policy(cfg, d, a)
+    parts = _simulator(cfg, d, a, dims.sim_bytes_per_env, trainer.noise_bytes_per_env)
+    parts += trainer.parts(cfg, declared, d, a)
     return MemoryEstimate(devices, tuple(parts), simulator_estimated=dims.sim_bytes_per_env is not None)
 
 
-def _simulator(cfg: Config, d: int, a: int, per_env: int | None) -> list[Component]:
+def _simulator(cfg: Config, d: int, a: int, per_env: int | None, noise_per_env: int) -> list[Component]:
     """The training and evaluation environments' state (classic/ only) and the actor's ``[N, ...]`` tensors."""
     n, evals = cfg.num_envs, cfg.eval_envs
     parts = []
@@ -168,21 +177,21 @@ def _simulator(cfg: Config, d: int, a: int, per_env: int | None) -> list[Compone
         envs = 1 + (evals > 0)
         parts.append(Component("sim", "simulator state", (n + evals) * per_env + envs * 2 * a * FLOAT,
                                "lower num_envs"))
-    noise = n * FLOAT if algorithm(cfg.algo.name).trainer != "ppo" else 0  # per-env exploration std [N]
-    # observations to act on [N, D] and the running returns [N], split between the exploring envs and the
-    # evaluation slice, each part with a float64 and an int64 tally
-    parts.append(Component("sim", "actor state (obs, noise std, returns)", n * (d + 1) * FLOAT + noise + 32,
-                           "lower num_envs"))
+    # observations to act on [N, D], the exploration std [N] where the actor keeps one, and the running returns
+    # [N], split between the exploring envs and the evaluation slice, each part with a float64 and an int64 tally
+    parts.append(Component("sim", "actor state (obs, noise std, returns)",
+                           n * (d + 1) * FLOAT + n * noise_per_env + 32, "lower num_envs"))
     return parts
 
 
-def _off_policy(cfg: Config, d: int, a: int) -> list[Component]:
-    """PQL, PQL-D, DDPG(n), SAC(n): the actor, V-learner and P-learner of :mod:`pql.training.sync`, in either mode."""
+def _off_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Component]:
+    """The actor-critic trainer (PQL, PQL-D, DDPG(n), SAC(n)): the actor, V-learner and P-learner of
+    :mod:`pql.workers.builders`, in either mode, with the algorithm's own policy, critic head and objective."""
     algo, n, b = cfg.algo, cfg.num_envs, cfg.algo.batch_size
     run_async, evals = cfg.mode == "async", int(cfg.eval_envs > 0)
-    declared = algorithm(algo.name)
-    with torch.device("meta"):  # the algorithm's own policy and head, sized without allocating
+    with torch.device("meta"):  # the algorithm's own policy, head and objective, sized without allocating
         net = declared.make_policy(algo, d, a)
+        stochastic = declared.objective(net, algo).stochastic  # samples actions: a Gaussian's terms per row
     head = declared.head(algo, "meta")
     out = [m for m in net.modules() if isinstance(m, nn.Linear)][-1].out_features
     k = head.out_features
@@ -193,7 +202,6 @@ def _off_policy(cfg: Config, d: int, a: int) -> list[Component]:
     norm = normalizer_bytes(d)
     atoms = sum(t.numel() for t in vars(head).values() if isinstance(t, torch.Tensor)) * FLOAT  # C51's [K]
     width = 2 * d + a + 2
-    stochastic = out == 2 * a  # a Gaussian policy (SAC's) outputs a mean and a log std per action
     gaussian = 8 * a if stochastic else 0  # per row: its sample's mean, log std, eps, u, log-prob terms
     parent = " (+ the parent's)" if run_async else ""
     parts = [
@@ -231,8 +239,9 @@ def _off_policy(cfg: Config, d: int, a: int) -> list[Component]:
     return parts
 
 
-def _ppo(cfg: Config, d: int, a: int) -> list[Component]:
-    """PPO (:class:`pql.training.on_policy.PPOTrainer`): everything on the simulation device."""
+def _on_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Component]:
+    """The on-policy trainer (PPO's, :class:`pql.training.on_policy.PPOTrainer`): everything on the simulation
+    device."""
     algo, ppo, n = cfg.algo, cfg.algo.ppo, cfg.num_envs
     rows, m = ppo.horizon * n, ppo.minibatch_size
     policy_sizes, value_sizes = [d, *algo.actor_hidden, a], [d, *algo.critic_hidden, 1]
@@ -254,6 +263,12 @@ def _ppo(cfg: Config, d: int, a: int) -> list[Component]:
                      + BACKWARD * (train_floats(m, policy_sizes) + train_floats(m, value_sizes))) * FLOAT,
                   "lower algo.ppo.minibatch_size", transient=True),
     ]
+
+
+TRAINER_MEMORY = {
+    "actor-critic": TrainerMemory(ROLES, FLOAT, _off_policy),
+    "on-policy": TrainerMemory(("sim",), 0, _on_policy),
+}
 
 
 @dataclass(frozen=True)

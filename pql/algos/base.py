@@ -1,26 +1,27 @@
 """What an algorithm declares, and the actor objective shared by the deterministic-policy algorithms.
 
-An :class:`Algorithm` is data: its name, how figures show it, whether it runs only as a
-sequential baseline, which trainer runs it, and the factories of its policy, critic head
-and actor objective. The workers and trainers ask the registry (:mod:`pql.algos`) for
-these and never branch on an algorithm's name.
+An :class:`Algorithm` is data: its name, how figures show it, the modes it runs in, which
+trainer runs it, the keys it owns, its checks and derived values, and the factories of its
+policy, critic head and actor objective. Validation, the memory estimate, the workers and
+the trainers ask the registry (:mod:`pql.algos`) for these and never branch on an
+algorithm's name or kind.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from pql.config import AlgoConfig
+from pql.config import AlgoConfig, Config
 from pql.nets import Actor
 
 # Which run loop trains an algorithm: the actor / V-learner / P-learner workers (sync or
-# async), or PPO's on-policy rollouts.
-TRAINERS = ("actor-critic", "ppo")
+# async), or on-policy rollouts (PPO's).
+TRAINERS = ("actor-critic", "on-policy")
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs [B, D], action [B, A]) -> Q [2, B]
 
@@ -87,7 +88,6 @@ class DeterministicObjective:
     its input is large, so an actor that has saturated would otherwise stay saturated)."""
 
     stochastic = False
-    uses_preact_penalty = True  # config validation refuses algo.preact_penalty for objectives without this
 
     def __init__(self, policy: Actor, cfg: AlgoConfig) -> None:
         self.policy, self.preact_penalty = policy, cfg.preact_penalty
@@ -122,23 +122,52 @@ class DeterministicObjective:
         pass
 
 
+# What every algorithm with a DeterministicObjective declares about the pre-tanh penalty: it owns the key, others
+# must leave it off, and runs from before the key existed computed what 0 computes.
+DETERMINISTIC_ACTOR_KEYS: dict[str, Any] = {
+    "owns": ("preact_penalty",), "exclusive": {"preact_penalty": 0.0},
+    "identity_defaults": {"algo.preact_penalty": "0.0"},
+}
+
+
 @dataclass(frozen=True)
 class Algorithm:
-    """One algorithm's declaration; register it in :data:`pql.algos.ALGORITHMS`."""
+    """One algorithm's declaration: what it is, the keys it owns, what it checks and derives, how it is built.
+
+    Register it with a line in :mod:`pql.algos` (or, for a module outside the package, by naming the module in
+    ``PQL_ALGORITHMS``). Keys: the shared ones of :class:`~pql.config.AlgoConfig` it ``owns`` (listed with
+    their owners by ``pql train --help``; several algorithms may own one), and its own ``keys``, a frozen
+    dataclass whose fields become ``algo.<name>.*`` with their ``key_ranges``. The registry pickles a
+    declaration by its name, so a spawned worker finds it in its own registry.
+    """
 
     name: str  # the value of algo.name
     label: str  # in figures, legends and reports
     color: str  # its line colour in every figure
-    sequential: bool  # a baseline that runs with mode=sync only
     trainer: str  # one of TRAINERS
     make_policy: Callable[[AlgoConfig, int, int], nn.Module]  # (algo config, obs dim, act dim) -> policy
     make_head: Callable[[AlgoConfig, torch.device | str], CriticHead] | None = None  # actor-critic only
     make_objective: Callable[[nn.Module, AlgoConfig], ActorObjective] | None = None  # actor-critic only
-    categorical: bool = False  # its critic is a distribution on atoms in [algo.v_min, algo.v_max]
+    modes: tuple[str, ...] = ("sync", "async")  # ("sync",): a sequential baseline
+    owns: tuple[str, ...] = ()  # shared algo.* keys only this algorithm (and others owning them) reads
+    exclusive: dict[str, Any] = field(default_factory=dict)  # owned keys others must leave at this value
+    keys: type | None = None  # a frozen dataclass of its own keys: algo.<name>.*
+    key_ranges: dict[str, Any] = field(default_factory=dict)  # its own numeric keys' ranges (pql.config.Range)
+    check: Callable[[Config], str | None] | None = None  # why a resolved config cannot run it, or None
+    derive: Callable[[Config], Config] | None = None  # the config with the values it derives filled in
+    # Keys added since run-id schema 2 that it owns, each with the value (as text) at which a run computes
+    # what it did before the key existed: at that value the key stays out of the run id.
+    identity_defaults: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert self.trainer in TRAINERS, self.trainer
         assert self.trainer != "actor-critic" or (self.make_head and self.make_objective), self.name
+        assert set(self.exclusive) <= set(self.owns), self.name
+
+    @property
+    def sequential(self) -> bool:
+        """A baseline that runs with mode=sync only."""
+        return self.modes == ("sync",)
 
     def head(self, algo: AlgoConfig, device: torch.device | str) -> CriticHead:
         """The critic head of an actor-critic algorithm."""

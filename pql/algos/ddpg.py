@@ -1,12 +1,12 @@
 """DDPG(n): PQL's maths run as a sequential baseline (one process, updates between env steps)."""
 
-from pql.algos.base import Algorithm, DeterministicObjective
+from pql.algos.base import DETERMINISTIC_ACTOR_KEYS, Algorithm, DeterministicObjective
 from pql.algos.critic_heads import ScalarHead
 from pql.nets import Actor
 
 ALGORITHM = Algorithm(
-    name="ddpg", label="DDPG(n)", color="#d62728", sequential=True, trainer="actor-critic",
+    name="ddpg", label="DDPG(n)", color="#d62728", trainer="actor-critic", modes=("sync",),
     make_policy=lambda algo, obs_dim, act_dim: Actor(obs_dim, act_dim, algo.actor_hidden),
     make_head=lambda algo, device: ScalarHead(),
-    make_objective=DeterministicObjective,
+    make_objective=DeterministicObjective, **DETERMINISTIC_ACTOR_KEYS,
 )

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from pql.algos.base import Algorithm
+from pql.config import Config
+from pql.envs import ONE_SIMULATION_PER_PROCESS
 from pql.nets import mlp
 
 
@@ -124,7 +126,21 @@ def adapt_learning_rate(lr: float, kl: float, threshold: float, low: float = 1e-
     return lr
 
 
+def minibatch_problem(cfg: Config) -> str | None:
+    """Why ``algo.ppo.minibatch_size`` cannot be drawn from a rollout: it holds more rows than the rollout
+    (horizon x the exploring envs; with one simulation per process the evaluation slice does not explore)."""
+    ppo = cfg.algo.ppo
+    evals = cfg.eval_envs if cfg.task.startswith(ONE_SIMULATION_PER_PROCESS) else 0
+    explorers = cfg.num_envs - evals
+    if ppo.minibatch_size <= ppo.horizon * explorers:
+        return None
+    return (f"algo.ppo.minibatch_size ({ppo.minibatch_size}) is larger than a rollout (algo.ppo.horizon x "
+            f"{'the exploring envs' if evals else 'num_envs'} = {ppo.horizon * explorers})")
+
+
 ALGORITHM = Algorithm(
-    name="ppo", label="PPO", color="#2ca02c", sequential=True, trainer="ppo",
+    name="ppo", label="PPO", color="#2ca02c", trainer="on-policy", modes=("sync",),
     make_policy=lambda algo, obs_dim, act_dim: PPOPolicy(obs_dim, act_dim, algo.actor_hidden, algo.ppo.init_log_std),
+    owns=("ppo",), check=minibatch_problem,
+    identity_defaults={"algo.ppo.bounds_loss_coef": "0.0", "algo.ppo.stagger_episodes": "False"},
 )

@@ -103,9 +103,10 @@ class EntropyRegularisedObjective:
 
 
 ALGORITHM = Algorithm(
-    name="sac", label="SAC(n)", color="#9467bd", sequential=True, trainer="actor-critic",
+    name="sac", label="SAC(n)", color="#9467bd", trainer="actor-critic", modes=("sync",),
     make_policy=lambda algo, obs_dim, act_dim: GaussianActor(obs_dim, act_dim, algo.actor_hidden,
                                                             algo.init_temperature),
     make_head=lambda algo, device: ScalarHead(),
     make_objective=EntropyRegularisedObjective,  # type: ignore[arg-type]  # its policy is a GaussianActor
+    owns=("init_temperature", "alpha_lr"),
 )

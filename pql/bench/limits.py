@@ -31,6 +31,7 @@ from pql.resolve import build_config
 from pql.store.run_dir import RunDir
 from pql.training.sync import SyncTrainer
 from pql.workers.actor import ActorWorker, to_env_units
+from pql.workers.plan import plan_run
 
 V_TASK = "classic/pendulum"
 SIM_ENVS = 4096
@@ -82,7 +83,7 @@ def build_trainer(overrides: dict[str, Any], device: torch.device, num_envs: int
     dev = str(device)
     cfg = build_config({"task": V_TASK, "num_envs": num_envs, "max_time_s": 1, "progress": False, "out": out,
                         "device.sim": dev, "device.v_learner": dev, "device.p_learner": dev, **overrides})
-    return SyncTrainer(cfg, RunDir(out))
+    return SyncTrainer(plan_run(cfg), RunDir(out))
 
 
 # -- simulator ------------------------------------------------------------------------------
@@ -221,10 +222,10 @@ def actor_vs_bare(task: str, device: torch.device, num_envs: int, seconds: float
     out: dict[str, float] = {}
     for mode in ["off", *compile_modes]:
         with tempfile.TemporaryDirectory(prefix="pql-bench-") as run:
-            trainer = SyncTrainer(build_config({"task": task, "num_envs": num_envs, "max_time_s": 1, "progress": False,
-                                                "out": run, "compile": mode, "device.sim": str(device),
-                                                "device.v_learner": str(device), "device.p_learner": str(device)}),
-                                  RunDir(run))
+            cfg = build_config({"task": task, "num_envs": num_envs, "max_time_s": 1, "progress": False, "out": run,
+                                "compile": mode, "device.sim": str(device), "device.v_learner": str(device),
+                                "device.p_learner": str(device)})
+            trainer = SyncTrainer(plan_run(cfg), RunDir(run))
             actor = trainer.actor
             actor.warm_up()
             fns: dict[str, Callable[[], object]] = {"actor": actor.step}

@@ -35,6 +35,7 @@ from pql.training.placement import core_budget, thread_plan
 from pql.training.run import run_training
 from pql.training.sync import SyncTrainer
 from pql.workers.balance import critic_sample_ratio
+from pql.workers.plan import plan_run
 
 MODE_TASKS = "classic/pendulum,gym/Pendulum-v1,playground/CartpoleBalance"
 
@@ -77,7 +78,7 @@ def time_split(task: str, device: str, overrides: dict[str, Any], steps: int) ->
     """Sync's parts over ``steps`` actor steps after warm-up, then each worker alone (see the module docstring)."""
     with tempfile.TemporaryDirectory(prefix="pql-bench-") as out:
         cfg = _config(task, device, overrides, max_env_steps=1, out=out, mode="sync")
-        trainer = SyncTrainer(cfg, RunDir(out))
+        trainer = SyncTrainer(plan_run(cfg), RunDir(out))
         while not trainer.learning():
             trainer.actor_step()
         spent = dict.fromkeys(ROLES, 0.0)

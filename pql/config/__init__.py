@@ -6,14 +6,7 @@ task overrides only while a value still equalled its default). Merging those lay
 is :mod:`pql.resolve`'s, which knows the algorithms and simulators.
 """
 
-from pql.config.files import (
-    FAST_YAML_LOADER,
-    config_from_dict,
-    config_to_dict,
-    load_config,
-    read_yaml_mapping,
-    yaml_problem,
-)
+from pql.config.files import FAST_YAML_LOADER, load_config, read_yaml_mapping, yaml_problem
 from pql.config.keys import (
     all_keys,
     describe,
@@ -52,12 +45,13 @@ from pql.config.schema import (
     NoiseConfig,
     PPOConfig,
 )
+from pql.config.sections import config_from_dict, config_to_dict, schema
 
 __all__ = [
     "EVALS_PER_BUDGET", "FAST_YAML_LOADER", "INT64_MAX", "LR_SCHEDULES", "MODES", "NOISE_KINDS", "NUMBER_RANGES",
     "SEED_MAX", "SUPPORT_MARGIN", "AlgoConfig", "Config", "ConfigError", "DeviceConfig", "NoiseConfig", "PPOConfig",
     "Range", "all_keys", "atom_range", "check_numbers", "config_from_dict", "config_to_dict", "describe", "dotlist",
     "dotted_overrides", "load_config", "number_problem", "numeric_keys", "parse_overrides", "presets",
-    "read_yaml_mapping", "return_bounds", "thresholds", "unknown_key_error", "value_support", "value_text",
+    "read_yaml_mapping", "return_bounds", "schema", "thresholds", "unknown_key_error", "value_support", "value_text",
     "yaml_problem",
 ]

@@ -1,31 +1,17 @@
-"""Configs as files: ``config.yaml`` written and read back, and YAML mappings read with errors that name the file."""
+"""Configs as files: ``config.yaml`` read back, and YAML mappings read with errors that name the file."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from pql.config.schema import Config, ConfigError
+from pql.config.sections import config_from_dict
 
 # libyaml's loader where PyYAML was built with it (its wheels are): 10x faster on presets and config.yaml files
 FAST_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain nested dict (tuples as lists), as written to ``config.yaml``: the fields in their order, as
-    OmegaConf writes them (a test holds the two equal), without its cost (a status or report makes one per
-    run)."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return [plain(v) for v in value] if isinstance(value, tuple | list) else value
-
-    return plain(asdict(cfg))
 
 
 def yaml_problem(err: yaml.YAMLError) -> str:
@@ -62,14 +48,3 @@ def load_config(path: str) -> Config:
     except OSError as err:
         raise ConfigError(f"{path}: {err.strerror}") from None
     return config_from_dict(data, path)
-
-
-def config_from_dict(data: Any, source: str) -> Config:
-    """A Config from the nested dict of :func:`config_to_dict` (ConfigError naming ``source`` if it is
-    not one: a key this version does not know, a bad value). Not validated."""
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
-    except (OmegaConfBaseException, ValueError) as err:
-        raise ConfigError(f"{source} is not a pql config: {str(err).splitlines()[0]}") from None
-    assert isinstance(cfg, Config)
-    return cfg

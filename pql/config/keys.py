@@ -11,13 +11,15 @@ from typing import Any, get_type_hints
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pql.config.schema import Config, ConfigError
+from pql.config.schema import ConfigError
+from pql.config.sections import schema
 
 
-def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every dotted key of the config, in declaration order."""
+def all_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config (``cls``: the schema with every algorithm's section), in declaration
+    order."""
     keys: list[str] = []
-    for f in fields(cls):
+    for f in fields(cls or schema()):
         default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
         if is_dataclass(default):
             keys.extend(all_keys(type(default), prefix + f.name + "."))
@@ -26,10 +28,10 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
     return keys
 
 
-def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
+def describe(cls: type | None = None, prefix: str = "") -> list[tuple[str, Any, str]]:
     """(dotted key, default, meaning) for every leaf key, for ``--help``."""
     rows: list[tuple[str, Any, str]] = []
-    for f in fields(cls):
+    for f in fields(cls or schema()):
         default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
         if is_dataclass(default):
             rows.extend(describe(type(default), prefix + f.name + "."))
@@ -82,7 +84,7 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
 
 
 @functools.cache
-def _text_keys(cls: type = Config, prefix: str = "") -> frozenset[str]:
+def _text_keys(cls: type, prefix: str = "") -> frozenset[str]:
     """The dotted keys whose type is plain ``str``: their override values are kept as written (YAML would
     read ``compile=off`` as the boolean false)."""
     hints = get_type_hints(cls)
@@ -97,7 +99,7 @@ def _text_keys(cls: type = Config, prefix: str = "") -> frozenset[str]:
 
 def dotlist(overrides: dict[str, Any]) -> Any:
     """``overrides`` (dotted keys) as an OmegaConf layer; a plain ``str`` key's value kept as written."""
-    text_keys = _text_keys()
+    text_keys = _text_keys(schema())
     verbatim = {k: v for k, v in overrides.items() if k in text_keys and isinstance(v, str)}
     try:
         conf = OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items() if k not in verbatim])

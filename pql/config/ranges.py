@@ -8,6 +8,7 @@ from typing import Any, get_type_hints
 
 from pql.config.keys import value_text
 from pql.config.schema import Config, ConfigError
+from pql.config.sections import schema, sections
 
 INT64_MAX = 2**63 - 1  # every integer key ends up in a tensor's size or index, or in a generator's seed
 SEED_MAX = 2**31 - 1  # numpy's legacy seeding (Isaac Gym, Isaac Lab) takes < 2**32; the evaluation envs add 1_000_003
@@ -80,8 +81,15 @@ NUMBER_RANGES: dict[str, Range] = {
 }
 
 
-def numeric_keys(cls: type = Config, prefix: str = "") -> dict[str, type]:
+def key_ranges() -> dict[str, Range]:
+    """:data:`NUMBER_RANGES` and the ranges of every algorithm's own section (``algo.<name>.<key>``)."""
+    own = {f"algo.{s.owner}.{key}": rule for s in sections().values() for key, rule in s.ranges.items()}
+    return {**NUMBER_RANGES, **own}
+
+
+def numeric_keys(cls: type | None = None, prefix: str = "") -> dict[str, type]:
     """Every dotted key holding a number, with its kind: ``int``, ``float``, or ``tuple`` (of ints)."""
+    cls = cls or schema()
     hints = get_type_hints(cls)
     keys: dict[str, type] = {}
     for f in fields(cls):
@@ -98,12 +106,12 @@ def numeric_keys(cls: type = Config, prefix: str = "") -> dict[str, type]:
     return keys
 
 
-def number_problem(key: str, value: Any) -> str | None:
+def number_problem(key: str, value: Any, ranges: dict[str, Range] | None = None) -> str | None:
     """Why the value of the numeric ``key`` cannot make a run (not finite, out of its range, an integer that
     does not fit int64), naming the key and the value; None when it can, or when it is null."""
     if value is None:
         return None
-    rule = NUMBER_RANGES.get(key, ANY)
+    rule = (ranges if ranges is not None else key_ranges()).get(key, ANY)
     if isinstance(value, tuple):
         bad = [v for v in value if not rule.admits(v) or abs(v) > INT64_MAX]
         return f"{key} must hold integers {rule.text()}, got {value_text(value)}" if bad else None
@@ -119,10 +127,11 @@ def number_problem(key: str, value: Any) -> str | None:
 def check_numbers(cfg: Config) -> None:
     """ConfigError naming the first numeric key whose value is not finite or out of its range (see
     :data:`NUMBER_RANGES`); run on the values as given, before anything is derived from them."""
-    for key in numeric_keys():
+    ranges = key_ranges()
+    for key in numeric_keys(type(cfg)):
         value: Any = cfg
         for part in key.split("."):
             value = getattr(value, part)
-        problem = number_problem(key, value)
+        problem = number_problem(key, value, ranges)
         if problem is not None:
             raise ConfigError(problem)

@@ -73,7 +73,7 @@ class AlgoConfig:
     actor_lr: float = _opt(5e-4, "AdamW learning rate of the policy")
     critic_lr: float = _opt(5e-4, "AdamW learning rate of the critic")
     max_grad_norm: float = _opt(0.5, "gradient-norm clip of both learners (0 disables)")
-    preact_penalty: float = _opt(0.0, "pql, pql-d, ddpg: weight of the mean squared pre-tanh output added to the "
+    preact_penalty: float = _opt(0.0, "weight of the mean squared pre-tanh output added to the "
                                       "actor's loss, which keeps the actor out of tanh's flat region (0: off, "
                                       "as in the paper)")
     critic_sample_ratio: float = _opt(8.0, "beta_a:v, V-updates per actor step")
@@ -89,13 +89,13 @@ class AlgoConfig:
     actor_hidden: tuple[int, ...] = _opt((512, 256, 128), "hidden layer widths of the policy MLP (ELU)")
     critic_hidden: tuple[int, ...] = _opt((512, 256, 128), "hidden layer widths of each Q MLP (ELU)")
     reward_scale: float = _opt(1.0, "rewards are multiplied by this before learning (metrics stay unscaled)")
-    init_temperature: float = _opt(1.0, "sac: initial entropy temperature alpha (learned; target entropy -|A|)")
-    alpha_lr: float = _opt(5e-3, "sac: AdamW learning rate of log(alpha) (the authors' 5e-3)")
+    init_temperature: float = _opt(1.0, "initial entropy temperature alpha (learned; target entropy -|A|)")
+    alpha_lr: float = _opt(5e-3, "AdamW learning rate of log(alpha) (the authors' 5e-3)")
     ppo: PPOConfig = _opt(PPOConfig(), "ppo only")
-    num_atoms: int = _opt(51, "pql-d: atoms of the categorical value distribution")
-    v_min: float | None = _opt(None, "pql-d: smallest atom; null: the task's lowest discounted return times "
+    num_atoms: int = _opt(51, "atoms of the categorical value distribution")
+    v_min: float | None = _opt(None, "smallest atom; null: the task's lowest discounted return times "
                                      "reward_scale (presets.yaml rewards); a task without reward bounds needs it set")
-    v_max: float | None = _opt(None, "pql-d: largest atom; null: the task's highest discounted return times "
+    v_max: float | None = _opt(None, "largest atom; null: the task's highest discounted return times "
                                      "reward_scale")
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pql.config import Config
 from pql.envs import EnvFactory
 from pql.workers.balance import RatioController, SharedTable
 from pql.workers.exchange import ModuleSlot, TransitionRing
+from pql.workers.plan import RunPlan
 
 ROLES = ("actor", "v", "p")
 ROLE_NAMES = {"actor": "actor", "v": "V-learner", "p": "P-learner"}
@@ -59,7 +59,7 @@ class Board:
 class Shared:
     """What the parent hands to every worker process."""
 
-    cfg: Config
+    plan: RunPlan
     env_factory: EnvFactory
     obs_dim: int
     act_dim: int

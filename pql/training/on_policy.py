@@ -16,10 +16,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from pql.algos import algorithm
 from pql.algos.ppo import Losses, PPOPolicy, adapt_learning_rate, bootstrap_truncated, gae, ppo_losses
-from pql.config import Config
-from pql.devices import resolve_devices, seeded_generator
+from pql.devices import seeded_generator
 from pql.envs import make_env
 from pql.nets import mlp
 from pql.normalizer import RunningNormalizer
@@ -27,7 +25,8 @@ from pql.speed import Speed, state_kept, timed_warm_up
 from pql.store.run_dir import RunDir
 from pql.training.loop import Progress, RunLoop, envs_compile_s, generator_state, restore_generator
 from pql.workers.actor import EpisodeReturns, to_env_units
-from pql.workers.evaluation import Evaluator, eval_slice, make_eval_env
+from pql.workers.evaluation import Evaluator, make_eval_env
+from pql.workers.plan import RunPlan
 
 
 class Rollout(NamedTuple):
@@ -47,8 +46,9 @@ class Rollout(NamedTuple):
 class PPOTrainer(RunLoop):
     """One PPO run."""
 
-    def __init__(self, cfg: Config, run_dir: RunDir, on_row: Callable[[dict[str, float]], None] | None = None) -> None:
-        sim = resolve_devices(cfg)[0]
+    def __init__(self, plan: RunPlan, run_dir: RunDir,
+                 on_row: Callable[[dict[str, float]], None] | None = None) -> None:
+        cfg, sim = plan.cfg, plan.sim
         self.devices = (sim, sim, sim)
         super().__init__(cfg, run_dir, on_row, {"critic_loss": sim, "actor_loss": sim})
         torch.manual_seed(cfg.seed)
@@ -56,7 +56,7 @@ class PPOTrainer(RunLoop):
         self.env = make_env(cfg.task, cfg.num_envs, device=sim, seed=cfg.seed)
         self.eval_env = make_eval_env(cfg, sim)
         d, a = self.env.obs_dim, self.env.act_dim
-        policy = algorithm(algo.name).make_policy(algo, d, a).to(sim)
+        policy = plan.algorithm.make_policy(algo, d, a).to(sim)
         assert isinstance(policy, PPOPolicy)
         self.policy = policy
         self.value = mlp([d, *algo.critic_hidden, 1]).to(sim)
@@ -68,7 +68,7 @@ class PPOTrainer(RunLoop):
         self.evaluator = None if self.eval_env is None else Evaluator(self.eval_env, self.policy, self.normalizer)
         # The first k envs act with the mean action; their episodes are the evaluation and their rows stay
         # out of the rollout (one-simulation-per-process backends, see eval_slice).
-        self.eval_slice = eval_slice(cfg)
+        self.eval_slice = plan.eval_slice
         self.episodes = EpisodeReturns(cfg.num_envs - self.eval_slice, sim, self.env.dtype)
         self.eval_episodes = EpisodeReturns(self.eval_slice, sim, self.env.dtype)
         self.obs = self.env.reset()

@@ -40,8 +40,6 @@ from typing import Any
 
 import torch
 
-from pql.config import Config
-from pql.devices import resolve_devices
 from pql.envs import env_factory, make_env
 from pql.store.run_dir import RunDir
 from pql.training.board import ROLE_NAMES, ROLES, Board, Shared
@@ -53,8 +51,9 @@ from pql.workers.builders import (
     initial_networks,
     ratio_controller,
 )
-from pql.workers.evaluation import Evaluator, eval_slice, make_eval_env
+from pql.workers.evaluation import Evaluator, make_eval_env
 from pql.workers.exchange import ModuleSlot, TransitionRing
+from pql.workers.plan import RunPlan
 
 RING_SLOTS = 8  # actor steps in flight between the actor and the slower learner
 POLL_S = 2e-3  # the parent's polling interval
@@ -98,9 +97,10 @@ class WorkersDidNotPark(RuntimeError):
 class ProcessTrainer(RunLoop):
     """A PQL / PQL-D run in async mode: the parent of three worker processes (see the module docstring)."""
 
-    def __init__(self, cfg: Config, run_dir: RunDir, on_row: Callable[[dict[str, float]], None] | None = None) -> None:
+    def __init__(self, plan: RunPlan, run_dir: RunDir,
+                 on_row: Callable[[dict[str, float]], None] | None = None) -> None:
         self.ctx = worker_context()  # its server imports torch while this process builds the run
-        self.devices = resolve_devices(cfg)
+        cfg, self.plan, self.devices = plan.cfg, plan, plan.devices
         sim, cpu = self.devices[0], torch.device("cpu")
         super().__init__(cfg, run_dir, on_row, {"critic_loss": cpu, "actor_loss": cpu})
         torch.manual_seed(cfg.seed)
@@ -108,10 +108,10 @@ class ProcessTrainer(RunLoop):
         probe = self.eval_env or make_env(cfg.task, 1, device=sim, seed=cfg.seed)  # for the sizes only
         self.obs_dim, self.act_dim = probe.obs_dim, probe.act_dim
         del probe
-        self.nets = initial_networks(cfg, self.obs_dim, self.act_dim)
+        self.nets = initial_networks(plan, self.obs_dim, self.act_dim)
         self.evaluator = None if self.eval_env is None else Evaluator(
             self.eval_env, copy.deepcopy(self.nets.policy).to(sim), copy.deepcopy(self.nets.normalizer).to(sim))
-        self.controller = ratio_controller(cfg).share_memory()
+        self.controller = ratio_controller(plan).share_memory()
         self.board = Board()
         self.shared: Shared | None = None
         self.workers: dict[str, tuple[Any, Connection]] = {}
@@ -129,7 +129,7 @@ class ProcessTrainer(RunLoop):
     def evaluate(self) -> float:
         """The mean return of the noise-free slice's episodes, or one episode of the evaluation envs with the
         latest policy."""
-        if eval_slice(self.cfg):
+        if self.plan.eval_slice:
             total, count = self._eval_returns
             self._eval_returns = [0.0, 0]
             return total / count if count else math.nan
@@ -206,7 +206,7 @@ class ProcessTrainer(RunLoop):
         width = 2 * self.obs_dim + self.act_dim + 2
         nets = self.nets
         return Shared(
-            cfg, env_factory(cfg.task), self.obs_dim, self.act_dim,
+            self.plan, env_factory(cfg.task), self.obs_dim, self.act_dim,
             TransitionRing(RING_SLOTS, cfg.num_envs, width, readers=2, device=sim).share_memory(),
             ModuleSlot(nets.policy.to(pdev)).share_memory(ctx.Lock()),
             ModuleSlot(nets.critic.to(vdev)).share_memory(ctx.Lock()),

@@ -58,7 +58,7 @@ def state_from_bytes(data: bytes) -> dict[str, Any]:
 
 def _networks(shared: Shared) -> Networks:
     """The run's current networks, read from the slots (the architectures are built, then overwritten)."""
-    nets = initial_networks(shared.cfg, shared.obs_dim, shared.act_dim)
+    nets = initial_networks(shared.plan, shared.obs_dim, shared.act_dim)
     shared.policy.pull(nets.policy, -1)
     shared.critic.pull(nets.critic, -1)
     shared.normalizer.pull(nets.normalizer, -1)
@@ -69,9 +69,9 @@ class ActorRole:
     """The actor process: steps the envs, puts transitions into the ring, publishes the normaliser."""
 
     def __init__(self, shared: Shared, device: torch.device, state: dict[str, Any] | None) -> None:
-        cfg, self.shared = shared.cfg, shared
+        cfg, self.shared = shared.plan.cfg, shared
         env = shared.env_factory(cfg.num_envs, device=device, seed=cfg.seed)
-        self.worker = build_actor(cfg, env, _networks(shared))
+        self.worker = build_actor(shared.plan, env, _networks(shared))
         self.resumed = state is not None
         if state is not None:
             self.worker.load_state_dict(state)
@@ -86,7 +86,7 @@ class ActorRole:
 
     def work(self) -> float:
         """One step of every env if due; returns how long to wait before asking again (0: stepped)."""
-        s, w, cfg = self.shared, self.worker, self.shared.cfg
+        s, w, cfg = self.shared, self.worker, self.shared.plan.cfg
         if self.env_steps >= s.board.flags["actor_limit"]:
             return IDLE_S
         counted = self.actor_steps >= s.board.flags["learn_from"] and w.emitting
@@ -131,11 +131,11 @@ class LearnerRole:
         self.role, self.shared, self.reader = role, shared, ROLES.index(role) - 1
         nets = _networks(shared)
         if role == "v":
-            self.worker: Any = build_v_learner(shared.cfg, nets, device)
+            self.worker: Any = build_v_learner(shared.plan, nets)
             self.reads, self.publishes, self.loss = [(shared.policy, self.worker.policy)], shared.critic, "critic_loss"
             self.own = self.worker.critic
         else:
-            self.worker = build_p_learner(shared.cfg, nets, device)
+            self.worker = build_p_learner(shared.plan, nets)
             self.reads, self.publishes, self.loss = [(shared.critic, self.worker.critic)], shared.policy, "actor_loss"
             self.own = self.worker.policy
         self.reads.append((shared.normalizer, self.worker.normalizer))
@@ -224,7 +224,7 @@ def worker_process(role: str, shared: Shared, device: torch.device, threads: int
         state = None if checkpoint is None else state_from_bytes(checkpoint)
         worker = ActorRole(shared, device, state) if role == "actor" else LearnerRole(role, shared, device, state)
         shared.board.stats[f"compile_s_{role}"] = worker.warm_up()  # before the first park: off the clock
-        if shared.cfg.compile != "off":
+        if shared.plan.cfg.compile != "off":
             log_recompiles()
         board = shared.board
         flags, parked = board.flags, f"parked_{role}"

@@ -14,9 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pql.algos import algorithm
 from pql.config import Config, ConfigError
-from pql.devices import device_name, gpu_mismatch, resolve_devices
+from pql.devices import device_name, gpu_mismatch
 from pql.resolve import apply_overrides, build_config
 from pql.speed import speed_problem
 from pql.store.locks import locked_run
@@ -28,6 +27,7 @@ from pql.training.on_policy import PPOTrainer
 from pql.training.parallel import ProcessTrainer, WorkerFailed, WorkersDidNotPark
 from pql.training.sinks import ProgressDisplay, TensorBoardSink, WandbSink
 from pql.training.sync import SyncTrainer
+from pql.workers.plan import RunPlan, plan_run
 
 # Keys a resumed run may change: they alter the budget or the display, not the experiment.
 RESUMABLE_KEYS = {"resume", "max_time_s", "max_env_steps", "progress", "tensorboard", "wandb", "wandb_project",
@@ -39,11 +39,16 @@ class WrongHardware(ConfigError):
     """The run asks for a GPU model this machine does not have."""
 
 
-def trainer_class(cfg: Config) -> type[RunLoop]:
-    """The run loop of ``cfg``'s algorithm: PPO's, or the actor-critic workers in one process (sync) or three."""
-    if algorithm(cfg.algo.name).trainer == "ppo":
-        return PPOTrainer
-    return ProcessTrainer if cfg.mode == "async" else SyncTrainer
+# The run loop of each trainer an algorithm may declare (pql.algos.base.TRAINERS), by mode.
+TRAINERS: dict[str, dict[str, type[RunLoop]]] = {
+    "actor-critic": {"sync": SyncTrainer, "async": ProcessTrainer},  # the workers in one process, or three
+    "on-policy": {"sync": PPOTrainer},
+}
+
+
+def trainer_class(plan: RunPlan) -> type[RunLoop]:
+    """The run loop of the plan's algorithm's trainer in its mode."""
+    return TRAINERS[plan.algorithm.trainer][plan.cfg.mode]
 
 
 def default_out(cfg: Config) -> str:
@@ -92,21 +97,21 @@ def run_training(cfg: Config, on_start: Callable[[RunLoop], None] | None = None)
     (a scheduler's preemption handler uses it to checkpoint).
     """
     assert cfg.out is not None
-    devices = resolve_devices(cfg)
-    mismatch = gpu_mismatch(cfg.gpu_model, devices)
+    plan = plan_run(cfg)
+    mismatch = gpu_mismatch(cfg.gpu_model, plan.devices)
     if mismatch is not None:
         raise WrongHardware(mismatch)
-    problem = speed_problem(cfg.compile, cfg.amp, devices)
+    problem = speed_problem(cfg.compile, cfg.amp, plan.devices)
     if problem is not None:
         raise ConfigError(problem)
     run_dir = RunDir(cfg.out)
     with locked_run(run_dir.path), StopSignals() as signals:
-        return _train_locked(cfg, run_dir, signals, on_start)
+        return _train_locked(plan, run_dir, signals, on_start)
 
 
-def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
+def _train_locked(plan: RunPlan, run_dir: RunDir, signals: StopSignals,
                   on_start: Callable[[RunLoop], None] | None) -> RunDir:
-    trainer = _prepare(cfg, run_dir, signals)
+    cfg, trainer = plan.cfg, _prepare(plan, run_dir, signals)
     sinks = _open_sinks(cfg, run_dir, trainer)
 
     def on_row(row: dict[str, float]) -> None:
@@ -164,14 +169,15 @@ def _train_locked(cfg: Config, run_dir: RunDir, signals: StopSignals,
     return run_dir
 
 
-def _prepare(cfg: Config, run_dir: RunDir, signals: StopSignals) -> RunLoop:
-    """The trainer of ``cfg``, built in ``run_dir`` (whose lock is held) and resumed from its checkpoint when
+def _prepare(plan: RunPlan, run_dir: RunDir, signals: StopSignals) -> RunLoop:
+    """The trainer of ``plan``, built in ``run_dir`` (whose lock is held) and resumed from its checkpoint when
     ``cfg.resume``, with this session recorded; RunInterrupted if a signal came while it was built."""
+    cfg = plan.cfg
     swept = run_dir.sweep_temporary()  # ours to sweep: the lock is held, so their writers are gone
     if swept:
         print(f"pql: removed {', '.join(swept)} from {run_dir.path}, left by a write that was killed", file=sys.stderr)
     state = run_dir.load_checkpoint() if cfg.resume else None
-    trainer = trainer_class(cfg)(cfg, run_dir)
+    trainer = trainer_class(plan)(plan, run_dir)
     signals.on_first = trainer.request_stop
     if signals.signum is not None:  # a signal came while the trainer was being built
         if run_dir.config_path.exists():

@@ -13,8 +13,6 @@ from typing import Any
 
 import torch
 
-from pql.config import Config
-from pql.devices import resolve_devices
 from pql.envs import VecEnv, make_env
 from pql.store.run_dir import RunDir
 from pql.training.loop import Progress, RunLoop, envs_compile_s, generator_state, restore_generator
@@ -28,26 +26,29 @@ from pql.workers.builders import (
 )
 from pql.workers.evaluation import Evaluator, make_eval_env
 from pql.workers.exchange import ModuleSlot
+from pql.workers.plan import RunPlan
 
 
 class SyncTrainer(RunLoop):
     """A PQL / PQL-D / DDPG(n) / SAC(n) run in sync mode: actor, V-learner and P-learner in one thread."""
 
-    def __init__(self, cfg: Config, run_dir: RunDir, on_row: Callable[[dict[str, float]], None] | None = None) -> None:
-        sim, vdev, pdev = self.devices = resolve_devices(cfg)
+    def __init__(self, plan: RunPlan, run_dir: RunDir,
+                 on_row: Callable[[dict[str, float]], None] | None = None) -> None:
+        cfg, (sim, vdev, pdev) = plan.cfg, plan.devices
+        self.devices = plan.devices
         super().__init__(cfg, run_dir, on_row, {"critic_loss": vdev, "actor_loss": pdev})
         torch.manual_seed(cfg.seed)
         self.env = make_env(cfg.task, cfg.num_envs, device=sim, seed=cfg.seed)
         self.eval_env = make_eval_env(cfg, sim)
-        nets = initial_networks(cfg, self.env.obs_dim, self.env.act_dim)
-        self.actor = build_actor(cfg, self.env, nets)
-        self.v = build_v_learner(cfg, nets, vdev)
-        self.p = build_p_learner(cfg, nets, pdev)
+        nets = initial_networks(plan, self.env.obs_dim, self.env.act_dim)
+        self.actor = build_actor(plan, self.env, nets)
+        self.v = build_v_learner(plan, nets)
+        self.p = build_p_learner(plan, nets)
         self.policy_slot, self.critic_slot = ModuleSlot(self.p.policy), ModuleSlot(self.v.critic)
         self.norm_slot = ModuleSlot(self.actor.normalizer)
         self.evaluator = None if self.eval_env is None else \
             Evaluator(self.eval_env, copy.deepcopy(nets.policy).to(sim), copy.deepcopy(nets.normalizer).to(sim))
-        self.controller = ratio_controller(cfg)
+        self.controller = ratio_controller(plan)
         self.seen = {"actor_policy": 0, "eval_policy": 0, "v_policy": 0, "p_critic": 0, "v_norm": 0, "p_norm": 0,
                      "eval_norm": 0}
 

@@ -7,12 +7,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from pql.algos import algorithm
 from pql.buffers import NStepWindow, observation_buffer, transition_buffer
-from pql.config import Config
 from pql.devices import seeded_generator
 from pql.envs import VecEnv
 from pql.nets import OffPolicyActor, TwinCritic
@@ -20,8 +17,8 @@ from pql.normalizer import RunningNormalizer
 from pql.speed import Speed
 from pql.workers.actor import ActorWorker, exploration_std
 from pql.workers.balance import RatioController, critic_sample_ratio
-from pql.workers.evaluation import eval_slice
 from pql.workers.learners import PLearner, VLearner
+from pql.workers.plan import RunPlan
 
 # Seeds of the workers' generators, offsets from cfg.seed.
 ACTOR_SEED, V_SEED, P_SEED = 1, 2, 3
@@ -38,9 +35,9 @@ class Networks:
     act_dim: int
 
 
-def initial_networks(cfg: Config, obs_dim: int, act_dim: int) -> Networks:
+def initial_networks(plan: RunPlan, obs_dim: int, act_dim: int) -> Networks:
     """The networks every worker starts from, drawn from the global torch generator (seed it first)."""
-    algo, declared = cfg.algo, algorithm(cfg.algo.name)
+    algo, declared = plan.cfg.algo, plan.algorithm
     policy = declared.make_policy(algo, obs_dim, act_dim)
     assert isinstance(policy, OffPolicyActor), f"{algo.name}'s policy is not an off-policy actor"
     critic = TwinCritic(obs_dim, act_dim, algo.critic_hidden, declared.head(algo, "cpu").out_features)
@@ -48,37 +45,38 @@ def initial_networks(cfg: Config, obs_dim: int, act_dim: int) -> Networks:
                     act_dim)
 
 
-def build_actor(cfg: Config, env: VecEnv, nets: Networks) -> ActorWorker:
+def build_actor(plan: RunPlan, env: VecEnv, nets: Networks) -> ActorWorker:
     """The actor on the env's device, with copies of ``nets``' policy and normaliser."""
-    sim = env.device
+    cfg, sim = plan.cfg, env.device
     window = NStepWindow(cfg.algo.nstep, cfg.algo.gamma, cfg.num_envs, env.obs_dim, env.act_dim, sim)
     noise = exploration_std(cfg.noise.kind, cfg.num_envs, cfg.noise.sigma_min, cfg.noise.sigma_max,
                             cfg.noise.sigma, sim)
     return ActorWorker(env, copy.deepcopy(nets.policy).to(sim), copy.deepcopy(nets.normalizer).to(sim), noise,
                        window, cfg.algo.reward_scale, seeded_generator(sim, cfg.seed + ACTOR_SEED),
-                       Speed(cfg.compile, "off", sim), eval_slice(cfg))
+                       Speed(cfg.compile, "off", sim), plan.eval_slice)
 
 
-def build_v_learner(cfg: Config, nets: Networks, device: torch.device) -> VLearner:
-    """The V-learner on ``device``: a copy of the critic to train, copies of the policy and normaliser to read."""
-    return VLearner(copy.deepcopy(nets.critic).to(device), algorithm(cfg.algo.name).head(cfg.algo, device),
+def build_v_learner(plan: RunPlan, nets: Networks) -> VLearner:
+    """The V-learner on its device: a copy of the critic to train, copies of the policy and normaliser to read."""
+    cfg, device = plan.cfg, plan.devices[1]
+    return VLearner(copy.deepcopy(nets.critic).to(device), plan.algorithm.head(cfg.algo, device),
                     copy.deepcopy(nets.policy).to(device), copy.deepcopy(nets.normalizer).to(device),
                     transition_buffer(cfg.algo.buffer_size, nets.obs_dim, nets.act_dim, device), cfg.algo,
                     seeded_generator(device, cfg.seed + V_SEED), Speed(cfg.compile, cfg.amp, device))
 
 
-def build_p_learner(cfg: Config, nets: Networks, device: torch.device) -> PLearner:
-    """The P-learner on ``device``: a copy of the policy to train, copies of the critic and normaliser to read."""
+def build_p_learner(plan: RunPlan, nets: Networks) -> PLearner:
+    """The P-learner on its device: a copy of the policy to train, copies of the critic and normaliser to read."""
+    cfg, device, declared = plan.cfg, plan.devices[2], plan.algorithm
     policy = copy.deepcopy(nets.policy).to(device)
-    declared = algorithm(cfg.algo.name)
     return PLearner(policy, declared.head(cfg.algo, device), copy.deepcopy(nets.critic).to(device),
                     declared.objective(policy, cfg.algo), copy.deepcopy(nets.normalizer).to(device),
                     observation_buffer(cfg.algo.buffer_size, nets.obs_dim, device), cfg.algo,
                     seeded_generator(device, cfg.seed + P_SEED), Speed(cfg.compile, cfg.amp, device))
 
 
-def ratio_controller(cfg: Config) -> RatioController:
+def ratio_controller(plan: RunPlan) -> RatioController:
     """The controller holding the run's beta_a:v and beta_p:v."""
-    algo = cfg.algo
+    cfg, algo = plan.cfg, plan.cfg.algo
     return RatioController(critic_sample_ratio(algo.critic_sample_ratio, cfg.num_envs, algo.ratio_scale_envs),
                            algo.critic_actor_ratio)
