@@ -8,14 +8,18 @@ import math
 import torch
 from torch import nn
 
+# The hidden layers' activation (``algo.activation``): ELU is the reference code's, ReLU FastTD3's.
+ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
-def mlp(sizes: list[int], out_act: nn.Module | None = None) -> nn.Sequential:
-    """Linear layers of ``sizes`` with ELU between them and ``out_act`` after the last."""
+
+def mlp(sizes: list[int], out_act: nn.Module | None = None, activation: str = "elu") -> nn.Sequential:
+    """Linear layers of ``sizes`` with ``activation`` (a name in :data:`ACTIVATIONS`) between them and
+    ``out_act`` after the last."""
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
         if i < len(sizes) - 2:
-            layers.append(nn.ELU())
+            layers.append(ACTIVATIONS[activation]())
     if out_act is not None:
         layers.append(out_act)
     return nn.Sequential(*layers)
@@ -41,9 +45,14 @@ class OffPolicyActor(nn.Module):
 class Actor(OffPolicyActor):
     """Deterministic policy: normalised obs ``[B, D]`` -> action ``[B, A]`` in [-1, 1] (PQL, PQL-D, DDPG(n))."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], activation: str = "elu",
+                 out_init_std: float | None = None) -> None:
         super().__init__()
-        self.net = mlp([obs_dim, *hidden, act_dim], nn.Tanh())
+        self.net = mlp([obs_dim, *hidden, act_dim], nn.Tanh(), activation)
+        if out_init_std is not None:  # FastTD3's small last layer: actions start near 0 for every observation
+            last = self.net[-2]
+            nn.init.normal_(last.weight, 0.0, out_init_std)
+            nn.init.zeros_(last.bias)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """The action ``[B, act_dim]`` in [-1, 1] for ``obs [B, obs_dim]``."""
@@ -86,10 +95,12 @@ class TwinCritic(nn.Module):
     for the categorical one (logits).
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], out: int = 1) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], out: int = 1,
+                 activation: str = "elu") -> None:
         super().__init__()
         sizes = [obs_dim + act_dim, *hidden, out]
         self.layers = nn.ModuleList(EnsembleLinear(2, sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1))
+        self.activation = ACTIVATIONS[activation]()
         self.out = out
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -98,5 +109,5 @@ class TwinCritic(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = nn.functional.elu(x)
+                x = self.activation(x)
         return x.squeeze(-1) if self.out == 1 else x

@@ -72,6 +72,7 @@ def validate(cfg: Config) -> None:
     range (:func:`check_numbers`), then what the keys must satisfy together, then the algorithm's own check."""
     from pql.algos import ALGORITHMS  # local: the algorithms and envs import torch
     from pql.envs import ONE_SIMULATION_PER_PROCESS, task_problem
+    from pql.nets import ACTIVATIONS
     from pql.speed import AMP_MODES, COMPILE_MODES
 
     a, n = cfg.algo, cfg.noise
@@ -93,6 +94,8 @@ def validate(cfg: Config) -> None:
                                        + (yaml_hint if cfg.compile == "False" else ""))
     need(cfg.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got '{cfg.amp}'"
                                + (yaml_hint if cfg.amp == "False" else ""))
+    need(a.activation in ACTIVATIONS, f"algo.activation must be one of {', '.join(ACTIVATIONS)}, "
+                                      f"got '{a.activation}'")
     need(n.kind in NOISE_KINDS, f"noise.kind must be one of {', '.join(NOISE_KINDS)}, got '{n.kind}'")
     need(cfg.eval_envs < cfg.num_envs or not cfg.task.startswith(ONE_SIMULATION_PER_PROCESS),
          f"eval_envs ({cfg.eval_envs}) must be below num_envs ({cfg.num_envs}) for {cfg.task}: its simulator runs "

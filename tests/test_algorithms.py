@@ -121,7 +121,8 @@ def test_an_added_algorithm_s_check_ranges_and_help_and_no_other_run_id_moves(ti
     cfg = build_config({"algo": "pql-d", "max_env_steps": "10"})
     assert ids == run_id(cfg) and saved == json.loads(json.dumps(config_to_dict(cfg)))
     assert "algo.cautious.gap_weight (default: 0.5; cautious only)" in text
-    assert "algo.preact_penalty (default: 0.0; pql, pql-d, ddpg only)" in text
+    assert "algo.preact_penalty (default: 0.0; pql, pql-d, ddpg, cautious only)" in text
+    assert "algo.weight_decay (default: 0.01; pql, pql-d, ddpg, sac, cautious only)" in text
 
 
 def test_the_p_learner_steps_the_objective_it_is_given():

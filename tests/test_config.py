@@ -50,6 +50,10 @@ def test_unknown_key_names_the_key_and_nearest():
     ({"algo.preact_penalty": "-1e-3"}, "preact_penalty must be a finite number >= 0"),
     ({"algo": "sac", "mode": "sync", "algo.preact_penalty": "1e-3"},
      r"algo.preact_penalty \(0.001\) is a key of pql, pql-d, ddpg only; sac does not read it, so leave it 0.0"),
+    ({"algo.activation": "gelu"}, "algo.activation must be one of elu, relu, silu, tanh, got 'gelu'"),
+    ({"algo.weight_decay": "-0.1"}, "algo.weight_decay must be a finite number >= 0, got -0.1"),
+    ({"algo.adam_beta2": "1"}, r"algo.adam_beta2 must be a finite number in \[0, 1\), got 1.0"),
+    ({"algo.actor_out_init_std": "0"}, "algo.actor_out_init_std must be a finite number > 0, got 0.0"),
 ])
 def test_invalid_values_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):

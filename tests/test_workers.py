@@ -98,3 +98,38 @@ def test_p_learner_maximises_the_min_of_the_two_critics():
     assert torch.allclose(p.update(), -q.min(0).values.mean())
     assert any(not torch.equal(b, a) for b, a in zip(before, p.policy.parameters(), strict=True)), "it stepped"
     assert all(not t.requires_grad for t in p.critic.parameters()), "the critic copy is not trained"
+
+
+def test_activation_and_the_small_last_layer_reach_the_networks():
+    """algo.activation replaces ELU in the policy and in both critics; algo.actor_out_init_std draws the
+    policy's last layer from N(0, std) with a zero bias (FastTD3's 0.01), else torch's default init stays."""
+    torch.manual_seed(0)
+    cfg = build_config({"algo.activation": "relu", "algo.actor_out_init_std": "0.01", "algo.actor_hidden": "[256]",
+                        "algo.critic_hidden": "[8]", "max_env_steps": "10"})
+    nets = initial_networks(plan_run(cfg), 3, 4)
+    layers = list(nets.policy.net)
+    assert [type(m).__name__ for m in layers] == ["Linear", "ReLU", "Linear", "Tanh"]
+    last = layers[-2]
+    assert torch.all(last.bias == 0) and 0.008 < last.weight.std().item() < 0.012  # 1024 draws of N(0, 0.01)
+    obs, act = torch.randn(5, 3), torch.randn(5, 4)
+    x = torch.cat((obs, act), -1).expand(2, 5, 7)
+    first, second = nets.critic.layers
+    by_hand = torch.baddbmm(second.bias, torch.relu(torch.baddbmm(first.bias, x, first.weight)), second.weight)
+    assert torch.allclose(nets.critic(obs, act), by_hand.squeeze(-1))
+    default = initial_networks(plan_run(build_config({"algo.actor_hidden": "[256]", "max_env_steps": "10"})), 3, 4)
+    assert isinstance(default.policy.net[1], torch.nn.ELU)
+    assert default.policy.net[-2].weight.abs().max() > 0.05  # torch's uniform(+-1/sqrt(256)), not N(0, 0.01)
+
+
+def test_both_learners_step_adamw_with_the_configured_weight_decay_and_betas():
+    """AdamW's decoupled decay: a parameter whose gradient is zero shrinks by lr * weight_decay per step."""
+    cfg = _cfg(**{"algo.weight_decay": "0.5", "algo.adam_beta1": "0.8", "algo.adam_beta2": "0.99"})
+    nets = initial_networks(plan_run(cfg), 1, 1)
+    for learner in (build_v_learner(plan_run(cfg), nets), build_p_learner(plan_run(cfg), nets)):
+        (group,) = learner.optimizer.param_groups
+        assert group["weight_decay"] == 0.5 and group["betas"] == (0.8, 0.99)
+        param = group["params"][0]
+        before = param.detach().clone()
+        param.grad = torch.zeros_like(param)
+        learner.optimizer.step()
+        assert torch.allclose(param, before * (1 - group["lr"] * 0.5))

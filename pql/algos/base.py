@@ -122,12 +122,26 @@ class DeterministicObjective:
         pass
 
 
-# What every algorithm with a DeterministicObjective declares about the pre-tanh penalty: it owns the key, others
-# must leave it off, and runs from before the key existed computed what 0 computes.
-DETERMINISTIC_ACTOR_KEYS: dict[str, Any] = {
-    "owns": ("preact_penalty",), "exclusive": {"preact_penalty": 0.0},
-    "identity_defaults": {"algo.preact_penalty": "0.0"},
+# Keys an algorithm owns as part of a family (merged into its declaration by :func:`owned`), with the values at
+# which runs from before each key existed keep their ids. The deterministic tanh actor (pql.nets.Actor) and its
+# DeterministicObjective: the pre-tanh penalty, which others must leave off, and the last layer's init.
+DETERMINISTIC_ACTOR: dict[str, Any] = {
+    "owns": ("preact_penalty", "actor_out_init_std"), "exclusive": {"preact_penalty": 0.0},
+    "identity_defaults": {"algo.preact_penalty": "0.0", "algo.actor_out_init_std": "null"},
 }
+# The actor-critic learners' AdamW (pql.workers.learners), at torch's defaults unless set.
+ADAMW_LEARNERS: dict[str, Any] = {
+    "owns": ("weight_decay", "adam_beta1", "adam_beta2"),
+    "identity_defaults": {"algo.weight_decay": "0.01", "algo.adam_beta1": "0.9", "algo.adam_beta2": "0.999"},
+}
+
+
+def owned(*families: dict[str, Any]) -> dict[str, Any]:
+    """The ``owns``, ``exclusive`` and ``identity_defaults`` of several key families, merged, as keyword
+    arguments of :class:`Algorithm`."""
+    return {"owns": tuple(k for f in families for k in f.get("owns", ())),
+            "exclusive": {k: v for f in families for k, v in f.get("exclusive", {}).items()},
+            "identity_defaults": {k: v for f in families for k, v in f.get("identity_defaults", {}).items()}}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pql.algos.base import DETERMINISTIC_ACTOR_KEYS, Algorithm, DeterministicObjective
+from pql.algos.base import ADAMW_LEARNERS, DETERMINISTIC_ACTOR, Algorithm, DeterministicObjective, owned
 from pql.algos.critic_heads import CategoricalHead
 from pql.config import Config, atom_range, value_support
 from pql.nets import Actor
@@ -41,9 +41,10 @@ def atoms_problem(cfg: Config) -> str | None:
 
 ALGORITHM = Algorithm(
     name="pql-d", label="PQL-D", color="#ff7f0e", trainer="actor-critic",
-    make_policy=lambda algo, obs_dim, act_dim: Actor(obs_dim, act_dim, algo.actor_hidden),
+    make_policy=lambda algo, obs_dim, act_dim: Actor(obs_dim, act_dim, algo.actor_hidden, algo.activation,
+                                                    algo.actor_out_init_std),
     make_head=lambda algo, device: CategoricalHead(algo.num_atoms, algo.v_min, algo.v_max, device),
     make_objective=DeterministicObjective,
-    **{**DETERMINISTIC_ACTOR_KEYS, "owns": ("num_atoms", "v_min", "v_max", "preact_penalty")},
+    **owned(DETERMINISTIC_ACTOR, ADAMW_LEARNERS, {"owns": ("num_atoms", "v_min", "v_max")}),
     check=atoms_problem, derive=with_value_support,
 )

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pql.algos.base import Algorithm, QFunction
+from pql.algos.base import ADAMW_LEARNERS, Algorithm, QFunction, owned
 from pql.algos.critic_heads import ScalarHead
 from pql.config import AlgoConfig
 from pql.nets import OffPolicyActor, mlp
@@ -24,10 +24,11 @@ class GaussianActor(OffPolicyActor):
 
     log_std_min, log_std_max = -5.0, 5.0  # the authors' bounds
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], init_temperature: float = 1.0) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], init_temperature: float = 1.0,
+                 activation: str = "elu") -> None:
         super().__init__()
         self.act_dim = act_dim
-        self.net = mlp([obs_dim, *hidden, 2 * act_dim])
+        self.net = mlp([obs_dim, *hidden, 2 * act_dim], activation=activation)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -105,8 +106,8 @@ class EntropyRegularisedObjective:
 ALGORITHM = Algorithm(
     name="sac", label="SAC(n)", color="#9467bd", trainer="actor-critic", modes=("sync",),
     make_policy=lambda algo, obs_dim, act_dim: GaussianActor(obs_dim, act_dim, algo.actor_hidden,
-                                                            algo.init_temperature),
+                                                            algo.init_temperature, algo.activation),
     make_head=lambda algo, device: ScalarHead(),
     make_objective=EntropyRegularisedObjective,  # type: ignore[arg-type]  # its policy is a GaussianActor
-    owns=("init_temperature", "alpha_lr"),
+    **owned(ADAMW_LEARNERS, {"owns": ("init_temperature", "alpha_lr")}),
 )

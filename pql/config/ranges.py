@@ -67,6 +67,8 @@ NUMBER_RANGES: dict[str, Range] = {
     "algo.batch_size": AT_LEAST_1, "algo.buffer_size": AT_LEAST_1, "algo.nstep": AT_LEAST_1,
     "algo.gamma": Range(0, 1, low_open=True), "algo.tau": Range(0, 1, low_open=True),
     "algo.actor_lr": POSITIVE, "algo.critic_lr": POSITIVE, "algo.max_grad_norm": NON_NEGATIVE,
+    "algo.weight_decay": NON_NEGATIVE, "algo.adam_beta1": Range(0, 1, high_open=True),
+    "algo.adam_beta2": Range(0, 1, high_open=True), "algo.actor_out_init_std": POSITIVE,
     "algo.preact_penalty": NON_NEGATIVE, "algo.critic_sample_ratio": POSITIVE, "algo.ratio_scale_envs": AT_LEAST_1,
     "algo.critic_actor_ratio": POSITIVE, "algo.target_noise_std": NON_NEGATIVE,
     "algo.target_noise_clip": NON_NEGATIVE, "algo.warmup_steps": NON_NEGATIVE, "algo.obs_clip": POSITIVE,

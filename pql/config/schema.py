@@ -73,6 +73,13 @@ class AlgoConfig:
     actor_lr: float = _opt(5e-4, "AdamW learning rate of the policy")
     critic_lr: float = _opt(5e-4, "AdamW learning rate of the critic")
     max_grad_norm: float = _opt(0.5, "gradient-norm clip of both learners (0 disables)")
+    weight_decay: float = _opt(0.01, "AdamW weight decay of both learners (torch's default 0.01; FastTD3: 0.1)")
+    adam_beta1: float = _opt(0.9, "AdamW beta1 of both learners (torch's default)")
+    adam_beta2: float = _opt(0.999, "AdamW beta2 of both learners (torch's default)")
+    activation: str = _opt("elu", "hidden layers' activation of every network: elu (the reference code's), relu "
+                                  "(FastTD3's), silu or tanh")
+    actor_out_init_std: float | None = _opt(None, "null: the policy's last layer keeps torch's default init; STD: its "
+                                                  "weights drawn from N(0, STD) and its bias 0 (FastTD3: 0.01)")
     preact_penalty: float = _opt(0.0, "weight of the mean squared pre-tanh output added to the "
                                       "actor's loss, which keeps the actor out of tanh's flat region (0: off, "
                                       "as in the paper)")

@@ -29,7 +29,8 @@ class VLearner:
         self.critic, self.head, self.policy, self.normalizer = critic, head, policy, normalizer
         self.target = copy.deepcopy(critic).requires_grad_(False)
         self.buffer, self.cfg, self.generator = buffer, cfg, generator
-        self.optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr)
+        self.optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay,
+                                           betas=(cfg.adam_beta1, cfg.adam_beta2))
         self._params = list(critic.parameters())
         self._target_params = list(self.target.parameters())
         self.device = buffer.storage.device
@@ -125,7 +126,8 @@ class PLearner:
         self.critic = critic.requires_grad_(False)
         self.buffer, self.cfg, self.generator = buffer, cfg, generator
         self._policy_params = objective.parameters()
-        self.optimizer = torch.optim.AdamW(self._policy_params, lr=cfg.actor_lr)
+        self.optimizer = torch.optim.AdamW(self._policy_params, lr=cfg.actor_lr, weight_decay=cfg.weight_decay,
+                                           betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.device = buffer.storage.device
         with torch.no_grad():
             self.act_dim = int(policy(torch.zeros(1, buffer.width, device=self.device)).shape[-1])

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pql.algos.base import Algorithm, DeterministicObjective, QFunction
+from pql.algos.base import ADAMW_LEARNERS, DETERMINISTIC_ACTOR, Algorithm, DeterministicObjective, QFunction, owned
 from pql.algos.critic_heads import ScalarHead
 from pql.config import AlgoConfig, Config, Range
 from pql.nets import Actor
@@ -47,9 +47,10 @@ def gap_problem(cfg: Config) -> str | None:
 
 ALGORITHM = Algorithm(
     name="cautious", label="Cautious PQL", color="#8c564b", trainer="actor-critic",
-    make_policy=lambda algo, obs_dim, act_dim: Actor(obs_dim, act_dim, algo.actor_hidden),
+    make_policy=lambda algo, obs_dim, act_dim: Actor(obs_dim, act_dim, algo.actor_hidden, algo.activation,
+                                                    algo.actor_out_init_std),
     make_head=lambda algo, device: ScalarHead(),
     make_objective=CautiousObjective,
     keys=CautiousKeys, key_ranges={"gap_weight": Range(0), "max_gap_weight": Range(0)},
-    check=gap_problem,
+    check=gap_problem, **owned(DETERMINISTIC_ACTOR, ADAMW_LEARNERS),
 )
