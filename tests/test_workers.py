@@ -133,3 +133,29 @@ def test_both_learners_step_adamw_with_the_configured_weight_decay_and_betas():
         param.grad = torch.zeros_like(param)
         learner.optimizer.step()
         assert torch.allclose(param, before * (1 - group["lr"] * 0.5))
+
+
+def test_per_episode_noise_is_redrawn_for_the_envs_whose_episode_ended_and_resumes():
+    """noise.kind=per_episode (FastTD3's): each env's std starts from U[sigma_min, sigma_max] and is redrawn
+    from it when that env's episode ends, from the actor's generator after the step's action noise (the draws
+    repeated by hand from a copy of the generator); a checkpoint carries the stds to the resumed actor."""
+    cfg = _cfg(**{"noise.kind": "per_episode", "noise.sigma_min": "0.1", "noise.sigma_max": "0.3"})
+    torch.manual_seed(0)
+    nets = initial_networks(plan_run(cfg), 1, 1)
+    hand = torch.Generator().manual_seed(cfg.seed + 1)  # the actor's seed (builders.ACTOR_SEED)
+    actor = build_actor(plan_run(cfg), Counter(), nets)
+    start = 0.1 + 0.2 * torch.rand(2, generator=hand)
+    assert torch.equal(actor.noise_std[:, 0], start) and ((start >= 0.1) & (start <= 0.3)).all()
+    actor.step()  # step 1: no episode ends, the std stays
+    torch.randn(2, 1, generator=hand), torch.rand(2, generator=hand)
+    assert torch.equal(actor.noise_std[:, 0], start)
+    actor.step()  # step 2: both episodes end (Counter), both stds redrawn
+    torch.randn(2, 1, generator=hand)
+    redrawn = 0.1 + 0.2 * torch.rand(2, generator=hand)
+    assert torch.equal(actor.noise_std[:, 0], redrawn) and not torch.equal(redrawn, start)
+    resumed = build_actor(plan_run(cfg), Counter(), nets)
+    resumed.load_state_dict(actor.state_dict())
+    assert torch.equal(resumed.noise_std, actor.noise_std)
+    fixed = build_actor(plan_run(_cfg(**{"noise.kind": "fixed", "noise.sigma": "0.2"})), Counter(), nets)
+    fixed.step(), fixed.step()
+    assert torch.equal(fixed.noise_std[:, 0], torch.full((2,), 0.2)) and "noise_std" not in fixed.state_dict()

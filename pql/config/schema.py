@@ -8,7 +8,7 @@ from typing import Any
 LR_SCHEDULES = ("adaptive", "fixed")
 MODES = ("sync", "async")
 EVALS_PER_BUDGET = 40  # a time budget's default evaluation cadence: max_time_s / 40
-NOISE_KINDS = ("mixed", "fixed")
+NOISE_KINDS = ("mixed", "fixed", "per_episode")
 
 
 class ConfigError(ValueError):
@@ -26,9 +26,11 @@ def _opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's nam
 class NoiseConfig:
     """Exploration noise added by the actor to its deterministic actions."""
 
-    kind: str = _opt("mixed", "mixed: env i uses std linspace(sigma_min, sigma_max, N)[i]; fixed: std sigma for all")
-    sigma_min: float = _opt(0.05, "smallest std of the mixed scheme")
-    sigma_max: float = _opt(0.8, "largest std of the mixed scheme")
+    kind: str = _opt("mixed", "mixed: env i uses std linspace(sigma_min, sigma_max, N)[i]; fixed: std sigma for all; "
+                              "per_episode: each env's std drawn from U[sigma_min, sigma_max], redrawn when its "
+                              "episode ends (FastTD3's)")
+    sigma_min: float = _opt(0.05, "smallest std of the mixed and per_episode schemes")
+    sigma_max: float = _opt(0.8, "largest std of the mixed and per_episode schemes")
     sigma: float = _opt(0.8, "std of the fixed scheme")
 
 

@@ -119,7 +119,7 @@ class ActorRole:
             stats[f"{prefix}_count"] += count
 
     def state_dict(self) -> dict[str, Any]:
-        """The actor's part of a checkpoint (its normaliser and generators)."""
+        """The actor's part of a checkpoint (its normaliser, generators and any per-episode noise stds)."""
         return self.worker.state_dict()
 
 

@@ -22,11 +22,21 @@ def to_env_units(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) ->
 
 
 def exploration_std(kind: str, num_envs: int, sigma_min: float, sigma_max: float, sigma: float,
-                    device: torch.device | str) -> torch.Tensor:
-    """Per-env noise std ``[N]``: linspace(sigma_min, sigma_max, N) for 'mixed', sigma everywhere for 'fixed'."""
+                    device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-env noise std ``[N]``: linspace(sigma_min, sigma_max, N) for 'mixed', sigma everywhere for 'fixed',
+    drawn from U[sigma_min, sigma_max] with ``generator`` for 'per_episode' (FastTD3's, redrawn by the actor
+    for each env whose episode ends)."""
     if kind == "mixed":
         return torch.linspace(sigma_min, sigma_max, num_envs, device=device)
+    if kind == "per_episode":
+        return uniform_std(num_envs, sigma_min, sigma_max, generator, device)
     return torch.full((num_envs,), sigma, device=device)
+
+
+def uniform_std(num_envs: int, low: float, high: float, generator: torch.Generator | None,
+                device: torch.device | str) -> torch.Tensor:
+    """``[N]`` stds drawn from U[low, high]."""
+    return low + (high - low) * torch.rand(num_envs, generator=generator, device=device)
 
 
 class EpisodeReturns:
@@ -62,9 +72,11 @@ class ActorWorker:
 
     def __init__(self, env: VecEnv, policy: OffPolicyActor, normalizer: RunningNormalizer, noise_std: torch.Tensor,
                  window: NStepWindow, reward_scale: float, generator: torch.Generator,
-                 speed: Speed | None = None, eval_slice: int = 0) -> None:
+                 speed: Speed | None = None, eval_slice: int = 0,
+                 redraw_range: tuple[float, float] | None = None) -> None:
         self.env, self.policy, self.normalizer = env, policy, normalizer
         self.noise_std = noise_std[:, None]  # [N, 1]
+        self.redraw_range = redraw_range  # (low, high): an env's std is redrawn from U[low, high] when its episode ends
         self.window, self.reward_scale, self.generator = window, reward_scale, generator
         self.speed = speed or Speed(device=env.device)
         self._act = self.speed.compile(self._explore)
@@ -109,6 +121,9 @@ class ActorWorker:
             action = self._act(self.obs, noise)
         next_obs, reward, terminated, truncated, info = env.step(to_env_units(action, env.action_low, env.action_high))
         done, k = terminated | truncated, self.eval_slice
+        if self.redraw_range is not None:
+            fresh = uniform_std(env.num_envs, *self.redraw_range, self.generator, env.device)
+            self.noise_std.copy_(torch.where(done[:, None], fresh[:, None], self.noise_std))  # in place: no sync
         self.episodes.record(reward[k:], done[k:])
         if k:
             self.eval_episodes.record(reward[:k], done[:k])
@@ -117,13 +132,19 @@ class ActorWorker:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """The actor's part of a checkpoint: normaliser and the noise and reset generators."""
-        return {"normalizer": self.normalizer.state_dict(),
-                "rng": {"actor": self.generator.get_state(), "env": self.env.generator.get_state()}}
+        """The actor's part of a checkpoint: normaliser, the noise and reset generators, and the per-env noise
+        std where it is redrawn per episode."""
+        state = {"normalizer": self.normalizer.state_dict(),
+                 "rng": {"actor": self.generator.get_state(), "env": self.env.generator.get_state()}}
+        if self.redraw_range is not None:
+            state["noise_std"] = self.noise_std[:, 0].cpu()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint (any dict holding :meth:`state_dict`'s keys); the envs restart."""
         self.normalizer.load_state_dict(state["normalizer"])
         self.generator.set_state(state["rng"]["actor"])
         self.env.generator.set_state(state["rng"]["env"])
+        if "noise_std" in state:
+            self.noise_std.copy_(state["noise_std"].to(self.noise_std.device)[:, None])
         self.obs = self.env.reset()

@@ -50,11 +50,11 @@ def build_actor(plan: RunPlan, env: VecEnv, nets: Networks) -> ActorWorker:
     """The actor on the env's device, with copies of ``nets``' policy and normaliser."""
     cfg, sim = plan.cfg, env.device
     window = NStepWindow(cfg.algo.nstep, cfg.algo.gamma, cfg.num_envs, env.obs_dim, env.act_dim, sim)
-    noise = exploration_std(cfg.noise.kind, cfg.num_envs, cfg.noise.sigma_min, cfg.noise.sigma_max,
-                            cfg.noise.sigma, sim)
+    generator, n = seeded_generator(sim, cfg.seed + ACTOR_SEED), cfg.noise
+    noise = exploration_std(n.kind, cfg.num_envs, n.sigma_min, n.sigma_max, n.sigma, sim, generator)
     return ActorWorker(env, copy.deepcopy(nets.policy).to(sim), copy.deepcopy(nets.normalizer).to(sim), noise,
-                       window, cfg.algo.reward_scale, seeded_generator(sim, cfg.seed + ACTOR_SEED),
-                       Speed(cfg.compile, "off", sim), plan.eval_slice)
+                       window, cfg.algo.reward_scale, generator, Speed(cfg.compile, "off", sim), plan.eval_slice,
+                       (n.sigma_min, n.sigma_max) if n.kind == "per_episode" else None)
 
 
 def build_v_learner(plan: RunPlan, nets: Networks) -> VLearner:
