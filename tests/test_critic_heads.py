@@ -55,3 +55,15 @@ def test_c51_target_takes_the_pessimistic_critic():
     loss.backward()
     # the gradient pushes mass toward the low atom (the target is the pessimistic critic's distribution)
     assert pred.grad[0, 0, 0] < 0 and pred.grad[0, 0, 2] > 0
+
+
+def test_the_pessimistic_critic_picked_after_the_projection_as_fasttd3_does():
+    """Atoms -1, 0, 1; ret 0.5, discount 1, so the top atom's mass lands at 1.5 and is clamped to 1. Critic A puts
+    all its mass on 0 (mean 0; projected: at 0.5, mean 0.5); critic B 0.45 on -1 and 0.55 on 1 (mean 0.1;
+    projected: 0.45 at -0.5 and 0.55 at 1, mean 0.325). Before the projection A is the lower; after it, B."""
+    logits = torch.log(torch.tensor([[[1e-12, 1.0, 1e-12]], [[0.45, 1e-12, 0.55]]]))  # [2, B=1, K=3]
+    ret, discount = torch.tensor([0.5]), torch.tensor([1.0])
+    before = CategoricalHead(3, -1.0, 1.0, "cpu").target_distribution(logits, ret, discount)
+    after = CategoricalHead(3, -1.0, 1.0, "cpu", pick_after_projection=True).target_distribution(logits, ret, discount)
+    assert torch.allclose(before, torch.tensor([[0.0, 0.5, 0.5]]), atol=1e-6)  # A's mass at 0.5: half on 0, half on 1
+    assert torch.allclose(after, torch.tensor([[0.225, 0.225, 0.55]]), atol=1e-6)  # B's: -0.5 split, 1.5 -> 1

@@ -46,9 +46,10 @@ def test_a_key_added_since_the_schema_leaves_earlier_ids_alone_at_its_earlier_va
 
 @pytest.mark.parametrize(("key", "value"), [("algo.activation", "relu"), ("algo.weight_decay", "0.1"),
                                             ("algo.adam_beta1", "0.8"), ("algo.adam_beta2", "0.99"),
-                                            ("algo.actor_out_init_std", "0.01")])
+                                            ("algo.actor_out_init_std", "0.01"), ("algo.cdq_after_projection", "True")])
 def test_the_network_and_optimiser_keys_stay_out_of_earlier_ids_at_the_values_they_had(key, value):
-    """activation, AdamW's weight decay and betas, the last layer's init: added since schema 2 (for FastTD3);
+    """activation, AdamW's weight decay and betas, the last layer's init, C51's pick after the projection: added
+    since schema 2 (for FastTD3);
     at torch's and the reference code's values they are left out, so earlier runs keep their ids."""
     cfg = build_config({"max_env_steps": "100"})
     assert key not in matrix.run_identity(cfg)

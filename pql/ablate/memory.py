@@ -220,7 +220,8 @@ def _off_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Compon
                   (b * (width + 2 * d)  # the sampled rows and the normalised obs, next_obs
                    + b * (a + gaussian) + 2 * b * k  # target action, target critic output
                    + BACKWARD * train_floats(b, critic_sizes, 2)
-                   + (8 * b * k if k > 1 else 0)) * FLOAT,  # C51: target probs, projection, log-softmax
+                   + (8 * b * k if k > 1 else 0)  # C51: target probs, projection, log-softmax
+                   + (3 * b * k if getattr(head, "pick_after_projection", False) else 0)) * FLOAT,  # both projected
                   "lower algo.batch_size", transient=True),
         Component("p_learner", "observation buffer", algo.buffer_size * d * FLOAT, "lower algo.buffer_size"),
         Component("p_learner", f"policy: weights, grads, AdamW moments, slot{parent}", (5 + run_async) * policy,

@@ -38,10 +38,14 @@ class ScalarHead:
 
 
 class CategoricalHead:
-    """Twin C51 critics: the target distribution is the one of lower mean, projected onto the atoms."""
+    """Twin C51 critics: the target distribution is the one of lower mean, projected onto the atoms; the lower
+    mean taken before the projection (ours), or after it (``pick_after_projection``: FastTD3's, whose clamp to
+    [v_min, v_max] can change which critic is lower)."""
 
-    def __init__(self, num_atoms: int, v_min: float, v_max: float, device: torch.device | str) -> None:
+    def __init__(self, num_atoms: int, v_min: float, v_max: float, device: torch.device | str,
+                 pick_after_projection: bool = False) -> None:
         self.out_features = num_atoms
+        self.pick_after_projection = pick_after_projection
         self.v_min, self.v_max = v_min, v_max
         self.atoms = torch.linspace(v_min, v_max, num_atoms, device=device)  # [K]
         self.delta = (v_max - v_min) / (num_atoms - 1)
@@ -75,6 +79,10 @@ class CategoricalHead:
         """The projected target ``[B, K]``: the pessimistic target critic's distribution of
         ret + discount * (Z' + bonus)."""
         probs = target_out.softmax(-1)  # [2, B, K]
+        if self.pick_after_projection:  # FastTD3 (train.py at 229ed59): critic 1 where its projected mean is lower
+            both = torch.stack([self.project(p, ret + discount * bonus, discount) for p in probs])  # [2, B, K]
+            means = (both * self.atoms).sum(-1)  # [2, B]
+            return torch.where((means[0] < means[1])[:, None], both[0], both[1])
         pick = (probs * self.atoms).sum(-1).argmin(0)  # [B]: the pessimistic critic
         chosen = probs.gather(0, pick[None, :, None].expand(1, *probs.shape[1:]))[0]
         return self.project(chosen, ret + discount * bonus, discount)

@@ -43,8 +43,11 @@ ALGORITHM = Algorithm(
     name="pql-d", label="PQL-D", color="#ff7f0e", trainer="actor-critic",
     make_policy=lambda algo, obs_dim, act_dim: Actor(obs_dim, act_dim, algo.actor_hidden, algo.activation,
                                                     algo.actor_out_init_std),
-    make_head=lambda algo, device: CategoricalHead(algo.num_atoms, algo.v_min, algo.v_max, device),
+    make_head=lambda algo, device: CategoricalHead(algo.num_atoms, algo.v_min, algo.v_max, device,
+                                                   algo.cdq_after_projection),
     make_objective=DeterministicObjective,
-    **owned(DETERMINISTIC_ACTOR, ADAMW_LEARNERS, {"owns": ("num_atoms", "v_min", "v_max")}),
+    **owned(DETERMINISTIC_ACTOR, ADAMW_LEARNERS,
+            {"owns": ("num_atoms", "v_min", "v_max", "cdq_after_projection"),
+             "identity_defaults": {"algo.cdq_after_projection": "False"}}),
     check=atoms_problem, derive=with_value_support,
 )

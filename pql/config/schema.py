@@ -106,6 +106,9 @@ class AlgoConfig:
                                      "reward_scale (presets.yaml rewards); a task without reward bounds needs it set")
     v_max: float | None = _opt(None, "largest atom; null: the task's highest discounted return times "
                                      "reward_scale")
+    cdq_after_projection: bool = _opt(False, "clipped double-Q of the categorical critic: false: the target is "
+                                             "the projection of the target critic of lower mean (ours); true: "
+                                             "both projected, then the one of lower mean (FastTD3's)")
 
 
 @dataclass(frozen=True)
