@@ -93,6 +93,11 @@ class NStepWindow:
                            self.next_obs[last, envs], discount)
 
 
+def batch_rows(batch_size: int, envs: int) -> int:
+    """The rows of a sample of ``batch_size``: itself, or sampled per env (``envs`` > 1) ``E x max(1, B // E)``."""
+    return batch_size if envs == 1 else envs * max(1, batch_size // envs)
+
+
 class RingBuffer:
     """Fixed-capacity FIFO of named fields with uniform sampling (with replacement).
 
@@ -104,8 +109,11 @@ class RingBuffer:
     """
 
     def __init__(self, capacity: int, fields: dict[str, tuple[int, ...]], device: torch.device | str,
-                 dtype: torch.dtype = torch.float32) -> None:
-        self.capacity = capacity
+                 dtype: torch.dtype = torch.float32, envs: int = 1) -> None:
+        if capacity % envs or capacity < envs:
+            raise ValueError(f"a buffer sampled per env holds whole steps: capacity {capacity} is not a multiple "
+                             f"of {envs} envs")
+        self.capacity, self.envs = capacity, envs
         self.ptr = 0
         self.size = 0
         self.columns: dict[str, tuple[int, int, bool]] = {}  # name -> (start, stop, scalar)
@@ -131,6 +139,8 @@ class RingBuffer:
         """Append ``packed [R, W]`` (fields side by side, in column order, any device); returns the
         copy on this buffer's device (the caller may wait for it, see :func:`pql.workers.exchange.settle`)."""
         packed = packed.to(self.storage)
+        if packed.shape[0] % self.envs:
+            raise ValueError(f"a buffer sampled per env takes whole steps of {self.envs} rows, got {packed.shape[0]}")
         if packed.shape[0] > self.capacity:  # only the newest rows fit
             packed = packed[-self.capacity:]
         count = packed.shape[0]
@@ -140,24 +150,38 @@ class RingBuffer:
         self.size = min(self.size + count, self.capacity)
         return self.storage
 
+    def batch_rows(self, batch_size: int) -> int:
+        """The rows a sample of ``batch_size`` holds (:func:`batch_rows`)."""
+        return batch_rows(batch_size, self.envs)
+
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """B rows drawn uniformly from the filled part: ``{name: [B, *field_shape]}``."""
+        """Rows drawn uniformly from the filled part: ``{name: [R, *field_shape]}``, R = :meth:`batch_rows`. Per
+        env (``envs`` E > 1; rows are added E at a time, one per env, so env e's rows are those at e mod E):
+        ``max(1, B // E)`` of each env's rows, env-major, as FastTD3's per-env buffer samples."""
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty buffer")
-        idx = torch.randint(self.size, (batch_size,), generator=generator, device=self.storage.device)
+        device = self.storage.device
+        if self.envs == 1:
+            idx = torch.randint(self.size, (batch_size,), generator=generator, device=device)
+        else:
+            steps = torch.randint(self.size // self.envs, (self.envs, self.batch_rows(batch_size) // self.envs),
+                                  generator=generator, device=device)  # [E, B // E]: which step of each env
+            idx = (steps * self.envs + torch.arange(self.envs, device=device)[:, None]).reshape(-1)
         return self._split(self.storage[idx])
 
     def stand_in(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """B rows of zeros laid out as :meth:`sample`'s (same shapes and strides), to compile on."""
-        return self._split(self.storage.new_zeros(batch_size, self.width))
+        """:meth:`batch_rows` rows of zeros laid out as :meth:`sample`'s (same shapes and strides), to compile on."""
+        return self._split(self.storage.new_zeros(self.batch_rows(batch_size), self.width))
 
 
-def transition_buffer(capacity: int, obs_dim: int, act_dim: int, device: torch.device | str) -> RingBuffer:
-    """The V-learner's buffer of n-step transitions (fields as in :class:`Transitions`)."""
-    return RingBuffer(capacity, {"obs": (obs_dim,), "action": (act_dim,), "ret": (), "next_obs": (obs_dim,),
-                                 "discount": ()}, device)
+def transition_buffer(capacity: int, obs_dim: int, act_dim: int, device: torch.device | str,
+                      envs: int = 1) -> RingBuffer:
+    """The V-learner's buffer of n-step transitions (fields as in :class:`Transitions`); ``envs`` > 1: sampled
+    per env (the capacity rounded down to whole steps)."""
+    return RingBuffer(capacity - capacity % envs, {"obs": (obs_dim,), "action": (act_dim,), "ret": (),
+                                                   "next_obs": (obs_dim,), "discount": ()}, device, envs=envs)
 
 
-def observation_buffer(capacity: int, obs_dim: int, device: torch.device | str) -> RingBuffer:
-    """The P-learner's buffer of observations only."""
-    return RingBuffer(capacity, {"obs": (obs_dim,)}, device)
+def observation_buffer(capacity: int, obs_dim: int, device: torch.device | str, envs: int = 1) -> RingBuffer:
+    """The P-learner's buffer of observations only; ``envs`` as :func:`transition_buffer`'s."""
+    return RingBuffer(capacity - capacity % envs, {"obs": (obs_dim,)}, device, envs=envs)

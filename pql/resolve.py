@@ -104,6 +104,9 @@ def validate(cfg: Config) -> None:
     need(n.sigma_min <= n.sigma_max, f"noise.sigma_min ({n.sigma_min}) must not exceed noise.sigma_max ({n.sigma_max})")
     need(a.batch_size <= a.buffer_size,
          f"algo.batch_size ({a.batch_size}) is larger than algo.buffer_size ({a.buffer_size})")
+    need(not a.per_env_sampling or a.buffer_size >= cfg.num_envs,
+         f"algo.per_env_sampling keeps whole steps of num_envs ({cfg.num_envs}) rows: algo.buffer_size "
+         f"({a.buffer_size}) holds none")
     ppo = a.ppo
     need(ppo.lr_schedule in LR_SCHEDULES, f"algo.ppo.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                                           f"got '{ppo.lr_schedule}'")

@@ -50,6 +50,8 @@ def test_unknown_key_names_the_key_and_nearest():
     ({"algo.preact_penalty": "-1e-3"}, "preact_penalty must be a finite number >= 0"),
     ({"algo": "sac", "mode": "sync", "algo.preact_penalty": "1e-3"},
      r"algo.preact_penalty \(0.001\) is a key of pql, pql-d, ddpg only; sac does not read it, so leave it 0.0"),
+    ({"algo.per_env_sampling": "true", "num_envs": "64", "algo.buffer_size": "32", "algo.batch_size": "16"},
+     r"algo.per_env_sampling keeps whole steps of num_envs \(64\) rows: algo.buffer_size \(32\) holds none"),
     ({"algo.activation": "gelu"}, "algo.activation must be one of elu, relu, silu, tanh, got 'gelu'"),
     ({"algo.weight_decay": "-0.1"}, "algo.weight_decay must be a finite number >= 0, got -0.1"),
     ({"algo.adam_beta2": "1"}, r"algo.adam_beta2 must be a finite number in \[0, 1\), got 1.0"),

@@ -1,5 +1,6 @@
 """n-step transitions against hand-computed values; ring buffer wrap-around."""
 
+import pytest
 import torch
 
 from pql.buffers import NStepWindow, RingBuffer
@@ -116,3 +117,27 @@ def test_ring_buffer_samples_only_filled_rows():
     g = torch.Generator().manual_seed(0)
     batch = buf.sample(256, g)["x"]
     assert batch.shape == (256, 2) and torch.all(batch == 1.0)
+
+
+def test_per_env_sampling_draws_equally_from_every_env_of_the_filled_steps():
+    """envs=2, capacity 6 (3 steps): rows are added a step (one row per env) at a time; a sample of B=5 holds
+    max(1, 5 // 2) = 2 rows of each env, env-major, at steps drawn uniformly (repeated by hand); after 4 steps
+    the oldest step is overwritten, so steps 1-3 remain."""
+    buffer = RingBuffer(6, {"x": ()}, "cpu", envs=2)
+    for step in range(2):
+        buffer.add(x=torch.tensor([10.0 * step, 10.0 * step + 1]))  # env e of step s holds 10 s + e
+    batch = buffer.sample(5, torch.Generator().manual_seed(3))["x"]
+    steps = torch.randint(2, (2, 2), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(batch, (10.0 * steps + torch.tensor([[0.0], [1.0]])).reshape(-1))
+    assert buffer.batch_rows(5) == 4 and buffer.batch_rows(1) == 2 and buffer.stand_in(5)["x"].shape == (4,)
+    for step in range(2, 4):
+        buffer.add(x=torch.tensor([10.0 * step, 10.0 * step + 1]))
+    drawn = buffer.sample(600, torch.Generator().manual_seed(0))["x"].reshape(2, 300)
+    assert set(drawn[0].tolist()) == {10.0, 20.0, 30.0} and set(drawn[1].tolist()) == {11.0, 21.0, 31.0}
+
+
+def test_a_buffer_sampled_per_env_takes_whole_steps_only():
+    with pytest.raises(ValueError, match="capacity 5 is not a multiple of 2 envs"):
+        RingBuffer(5, {"x": ()}, "cpu", envs=2)
+    with pytest.raises(ValueError, match="whole steps of 2 rows, got 3"):
+        RingBuffer(4, {"x": ()}, "cpu", envs=2).add(x=torch.zeros(3))

@@ -9,6 +9,7 @@ import torch
 
 from pql.envs import register
 from pql.envs.classic import Pendulum
+from pql.resolve import build_config
 from pql.store.run_dir import METRIC_COLUMNS
 from pql.training.export import export_policy
 from pql.training.run import resolve, train
@@ -240,3 +241,21 @@ def test_the_manifest_names_uncommitted_changes_and_hashes_their_diff(tmp_path):
     (tmp_path / "my notes.py").write_text("y = 2\n")
     (tmp_path / "réglages.py").write_text("y = 2\n")
     assert git_state(tmp_path)["changed"] == ["a.py", "my notes.py", "réglages.py"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_per_env_sampling_trains_both_learners_on_whole_steps(mode, tiny):
+    """algo.per_env_sampling: both learners' buffers hold whole steps of num_envs rows (capacity rounded down)
+    and every batch takes max(1, batch_size // num_envs) rows of each env; a run trains in both modes."""
+    from pql.workers.builders import build_p_learner, build_v_learner, initial_networks
+    from pql.workers.plan import plan_run
+
+    over = {**tiny, "mode": mode, "num_envs": "24", "algo.per_env_sampling": "true", "algo.buffer_size": "1000",
+            "max_env_steps": "1920"}
+    cfg = build_config(over)
+    nets = initial_networks(plan_run(cfg), 3, 1)
+    v, p = build_v_learner(plan_run(cfg), nets), build_p_learner(plan_run(cfg), nets)
+    assert v.buffer.capacity == p.buffer.capacity == 984 and v.buffer.batch_rows(64) == 48  # 41 steps; 2 per env
+    run = train(over).path
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert int(rows[-1]["env_steps"]) == 1920 and float(rows[-1]["v_updates"]) > 0 and float(rows[-1]["p_updates"]) > 0

@@ -36,6 +36,7 @@ from torch import nn
 
 from pql.algos import algorithm
 from pql.algos.base import Algorithm
+from pql.buffers import batch_rows
 from pql.config import Config
 from pql.devices import resolve_devices
 from pql.training.parallel import RING_SLOTS
@@ -187,7 +188,9 @@ def _simulator(cfg: Config, d: int, a: int, per_env: int | None, noise_per_env: 
 def _off_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Component]:
     """The actor-critic trainer (PQL, PQL-D, DDPG(n), SAC(n)): the actor, V-learner and P-learner of
     :mod:`pql.workers.builders`, in either mode, with the algorithm's own policy, critic head and objective."""
-    algo, n, b = cfg.algo, cfg.num_envs, cfg.algo.batch_size
+    algo, n = cfg.algo, cfg.num_envs
+    envs = n if algo.per_env_sampling else 1  # a buffer sampled per env: whole steps, E x max(1, B // E) rows
+    b, capacity = batch_rows(algo.batch_size, envs), algo.buffer_size - algo.buffer_size % envs
     run_async, evals = cfg.mode == "async", int(cfg.eval_envs > 0)
     with torch.device("meta"):  # the algorithm's own policy, head and objective, sized without allocating
         net = declared.make_policy(algo, d, a)
@@ -212,7 +215,7 @@ def _off_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Compon
         Component("sim", "actor step (policy forward, packed transitions)",
                   n * (inference_floats(1, policy_sizes) + d + a + width + gaussian + 4 * algo.nstep) * FLOAT,
                   "lower num_envs", transient=True),
-        Component("v_learner", "replay buffer", algo.buffer_size * width * FLOAT, "lower algo.buffer_size"),
+        Component("v_learner", "replay buffer", capacity * width * FLOAT, "lower algo.buffer_size"),
         Component("v_learner", f"critic: weights, target, grads, AdamW moments, slot{parent}",
                   (6 + run_async) * critic, "narrower algo.critic_hidden"),
         Component("v_learner", "policy and normaliser copies", policy + norm + atoms, "narrower algo.actor_hidden"),
@@ -223,7 +226,7 @@ def _off_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Compon
                    + (8 * b * k if k > 1 else 0)  # C51: target probs, projection, log-softmax
                    + (3 * b * k if getattr(head, "pick_after_projection", False) else 0)) * FLOAT,  # both projected
                   "lower algo.batch_size", transient=True),
-        Component("p_learner", "observation buffer", algo.buffer_size * d * FLOAT, "lower algo.buffer_size"),
+        Component("p_learner", "observation buffer", capacity * d * FLOAT, "lower algo.buffer_size"),
         Component("p_learner", f"policy: weights, grads, AdamW moments, slot{parent}", (5 + run_async) * policy,
                   "narrower algo.actor_hidden"),
         Component("p_learner", "critic and normaliser copies", critic + norm + atoms, "narrower algo.critic_hidden"),

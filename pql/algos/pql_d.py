@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pql.algos.base import ADAMW_LEARNERS, DETERMINISTIC_ACTOR, Algorithm, DeterministicObjective, owned
+from pql.algos.base import ACTOR_CRITIC_LEARNERS, DETERMINISTIC_ACTOR, Algorithm, DeterministicObjective, owned
 from pql.algos.critic_heads import CategoricalHead
 from pql.config import Config, atom_range, value_support
 from pql.nets import Actor
@@ -46,7 +46,7 @@ ALGORITHM = Algorithm(
     make_head=lambda algo, device: CategoricalHead(algo.num_atoms, algo.v_min, algo.v_max, device,
                                                    algo.cdq_after_projection),
     make_objective=DeterministicObjective,
-    **owned(DETERMINISTIC_ACTOR, ADAMW_LEARNERS,
+    **owned(DETERMINISTIC_ACTOR, ACTOR_CRITIC_LEARNERS,
             {"owns": ("num_atoms", "v_min", "v_max", "cdq_after_projection"),
              "identity_defaults": {"algo.cdq_after_projection": "False"}}),
     check=atoms_problem, derive=with_value_support,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pql.algos.base import ADAMW_LEARNERS, Algorithm, QFunction, owned
+from pql.algos.base import ACTOR_CRITIC_LEARNERS, Algorithm, QFunction, owned
 from pql.algos.critic_heads import ScalarHead
 from pql.config import AlgoConfig
 from pql.nets import OffPolicyActor, mlp
@@ -109,5 +109,5 @@ ALGORITHM = Algorithm(
                                                             algo.init_temperature, algo.activation),
     make_head=lambda algo, device: ScalarHead(),
     make_objective=EntropyRegularisedObjective,  # type: ignore[arg-type]  # its policy is a GaussianActor
-    **owned(ADAMW_LEARNERS, {"owns": ("init_temperature", "alpha_lr")}),
+    **owned(ACTOR_CRITIC_LEARNERS, {"owns": ("init_temperature", "alpha_lr")}),
 )

@@ -85,6 +85,9 @@ class AlgoConfig:
     preact_penalty: float = _opt(0.0, "weight of the mean squared pre-tanh output added to the "
                                       "actor's loss, which keeps the actor out of tanh's flat region (0: off, "
                                       "as in the paper)")
+    per_env_sampling: bool = _opt(False, "false: a batch is drawn uniformly from the whole buffer; true: "
+                                         "equally from every env's transitions, max(1, batch_size // num_envs) "
+                                         "each (FastTD3's per-env buffer; the batch is then num_envs x that)")
     critic_sample_ratio: float = _opt(8.0, "beta_a:v, V-updates per actor step")
     ratio_scale_envs: int | None = _opt(None, "null: beta_a:v fixed, as in the paper; N0: above N0 envs, "
                                               "beta_a:v is scaled by num_envs/N0, holding the update-to-data "

@@ -62,7 +62,8 @@ def build_v_learner(plan: RunPlan, nets: Networks) -> VLearner:
     cfg, device = plan.cfg, plan.devices[1]
     return VLearner(copy.deepcopy(nets.critic).to(device), plan.algorithm.head(cfg.algo, device),
                     copy.deepcopy(nets.policy).to(device), copy.deepcopy(nets.normalizer).to(device),
-                    transition_buffer(cfg.algo.buffer_size, nets.obs_dim, nets.act_dim, device), cfg.algo,
+                    transition_buffer(cfg.algo.buffer_size, nets.obs_dim, nets.act_dim, device, _sampled_envs(plan)),
+                    cfg.algo,
                     seeded_generator(device, cfg.seed + V_SEED), Speed(cfg.compile, cfg.amp, device))
 
 
@@ -72,8 +73,13 @@ def build_p_learner(plan: RunPlan, nets: Networks) -> PLearner:
     policy = copy.deepcopy(nets.policy).to(device)
     return PLearner(policy, declared.head(cfg.algo, device), copy.deepcopy(nets.critic).to(device),
                     declared.objective(policy, cfg.algo), copy.deepcopy(nets.normalizer).to(device),
-                    observation_buffer(cfg.algo.buffer_size, nets.obs_dim, device), cfg.algo,
+                    observation_buffer(cfg.algo.buffer_size, nets.obs_dim, device, _sampled_envs(plan)), cfg.algo,
                     seeded_generator(device, cfg.seed + P_SEED), Speed(cfg.compile, cfg.amp, device))
+
+
+def _sampled_envs(plan: RunPlan) -> int:
+    """How many envs the learners' buffers sample equally (``algo.per_env_sampling``), else 1 (uniformly)."""
+    return plan.cfg.num_envs if plan.cfg.algo.per_env_sampling else 1
 
 
 def ratio_controller(plan: RunPlan) -> RatioController:

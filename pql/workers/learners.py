@@ -193,7 +193,6 @@ class PLearner:
         if not self.speed.compiling:
             return 0.0
         obs = self.buffer.stand_in(self.cfg.batch_size)["obs"]
-        noise = torch.zeros(self.cfg.batch_size, self.act_dim, device=self.device) if self.objective.stochastic \
-            else None
+        noise = torch.zeros(obs.shape[0], self.act_dim, device=self.device) if self.objective.stochastic else None
         with state_kept([self.policy], [self.optimizer, *self.objective.optimizers()]):
             return timed_warm_up([lambda: self.step(obs, noise)], self.device)

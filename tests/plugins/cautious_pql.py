@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-from pql.algos.base import ADAMW_LEARNERS, DETERMINISTIC_ACTOR, Algorithm, DeterministicObjective, QFunction, owned
+from pql.algos.base import (
+    ACTOR_CRITIC_LEARNERS,
+    DETERMINISTIC_ACTOR,
+    Algorithm,
+    DeterministicObjective,
+    QFunction,
+    owned,
+)
 from pql.algos.critic_heads import ScalarHead
 from pql.config import AlgoConfig, Config, Range
 from pql.nets import Actor
@@ -52,5 +59,5 @@ ALGORITHM = Algorithm(
     make_head=lambda algo, device: ScalarHead(),
     make_objective=CautiousObjective,
     keys=CautiousKeys, key_ranges={"gap_weight": Range(0), "max_gap_weight": Range(0)},
-    check=gap_problem, **owned(DETERMINISTIC_ACTOR, ADAMW_LEARNERS),
+    check=gap_problem, **owned(DETERMINISTIC_ACTOR, ACTOR_CRITIC_LEARNERS),
 )
