@@ -47,7 +47,7 @@ def test_a_key_added_since_the_schema_leaves_earlier_ids_alone_at_its_earlier_va
 @pytest.mark.parametrize(("key", "value"), [("algo.activation", "relu"), ("algo.weight_decay", "0.1"),
                                             ("algo.adam_beta1", "0.8"), ("algo.adam_beta2", "0.99"),
                                             ("algo.actor_out_init_std", "0.01"), ("algo.cdq_after_projection", "True"),
-                                            ("algo.per_env_sampling", "True")])
+                                            ("algo.per_env_sampling", "True"), ("algo.warmup_random", "False")])
 def test_the_network_and_optimiser_keys_stay_out_of_earlier_ids_at_the_values_they_had(key, value):
     """activation, AdamW's weight decay and betas, the last layer's init, C51's pick after the projection: added
     since schema 2 (for FastTD3);

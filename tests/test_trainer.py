@@ -259,3 +259,25 @@ def test_per_env_sampling_trains_both_learners_on_whole_steps(mode, tiny):
     run = train(over).path
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert int(rows[-1]["env_steps"]) == 1920 and float(rows[-1]["v_updates"]) > 0 and float(rows[-1]["p_updates"]) > 0
+
+
+@pytest.mark.parametrize("warmup_random", [True, False])
+def test_the_warm_up_acts_at_random_or_with_the_exploring_policy(warmup_random, tiny, tmp_path):
+    """algo.warmup_random=false (FastTD3's): the warm-up steps act with the policy (noise 0 here), so the stored
+    actions are the policy's at the stored observations; true (the reference code's): uniform actions, far from
+    it. Learning waits for the warm-up either way."""
+    from pql.store.run_dir import RunDir
+    from pql.training.sync import SyncTrainer
+    from pql.workers.plan import plan_run
+
+    cfg = build_config({**tiny, "algo.nstep": "1", "algo.warmup_steps": "4", "noise.kind": "fixed",
+                        "noise.sigma": "0", "algo.warmup_random": str(warmup_random).lower()})
+    trainer = SyncTrainer(plan_run(cfg), RunDir(tmp_path / "t"))
+    trainer.actor_step()
+    stored = trainer.v.buffer.data
+    rows = trainer.v.buffer.size
+    with torch.no_grad():
+        policy = trainer.actor.policy(trainer.actor.normalizer(stored["obs"][:rows]))
+    gap = (stored["action"][:rows] - policy).abs().max().item()
+    assert (gap < 1e-6) != warmup_random, gap
+    assert trainer.learn_from == 4

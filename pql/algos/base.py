@@ -129,12 +129,12 @@ DETERMINISTIC_ACTOR: dict[str, Any] = {
     "owns": ("preact_penalty", "actor_out_init_std"), "exclusive": {"preact_penalty": 0.0},
     "identity_defaults": {"algo.preact_penalty": "0.0", "algo.actor_out_init_std": "null"},
 }
-# The actor-critic learners (pql.workers.learners): their AdamW, at torch's defaults unless set, and how they
-# sample their buffers.
+# The actor-critic trainer's learners and actor (pql.workers): the learners' AdamW, at torch's defaults unless set,
+# how they sample their buffers, and how the actor warms up.
 ACTOR_CRITIC_LEARNERS: dict[str, Any] = {
-    "owns": ("weight_decay", "adam_beta1", "adam_beta2", "per_env_sampling"),
+    "owns": ("weight_decay", "adam_beta1", "adam_beta2", "per_env_sampling", "warmup_random"),
     "identity_defaults": {"algo.weight_decay": "0.01", "algo.adam_beta1": "0.9", "algo.adam_beta2": "0.999",
-                          "algo.per_env_sampling": "False"},
+                          "algo.per_env_sampling": "False", "algo.warmup_random": "True"},
 }
 
 

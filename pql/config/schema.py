@@ -95,7 +95,9 @@ class AlgoConfig:
     critic_actor_ratio: float = _opt(2.0, "beta_p:v, V-updates per P-update")
     target_noise_std: float = _opt(0.8, "target policy smoothing: std of the noise on the target action")
     target_noise_clip: float = _opt(0.2, "target policy smoothing: the noise is clipped to +-this")
-    warmup_steps: int = _opt(32, "random-action steps per env before learning starts")
+    warmup_steps: int = _opt(32, "actor steps before learning starts (random actions unless warmup_random=false)")
+    warmup_random: bool = _opt(True, "true: the warm-up steps act uniformly at random (the reference code's); false: "
+                                     "with the exploring policy, learning still waiting for them (FastTD3's)")
     normalize_obs: bool = _opt(True, "running mean/std observation normalisation")
     obs_clip: float = _opt(5.0, "normalised observations are clamped to +-this")
     actor_hidden: tuple[int, ...] = _opt((512, 256, 128), "hidden layer widths of the policy MLP (ELU)")

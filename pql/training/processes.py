@@ -98,7 +98,8 @@ class ActorRole:
         if counted:
             s.controller.begin("actor")
         with self.clock.phase("collect"):
-            transitions = w.step(random=self.actor_steps < cfg.algo.warmup_steps and not self.resumed)
+            warming = cfg.algo.warmup_random and self.actor_steps < cfg.algo.warmup_steps and not self.resumed
+            transitions = w.step(random=warming)
         if transitions is not None:
             s.ring.put(transitions.packed())
         s.normalizer.publish(w.normalizer)

@@ -56,7 +56,8 @@ class SyncTrainer(RunLoop):
     def actor_step(self) -> None:
         """One actor step with the latest policy; its transitions go to both learners' buffers."""
         self.seen["actor_policy"] = self.policy_slot.pull(self.actor.policy, self.seen["actor_policy"])
-        random = self.progress.actor_steps < self.cfg.algo.warmup_steps and not self.resumed
+        algo = self.cfg.algo
+        random = algo.warmup_random and self.progress.actor_steps < algo.warmup_steps and not self.resumed
         transitions = self.actor.step(random=random)
         if transitions is not None:
             rows = transitions.packed()
