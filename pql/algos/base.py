@@ -138,6 +138,12 @@ ACTOR_CRITIC_LEARNERS: dict[str, Any] = {
 }
 
 
+def deterministic_actor(algo: AlgoConfig, obs_dim: int, act_dim: int) -> Actor:
+    """The deterministic tanh policy of PQL, PQL-D and DDPG(n), as the config shapes it (widths, activation,
+    last layer's init)."""
+    return Actor(obs_dim, act_dim, algo.actor_hidden, algo.activation, algo.actor_out_init_std)
+
+
 def owned(*families: dict[str, Any]) -> dict[str, Any]:
     """The ``owns``, ``exclusive`` and ``identity_defaults`` of several key families, merged, as keyword
     arguments of :class:`Algorithm`."""

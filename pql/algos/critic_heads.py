@@ -78,14 +78,14 @@ class CategoricalHead:
                             bonus: torch.Tensor | float = 0.0) -> torch.Tensor:
         """The projected target ``[B, K]``: the pessimistic target critic's distribution of
         ret + discount * (Z' + bonus)."""
-        probs = target_out.softmax(-1)  # [2, B, K]
+        probs, shifted = target_out.softmax(-1), ret + discount * bonus  # [2, B, K], [B]
         if self.pick_after_projection:  # FastTD3 (train.py at 229ed59): critic 1 where its projected mean is lower
-            both = torch.stack([self.project(p, ret + discount * bonus, discount) for p in probs])  # [2, B, K]
+            both = torch.stack([self.project(p, shifted, discount) for p in probs])  # [2, B, K]
             means = (both * self.atoms).sum(-1)  # [2, B]
             return torch.where((means[0] < means[1])[:, None], both[0], both[1])
         pick = (probs * self.atoms).sum(-1).argmin(0)  # [B]: the pessimistic critic
         chosen = probs.gather(0, pick[None, :, None].expand(1, *probs.shape[1:]))[0]
-        return self.project(chosen, ret + discount * bonus, discount)
+        return self.project(chosen, shifted, discount)
 
     def diagnostics(self, target_out: torch.Tensor, ret: torch.Tensor, discount: torch.Tensor,
                     bonus: torch.Tensor | float = 0.0) -> dict[str, torch.Tensor]:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pql.algos.base import ACTOR_CRITIC_LEARNERS, DETERMINISTIC_ACTOR, Algorithm, DeterministicObjective, owned
+from pql.algos.base import (
+    ACTOR_CRITIC_LEARNERS,
+    DETERMINISTIC_ACTOR,
+    Algorithm,
+    DeterministicObjective,
+    deterministic_actor,
+    owned,
+)
 from pql.algos.critic_heads import CategoricalHead
 from pql.config import Config, atom_range, value_support
-from pql.nets import Actor
 
 
 def with_value_support(cfg: Config) -> Config:
@@ -41,8 +47,7 @@ def atoms_problem(cfg: Config) -> str | None:
 
 ALGORITHM = Algorithm(
     name="pql-d", label="PQL-D", color="#ff7f0e", trainer="actor-critic",
-    make_policy=lambda algo, obs_dim, act_dim: Actor(obs_dim, act_dim, algo.actor_hidden, algo.activation,
-                                                    algo.actor_out_init_std),
+    make_policy=deterministic_actor,
     make_head=lambda algo, device: CategoricalHead(algo.num_atoms, algo.v_min, algo.v_max, device,
                                                    algo.cdq_after_projection),
     make_objective=DeterministicObjective,

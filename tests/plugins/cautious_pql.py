@@ -15,6 +15,7 @@ from pql.algos.base import (
     Algorithm,
     DeterministicObjective,
     QFunction,
+    deterministic_actor,
     owned,
 )
 from pql.algos.critic_heads import ScalarHead
@@ -54,8 +55,7 @@ def gap_problem(cfg: Config) -> str | None:
 
 ALGORITHM = Algorithm(
     name="cautious", label="Cautious PQL", color="#8c564b", trainer="actor-critic",
-    make_policy=lambda algo, obs_dim, act_dim: Actor(obs_dim, act_dim, algo.actor_hidden, algo.activation,
-                                                    algo.actor_out_init_std),
+    make_policy=deterministic_actor,
     make_head=lambda algo, device: ScalarHead(),
     make_objective=CautiousObjective,
     keys=CautiousKeys, key_ranges={"gap_weight": Range(0), "max_gap_weight": Range(0)},
