@@ -55,7 +55,10 @@ def test_v_table_puts_the_trainer_beside_the_bare_step_and_the_gemm_floor(capsys
     for r in rows:
         trainer, bare, gemm = (float(r[i].replace(",", "")) for i in (7, 8, 11))
         overhead = float(r[9].rstrip("%"))
-        assert overhead == pytest.approx(100 * (bare / trainer - 1), abs=3.0)  # rates are printed rounded
+        half = 0.05  # the rates are printed to 0.1 (slow rates on a busy machine: a few updates/s), so the
+        # overhead their printed values give lies within what their rounding allows, its own rounding added
+        low, high = 100 * ((bare - half) / (trainer + half) - 1), 100 * ((bare + half) / (trainer - half) - 1)
+        assert low - 0.05 <= overhead <= high + 0.05, (overhead, low, high)
         assert gemm > bare, "the matrix multiplications alone are faster than the whole step"
 
 
