@@ -1,7 +1,5 @@
 """``python -m pql``: the ``pql`` command line."""
 
-import sys
+from pql.cli import command
 
-from pql.cli import main
-
-sys.exit(main())
+command()

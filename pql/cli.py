@@ -212,6 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def command() -> None:
+    """The ``pql`` console command: :func:`main` on ``sys.argv``, then the process ends (also after
+    argparse's own exits: ``--help``, a usage error)."""
+    from pql.exiting import end_process
+
+    try:
+        code: int | str | None = main()
+    except SystemExit as exit_:
+        code = exit_.code
+    end_process(code)
+
+
 def _report_command(args: argparse.Namespace) -> int:
     from pql.report.study import report_study
 
@@ -325,4 +337,4 @@ def _print_memory(plan: Plan, slurm_mem_gb: float | None, slurm: bool) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

@@ -20,6 +20,7 @@ from pql.config import ConfigError, DeviceConfig
 from pql.resolve import build_config
 
 from .conftest import wait_gone
+from .warm_pql import run_pql, start_pql
 
 HERE = Path(__file__).parent
 TINY = HERE / "data" / "tiny_study.yaml"
@@ -248,10 +249,9 @@ def test_cell_asking_for_an_absent_gpu_is_skipped(tmp_path):
 
 
 def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
-    args = [sys.executable, "-m", "pql", "ablate", str(TINY), "--profile", "one", "--results", str(tmp_path),
-            "--no-progress", "max_env_steps=8000", "max_time_s=null", "eval_every_env_steps=800",
-            "checkpoint_every_s=0"]
-    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["ablate", str(TINY), "--profile", "one", "--results", str(tmp_path), "--no-progress",
+            "max_env_steps=8000", "max_time_s=null", "eval_every_env_steps=800", "checkpoint_every_s=0"]
+    proc = start_pql(*args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     study_dir = tmp_path / "tiny"
     deadline = time.monotonic() + 120
     run = None
@@ -285,12 +285,10 @@ def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
 
 def test_status_cli_counts(tmp_path):
     _run(tmp_path, "one")
-    out = subprocess.run([sys.executable, "-m", "pql", "status", str(TINY), "--profile", "one", "--results",
-                          str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    out = run_pql("status", str(TINY), "--profile", "one", "--results", str(tmp_path)).stdout
     assert "done 1  running 0  queued 0  failed 0  stale 0  pending 0" in out
     shutil.rmtree(tmp_path / "tiny")
-    out = subprocess.run([sys.executable, "-m", "pql", "status", str(TINY), "--results", str(tmp_path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = run_pql("status", str(TINY), "--results", str(tmp_path)).stdout
     assert "done 0  running 0  queued 0  failed 0  stale 0  pending 8" in out
 
 

@@ -25,6 +25,8 @@ from pql.training.run import trainer_class
 from pql.workers.learners import PLearner
 from pql.workers.plan import plan_run
 
+from .warm_pql import run_pql
+
 
 def test_every_algorithm_is_declared_once_with_its_own_label_and_colour():
     assert list(ALGORITHMS) == ["pql", "pql-d", "ddpg", "sac", "ppo"]
@@ -79,8 +81,9 @@ def _with_plugin(*args: str) -> subprocess.CompletedProcess:
     by name, the only place it is named: a registry line outside the package."""
     env = {**os.environ, "PQL_ALGORITHMS": "cautious_pql",
            "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", "pql", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    if args[0] == "-c":
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+    return run_pql(*args, env=env)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

@@ -17,32 +17,32 @@ from pathlib import Path
 import pytest
 
 from pql.ablate.store import metrics_problem
+from pql.ablate.warm_start import WarmProcess
 from pql.store.run_dir import METRIC_COLUMNS, RunDir
 from pql.training.interrupt import RunInterrupted, StopSignals
 from pql.training.run import train
 
 from .conftest import TINY, wait_gone
+from .warm_pql import run_pql, start_pql
 
 HERE = Path(__file__).parent
 STUDY = HERE / "data" / "tiny_study.yaml"
 LONG = {"max_env_steps": "10000000", "max_time_s": "null", "checkpoint_every_s": "0"}
 
 
-def pql(*args: str, cwd: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pql", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, **kwargs)
+def pql(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return run_pql(*args, cwd=cwd)
 
 
 def words(overrides: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in overrides.items()]
 
 
-def start(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pql", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, **kwargs)
+def start(*args: str) -> WarmProcess:
+    return start_pql(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def wait_for_rows(run: Path, rows: int, proc: subprocess.Popen | None = None, timeout_s: float = 120) -> None:
+def wait_for_rows(run: Path, rows: int, proc: WarmProcess | None = None, timeout_s: float = 120) -> None:
     """Until ``run`` has a checkpoint and ``rows`` metrics rows."""
     deadline = time.monotonic() + timeout_s
     metrics = run / "metrics.csv"
@@ -55,7 +55,7 @@ def wait_for_rows(run: Path, rows: int, proc: subprocess.Popen | None = None, ti
     raise AssertionError(f"{run} did not reach {rows} rows")
 
 
-def started_cell(results: Path, proc: subprocess.Popen, rows: int) -> Path:
+def started_cell(results: Path, proc: WarmProcess, rows: int) -> Path:
     """The run directory of the one cell that ``proc`` (a ``pql ablate`` of the tiny study) started, once
     it has a checkpoint and ``rows`` metrics rows."""
     deadline = time.monotonic() + 60

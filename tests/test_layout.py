@@ -17,7 +17,7 @@ LAYERS = [
     ("pql.workers", "pql.resolve"),  # PQL's machinery; a config resolved and checked
     ("pql.algos",),  # the registry of algorithms: policies, critic heads, objectives
     ("pql.envs", "pql.nets", "pql.buffers", "pql.normalizer", "pql.speed"),  # the building blocks
-    ("pql.store", "pql.preload"),  # a run's files: directory, locks, manifest, states
+    ("pql.store", "pql.preload", "pql.exiting"),  # a run's files (directory, locks, manifest); a process's start, end
     ("pql.devices",),  # device resolution and names
     ("pql.config",),  # the schema, presets, keys and config files: nothing else of pql
 ]

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from pql.ablate.store import ResultsStore
+from pql.ablate.warm_start import WarmProcess
 from pql.buffers import RingBuffer
 from pql.envs import register
 from pql.envs.classic import Pendulum
@@ -24,6 +24,7 @@ from pql.training.run import train
 from pql.workers.exchange import TransitionRing
 from tests.conftest import wait_gone
 from tests.test_trainer import read_rows
+from tests.warm_pql import start_pql
 
 ROWS, BATCHES = 5, 37  # 37 batches through 3 slots: the ring wraps around a dozen times
 
@@ -165,13 +166,12 @@ def test_a_diverging_learner_fails_the_run_naming_it(async_run):
     assert status["env_steps"] < 6400, "stopped long before the next evaluation"
 
 
-def _start_cli(overrides: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start_cli(overrides: dict[str, str]) -> WarmProcess:
     args = [f"{k}={v}" for k, v in overrides.items()]
-    return subprocess.Popen([sys.executable, "-m", "pql", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return start_pql("train", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_running(run: Path, proc: subprocess.Popen[bytes], min_rows: int = 2) -> dict:
+def _wait_running(run: Path, proc: WarmProcess, min_rows: int = 2) -> dict:
     """The running status once the workers run, ``min_rows`` rows are written and a checkpoint exists."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -254,8 +254,7 @@ def test_sigterm_while_a_worker_is_stuck_stops_the_run_at_once_as_interrupted(as
 def test_sigterm_to_the_process_group_while_the_workers_start_ends_interrupted(async_run):
     run = Path(async_run["out"])
     args = [f"{k}={v}" for k, v in {**async_run, "max_env_steps": "10000000"}.items()]
-    proc = subprocess.Popen([sys.executable, "-m", "pql", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = start_pql("train", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 60
     status: dict = {}
     while "workers" not in status and time.monotonic() < deadline and proc.poll() is None:

@@ -98,16 +98,24 @@ def _stop_with_launcher() -> None:
         launcher_died(signal.SIGHUP, None)
 
 
-if __name__ == "__main__":  # the local launcher's subprocess: python -m pql.ablate.job RUN_DIR
+def _job_main(run_path: str) -> int:
+    """The local launcher's job: the cell trained; its exit code (128 + signal: interrupted, checkpointed)."""
     _stop_with_launcher()
     try:
-        run_cell(sys.argv[1])
+        run_cell(run_path)
     except RunInterrupted as err:  # checkpointed, state interrupted: the launcher's next run resumes it
         print(f"pql: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        return err.exit_code
     except ConfigError as err:
         print(f"pql: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except Exception as err:  # noqa: BLE001 - the run's status.json holds the traceback
         print(f"run failed: {type(err).__name__}: {err}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # the local launcher's subprocess: python -m pql.ablate.job RUN_DIR
+    from pql.exiting import end_process
+
+    end_process(_job_main(sys.argv[1]))

@@ -1,6 +1,7 @@
 """Launchers: where a study's cells run. One interface, three back-ends.
 
-- ``local``: a bounded pool of ``python -m pql.ablate.job RUN_DIR`` processes.
+- ``local``: a bounded pool of ``python -m pql.ablate.job RUN_DIR`` processes, all but the first few
+  forked warm from a server that imported torch once (:mod:`pql.ablate.warm_start`).
 - ``debug``: in this process, one after another (for pdb and tracebacks).
 - ``slurm``: one submitit job array per study, GPU model and number of GPUs, each task a
   checkpointable :class:`~pql.ablate.job.CellJob` that requeues on preemption. A task asks for
@@ -28,6 +29,7 @@ from typing import Any
 
 from pql.ablate.job import LAUNCHER_PID
 from pql.ablate.matrix import Cell
+from pql.ablate.warm_start import WarmProcess, WarmStarter
 from pql.config import Config, ConfigError, read_yaml_mapping
 from pql.devices import gpus_needed
 from pql.store.locks import INHERITED_FD, FileLock
@@ -35,6 +37,8 @@ from pql.store.run_dir import RunDir
 from pql.training.interrupt import RunInterrupted, StopSignals
 
 STOP_GRACE_S = 120.0  # how long an interrupted launcher waits for its runs to checkpoint before killing them
+# all that a job imports before its simulator (Isaac Gym must come before torch, JAX starts threads: see _warm)
+JOB_PRELOAD = ("torch", "torch._dynamo", "pql.training.run", "pql.ablate.job")
 
 
 class Launcher(abc.ABC):
@@ -48,6 +52,15 @@ class Launcher(abc.ABC):
         """Run or submit the cells, each with its run directory's lock held by this process (released
         here once the run no longer needs it); returns one line per problem the launcher hit.
         Raises RunInterrupted when a signal stopped it, after its runs checkpointed."""
+
+
+Job = subprocess.Popen[bytes] | WarmProcess  # a running cell: started cold, or forked warm
+
+
+def _warm(cell: Cell) -> bool:
+    """Whether the cell's job may fork from the warm-start server: not when its simulator must be imported
+    before torch (Isaac Gym) or starts threads of its own (JAX: MuJoCo Playground)."""
+    return not cell.config.task.startswith(("isaacgym/", "playground/"))
 
 
 def _cell_name(cell: Cell) -> str:
@@ -80,6 +93,8 @@ class LocalLauncher(Launcher):
 
     Each process gets ``cpus // jobs`` torch threads: oversubscribed cores make torch's
     thread pools spin against each other and slow every run by an order of magnitude.
+    The cells after the first ``jobs`` fork from a warm-start server (their parent, which dies with
+    this launcher) instead of importing torch again.
     """
 
     name = "local"
@@ -88,6 +103,7 @@ class LocalLauncher(Launcher):
         if jobs < 1:
             raise ConfigError(f"--jobs must be >= 1, got {jobs}")
         self.jobs = jobs
+        self._starter: WarmStarter | None = None
 
     def launch(self, cells: list[Cell], run_paths: list[Path], locks: list[FileLock],
                progress: bool = True) -> list[str]:
@@ -98,15 +114,18 @@ class LocalLauncher(Launcher):
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         queue = list(zip(cells, run_paths, locks, strict=True))
-        running: list[tuple[Cell, subprocess.Popen[bytes], FileLock]] = []
+        running: list[tuple[Cell, Job, FileLock]] = []
         problems: list[str] = []
         bar = tqdm(total=len(queue), unit="run", desc="cells", disable=not progress, dynamic_ncols=True)
+        # more cells than jobs: a server imports torch while the first ones start cold, the others fork from it
+        self._starter = WarmStarter(JOB_PRELOAD, env) if any(_warm(c) for c in cells[self.jobs:]) else None
         try:
             with StopSignals():  # SIGINT / SIGTERM here: stop the runs (they checkpoint), then re-raise
                 while queue or running:
                     while queue and len(running) < self.jobs:
                         cell, path, lock = queue.pop(0)
-                        running.append((cell, self._start(path, lock, env), lock))
+                        warm = len(queue) < len(cells) - self.jobs and _warm(cell)
+                        running.append((cell, self._start(path, lock, env, warm), lock))
                     time.sleep(0.2)
                     for item in list(running):
                         if item[1].poll() is None:
@@ -126,22 +145,34 @@ class LocalLauncher(Launcher):
                                              "checkpointed and stopped; the same pql ablate resumes them") from None
         finally:
             bar.close()
+            if self._starter is not None:
+                self._starter.close()
+                self._starter = None
         return problems
 
-    @staticmethod
-    def _start(path: Path, lock: FileLock, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _start(self, path: Path, lock: FileLock, env: dict[str, str], warm: bool) -> Job:
         """The cell's job in its own session (a terminal's Ctrl-C reaches only this launcher, which
-        passes it on once), inheriting the run directory's locked descriptor; it gets SIGTERM if this
-        launcher dies."""
+        passes it on once), inheriting the run directory's locked descriptor; it gets SIGTERM if its
+        parent (this launcher, or the warm-start server that dies with it) dies."""
         assert lock.fd is not None
         with open(path / "train.log", "ab") as log:
+            if warm and self._starter is not None:
+                try:
+                    return self._starter.popen("pql.ablate.job", str(path), stdout=log, stderr=subprocess.STDOUT,
+                                               env={**env, INHERITED_FD: str(lock.fd),
+                                                    LAUNCHER_PID: str(self._starter.server.pid)},
+                                               pass_fds=(lock.fd,), start_new_session=True)
+                except OSError as err:
+                    print(f"pql: warning: the next cells start cold ({err})", file=sys.stderr)
+                    self._starter.close()
+                    self._starter = None
             return subprocess.Popen([sys.executable, "-m", "pql.ablate.job", str(path)], stdout=log,
                                     stderr=subprocess.STDOUT,
                                     env={**env, INHERITED_FD: str(lock.fd), LAUNCHER_PID: str(os.getpid())},
                                     pass_fds=(lock.fd,), start_new_session=True)
 
     @staticmethod
-    def _ended(item: tuple[Cell, subprocess.Popen[bytes], FileLock], problems: list[str]) -> None:
+    def _ended(item: tuple[Cell, Job, FileLock], problems: list[str]) -> None:
         cell, proc, lock = item
         lock.release()
         code = proc.returncode
@@ -152,7 +183,7 @@ class LocalLauncher(Launcher):
             problems.append(f"{_cell_name(cell)}: exit code {code} (its train.log and status.json say why)")
 
     @staticmethod
-    def _stop(running: list[tuple[Cell, subprocess.Popen[bytes], FileLock]], signum: int,
+    def _stop(running: list[tuple[Cell, Job, FileLock]], signum: int,
               problems: list[str]) -> None:
         """Pass ``signum`` to every running job once and wait for them to checkpoint and exit; a job
         still running after STOP_GRACE_S, or when a second signal comes, is killed."""
