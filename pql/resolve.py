@@ -73,7 +73,7 @@ def validate(cfg: Config) -> None:
     from pql.algos import ALGORITHMS  # local: the algorithms and envs import torch
     from pql.envs import ONE_SIMULATION_PER_PROCESS, task_problem
     from pql.nets import ACTIVATIONS
-    from pql.speed import AMP_MODES, COMPILE_MODES
+    from pql.speed import AMP_MODES, COMPILE_MODES, MATMUL_PRECISIONS
 
     a, n = cfg.algo, cfg.noise
 
@@ -94,6 +94,8 @@ def validate(cfg: Config) -> None:
                                        + (yaml_hint if cfg.compile == "False" else ""))
     need(cfg.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got '{cfg.amp}'"
                                + (yaml_hint if cfg.amp == "False" else ""))
+    need(cfg.matmul_precision in MATMUL_PRECISIONS, f"matmul_precision must be one of "
+         f"{', '.join(MATMUL_PRECISIONS)}, got '{cfg.matmul_precision}'")
     need(a.activation in ACTIVATIONS, f"algo.activation must be one of {', '.join(ACTIVATIONS)}, "
                                       f"got '{a.activation}'")
     need(n.kind in NOISE_KINDS, f"noise.kind must be one of {', '.join(NOISE_KINDS)}, got '{n.kind}'")

@@ -22,6 +22,7 @@ from torch import nn
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 AMP_MODES = ("off", "bf16")
+MATMUL_PRECISIONS = ("auto", "highest", "high", "medium")  # torch.set_float32_matmul_precision's, and auto
 # Calls of each compiled function in a warm-up: the first compiles, the second sees the optimiser
 # state the first created (a second graph), the third lets reduce-overhead record its CUDA graph.
 WARMUP_CALLS = 3
@@ -63,6 +64,21 @@ def speed_problem(compile_mode: str, amp: str, devices: Iterable[torch.device]) 
             return (f"amp=bf16: {', '.join(lacking)} has no native bfloat16 (CUDA needs Ampere or newer, a CPU "
                     f"AVX512-BF16 or AMX); use amp=off")
     return None
+
+
+def matmul_precision(setting: str, devices: Iterable[torch.device]) -> str:
+    """The float32 matmul precision a process computing on ``devices`` runs at: ``setting``, with auto as
+    high (TF32 tensor cores) when one of them is a CUDA device and highest (exact float32) otherwise."""
+    if setting != "auto":
+        return setting
+    return "high" if any(torch.device(d).type == "cuda" for d in devices) else "highest"
+
+
+def set_matmul_precision(setting: str, devices: Iterable[torch.device]) -> str:
+    """Set this process's float32 matmul precision for ``devices`` (:func:`matmul_precision`); returns it."""
+    resolved = matmul_precision(setting, devices)
+    torch.set_float32_matmul_precision(resolved)
+    return resolved
 
 
 class Speed:

@@ -13,7 +13,7 @@ import torch
 from pql.algos import algorithm
 from pql.config import ConfigError, load_config, parse_overrides
 from pql.resolve import build_config
-from pql.speed import speed_problem, state_kept
+from pql.speed import matmul_precision, speed_problem, state_kept
 from pql.store.run_dir import RunDir
 from pql.training.run import resolve, run_training
 from pql.training.sync import SyncTrainer
@@ -210,3 +210,24 @@ def test_cuda_compiled_v_update_matches_eager(compile_mode, amp):
 def test_a_sync_trainer_warms_up_nothing_when_not_compiling(tiny, tmp_path):
     trainer = SyncTrainer(plan_run(build_config(tiny)), RunDir(str(tmp_path / "t")))
     assert trainer.warm_up() == 0.0
+
+
+def test_matmul_precision_auto_is_tf32_on_cuda_only_and_each_run_records_what_it_ran_at(tiny):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda:1")
+    assert matmul_precision("auto", [cpu, cpu]) == "highest" and matmul_precision("auto", [cpu, gpu]) == "high"
+    assert matmul_precision("medium", [cpu]) == "medium" and matmul_precision("highest", [gpu]) == "highest"
+    before = torch.get_float32_matmul_precision()
+    try:
+        run = run_training(resolve({**tiny, "matmul_precision": "medium", "max_env_steps": "640"})).path
+        assert torch.get_float32_matmul_precision() == "medium", "set in the process that trained"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    status = json.loads((run / "status.json").read_text())
+    assert status["matmul_precision"] == {"sim": "medium", "v_learner": "medium", "p_learner": "medium"}
+    with pytest.raises(ConfigError, match="cannot change matmul_precision when resuming"):
+        resolve({"resume": str(run), "matmul_precision": "auto"})
+    with pytest.raises(ConfigError, match="matmul_precision must be one of auto, highest, high, medium, got 'tf32'"):
+        resolve({**tiny, "matmul_precision": "tf32"})
+    default = json.loads((run_training(resolve({**tiny, "out": f"{tiny['out']}-auto", "max_env_steps": "640"})).path
+                          / "status.json").read_text())
+    assert set(default["matmul_precision"].values()) == {"highest"}, "auto on a CPU: exact float32"

@@ -147,6 +147,10 @@ class Config:
     compile: str = _opt("off", "torch.compile the learners' updates and the actor's policy step (PPO: its "
                                "minibatch loss): off, default, reduce-overhead (CUDA graphs; CUDA only), "
                                "max-autotune; compilation runs before the clock starts (status.json compile_s)")
+    matmul_precision: str = _opt("auto", "float32 matmul precision of each process: highest (exact float32), "
+                                         "high (TF32 tensor cores on CUDA GPUs from Ampere on), medium (bf16 "
+                                         "passes); auto: high in a process computing on a CUDA device, else "
+                                         "highest (status.json records what each part ran at)")
     amp: str = _opt("off", "mixed precision of the learners' forward passes: off (float32) or bf16 (autocast; "
                            "needs native bfloat16: a CUDA GPU from Ampere on, a CPU with AVX512-BF16 or AMX)")
     eval_envs: int = _opt(16, "deterministic evaluation: separate environments, one full episode each per "

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from pql.speed import log_recompiles
+from pql.speed import log_recompiles, set_matmul_precision
 from pql.training.board import ROLE_NAMES, ROLES, WORK, Shared
 from pql.training.loop import NonFiniteLoss, PhaseClock, envs_compile_s
 from pql.workers.builders import Networks, build_actor, build_p_learner, build_v_learner, initial_networks
@@ -219,6 +219,7 @@ def worker_process(role: str, shared: Shared, device: torch.device, threads: int
     for sig in SIGNALS:  # inherited ignored from the fork server (see worker_context); also where another
         signal.signal(sig, signal.SIG_IGN)  # module started that server
     torch.set_num_threads(threads)
+    set_matmul_precision(shared.plan.cfg.matmul_precision, [device])
     if cores:
         os.sched_setaffinity(0, cores)
     try:

@@ -17,7 +17,7 @@ from typing import Any
 from pql.config import Config, ConfigError
 from pql.devices import device_name, gpu_mismatch
 from pql.resolve import apply_overrides, build_config
-from pql.speed import speed_problem
+from pql.speed import matmul_precision, set_matmul_precision, speed_problem
 from pql.store.locks import locked_run
 from pql.store.manifest import session
 from pql.store.run_dir import CHECKPOINT, CONFIG, RunDir
@@ -177,6 +177,7 @@ def _prepare(plan: RunPlan, run_dir: RunDir, signals: StopSignals) -> RunLoop:
     if swept:
         print(f"pql: removed {', '.join(swept)} from {run_dir.path}, left by a write that was killed", file=sys.stderr)
     state = run_dir.load_checkpoint() if cfg.resume else None
+    set_matmul_precision(cfg.matmul_precision, plan.devices)  # this process's part (async workers: their own)
     trainer = trainer_class(plan)(plan, run_dir)
     signals.on_first = trainer.request_stop
     if signals.signum is not None:  # a signal came while the trainer was being built
@@ -200,8 +201,12 @@ def _host_facts(trainer: RunLoop) -> dict[str, Any]:
     host: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
                             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                             "devices": {name: device_name(d) for name, d in zip(roles, trainer.devices, strict=True)}}
+    setting, devices = trainer.cfg.matmul_precision, trainer.devices
     if isinstance(trainer, ProcessTrainer):
         host["workers"] = trainer.worker_pids  # filled in when the workers start
+        host["matmul_precision"] = {n: matmul_precision(setting, [d]) for n, d in zip(roles, devices, strict=True)}
+    else:  # one process: set when the trainer was built, for all its devices
+        host["matmul_precision"] = dict.fromkeys(roles, matmul_precision(setting, devices))
     return host
 
 
