@@ -67,3 +67,16 @@ def test_the_pessimistic_critic_picked_after_the_projection_as_fasttd3_does():
     after = CategoricalHead(3, -1.0, 1.0, "cpu", pick_after_projection=True).target_distribution(logits, ret, discount)
     assert torch.allclose(before, torch.tensor([[0.0, 0.5, 0.5]]), atol=1e-6)  # A's mass at 0.5: half on 0, half on 1
     assert torch.allclose(after, torch.tensor([[0.225, 0.225, 0.55]]), atol=1e-6)  # B's: -0.5 split, 1.5 -> 1
+
+
+def test_a_nan_return_makes_its_projected_row_nan_and_leaves_the_others_exact():
+    head = CategoricalHead(5, -2.0, 2.0, "cpu")  # atoms -2, -1, 0, 1, 2
+    probs = torch.full((3, 5), 0.2)
+    ret, discount = torch.tensor([0.5, float("nan"), 0.1]), torch.tensor([1.0, 1.0, 0.0])
+    target = head.project(probs, ret, discount)
+    assert target[1].isnan().any(), "no index out of range: the NaN reaches the loss"
+    kept = head.project(probs[[0, 2]], ret[[0, 2]], discount[[0, 2]])
+    assert torch.equal(target[[0, 2]], kept)
+    assert torch.allclose(target[2], torch.tensor([0.0, 0.0, 0.9, 0.1, 0.0]))  # 0.1 all on atoms 0 and 1
+    pred = torch.zeros(2, 3, 5)
+    assert head.critic_loss(pred, torch.zeros(2, 3, 5), ret, discount).isnan()

@@ -118,10 +118,13 @@ def _nan_after(steps: int):
     return NaNPendulum
 
 
-def test_nan_loss_fails_the_run_and_keeps_rows(tiny):
+@pytest.mark.parametrize("algo", ["pql", "pql-d"])
+def test_nan_loss_fails_the_run_and_keeps_rows(tiny, algo):
+    """PQL-D too: a NaN return once indexed the C51 projection out of range (an IndexError on a CPU, a
+    device-side assert that kills the CUDA context on a GPU) before the loss could be found non-finite."""
     register("test/nan-pendulum", _nan_after(30))
     with pytest.raises(RuntimeError, match="non-finite loss"):
-        train({**tiny, "task": "test/nan-pendulum"})
+        train({**tiny, "task": "test/nan-pendulum", "algo": algo, "algo.v_min": "-2000", "algo.v_max": "0"})
     run = tiny["out"]
     status = json.loads(open(f"{run}/status.json").read())
     assert status["state"] == "failed" and "non-finite" in status["error"]

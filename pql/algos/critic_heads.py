@@ -59,7 +59,10 @@ class CategoricalHead:
         k = self.atoms.numel()
         tz = (ret[:, None] + discount[:, None] * self.atoms).clamp(self.v_min, self.v_max)
         b = ((tz - self.v_min) / self.delta).clamp(0, k - 1)  # float error must not leave [0, K-1]
-        lower, upper = b.floor().long(), b.ceil().long()
+        # a NaN return has no atom: index it at 0 (an index out of range fails on a CPU and kills a CUDA
+        # context), while its weights below stay NaN, so the loss is NaN and the run fails as non-finite
+        at = b.nan_to_num(0.0)
+        lower, upper = at.floor().long(), at.ceil().long()
         same = (lower == upper).to(probs.dtype)
         target = torch.zeros_like(probs)
         target.scatter_add_(1, lower, probs * (upper.to(probs.dtype) - b + same))
