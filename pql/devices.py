@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 
 import torch
@@ -55,3 +56,15 @@ def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
+
+
+def set_generator_state(generator: torch.Generator, state: torch.Tensor) -> None:
+    """Restore ``generator`` to a saved ``state``. A state saved on another device type does not fit (a CPU
+    generator's mt19937 state is 5056 bytes, a CUDA one's Philox seed and offset 16): the generator is then
+    seeded from that state's bytes instead, so a run resumed on another device type continues, the same way
+    each time it is resumed from the same checkpoint (``status.json`` says so: see RunLoop.load_state_dict)."""
+    if state.numel() == generator.get_state().numel():
+        generator.set_state(state)
+        return
+    digest = hashlib.sha256(state.cpu().numpy().tobytes()).digest()
+    generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)

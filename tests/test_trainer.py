@@ -284,3 +284,31 @@ def test_the_warm_up_acts_at_random_or_with_the_exploring_policy(warmup_random, 
     gap = (stored["action"][:rows] - policy).abs().max().item()
     assert (gap < 1e-6) != warmup_random, gap
     assert trainer.learn_from == 4
+
+
+@pytest.mark.parametrize("algo", [{"algo": "pql"}, {"algo": "ppo", "algo.ppo.minibatch_size": "128"}])
+def test_a_checkpoint_made_on_cuda_resumes_on_the_cpu_reseeded_the_same_way_each_time(tiny, tmp_path, algo):
+    """A CUDA generator's state (Philox: 16 bytes) does not fit a CPU generator (mt19937: 5056 bytes): every
+    device generator of a checkpoint doctored to look saved on CUDA is seeded from its saved bytes instead,
+    status.json says so, and two resumes from that checkpoint give the same rows."""
+    run = train({**tiny, **algo, "max_env_steps": "640"}).path
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+
+    def as_if_cuda(rng: dict) -> dict:
+        return {k: v if k == "torch" or v is None else torch.arange(16, dtype=torch.uint8) + i
+                for i, (k, v) in enumerate(rng.items())}
+
+    state["device_types"] = {"sim": "cuda", "v_learner": "cuda", "p_learner": "cuda"}
+    for part in (state, *(v for v in state.values() if isinstance(v, dict) and "rng" in v)):
+        if "rng" in part:
+            part["rng"] = as_if_cuda(part["rng"])
+    torch.save(state, run / "checkpoint.pt")
+    copy = tmp_path / "copy"
+    __import__("shutil").copytree(run, copy)
+    rows = []
+    for where in (run, copy):
+        train({"resume": str(where), "max_env_steps": "1280"})
+        status = json.loads((where / "status.json").read_text())
+        assert status["state"] == "done" and "sim cuda -> cpu" in status["resume_note"], status
+        rows.append([{k: v for k, v in r.items() if not k.endswith("_s")} for r in read_rows(where)])
+    assert rows[0] == rows[1] and len(rows[0]) == 3

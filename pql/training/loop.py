@@ -13,10 +13,12 @@ from typing import Any
 import torch
 
 from pql.config import Config, config_to_dict
+from pql.devices import set_generator_state
 from pql.envs import VecEnv
 from pql.speed import log_recompiles
 from pql.store.run_dir import RunDir
 
+DEVICE_ROLES = ("sim", "v_learner", "p_learner")  # the parts of a run placed on devices (trainer.devices)
 
 class NonFiniteLoss(RuntimeError):
     """A learner produced a NaN or infinite loss."""
@@ -94,6 +96,8 @@ class RunLoop(abc.ABC):
     counts and its state for checkpoints.
     """
 
+    devices: tuple[torch.device, torch.device, torch.device]  # set by the subclass: see DEVICE_ROLES
+
     def __init__(self, cfg: Config, run_dir: RunDir, on_row: Callable[[dict[str, float]], None] | None,
                  loss_devices: dict[str, torch.device]) -> None:
         self.cfg, self.run_dir, self.on_row = cfg, run_dir, on_row
@@ -103,6 +107,7 @@ class RunLoop(abc.ABC):
         self.learn_from = cfg.algo.warmup_steps
         self.clock = PhaseClock(next(iter(loss_devices.values())))
         self.resumed = False
+        self.resume_note: str | None = None  # set when resumed on other device types
         self.stop_signal: int | None = None  # set by request_stop: the run ends at its next step boundary
         self._loss_sums = {k: torch.zeros((), device=d) for k, d in loss_devices.items()}
         self._loss_counts = dict.fromkeys(loss_devices, 0)
@@ -208,6 +213,7 @@ class RunLoop(abc.ABC):
         """The checkpoint: config, progress, generators and the trainer's :meth:`model_state`."""
         pr = self.progress
         return {"config": config_to_dict(self.cfg),
+                "device_types": dict(zip(DEVICE_ROLES, (d.type for d in self.devices), strict=True)),
                 "progress": {"actor_steps": pr.actor_steps, "env_steps": pr.env_steps, "wall_s": pr.wall_s,
                              "next_eval": pr.next_eval, "rows": pr.rows, "compile_s": pr.compile_s},
                 **self.model_state()}
@@ -221,6 +227,12 @@ class RunLoop(abc.ABC):
         self._next_eval_s = pr["wall_s"] + (self.cfg.eval_every_s or math.inf)
         self.load_model_state(state)
         self.resumed = True
+        now = dict(zip(DEVICE_ROLES, (d.type for d in self.devices), strict=True))
+        before = state.get("device_types", now)  # checkpoints before it was recorded: the same, or unknown
+        moved = {role: f"{before[role]} -> {now[role]}" for role in DEVICE_ROLES if before[role] != now[role]}
+        if moved:
+            self.resume_note = (f"resumed on other device types ({', '.join(f'{k} {v}' for k, v in moved.items())}): "
+                                "their random generators were seeded from their saved states")
         self.checkpoint_env_steps = self.progress.env_steps
         self.learn_from = self.progress.actor_steps + self.cfg.algo.warmup_steps
 
@@ -273,4 +285,4 @@ def generator_state(env: VecEnv | None) -> torch.Tensor | None:
 def restore_generator(env: VecEnv | None, state: torch.Tensor | None) -> None:
     """Undo :func:`generator_state`."""
     if env is not None and state is not None:
-        env.generator.set_state(state)
+        set_generator_state(env.generator, state)

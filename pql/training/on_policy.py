@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pql.algos.ppo import Losses, PPOPolicy, adapt_learning_rate, bootstrap_truncated, gae, ppo_losses
-from pql.devices import seeded_generator
+from pql.devices import seeded_generator, set_generator_state
 from pql.envs import make_env
 from pql.nets import mlp
 from pql.normalizer import RunningNormalizer
@@ -243,8 +243,8 @@ class PPOTrainer(RunLoop):
         self.updates = state["updates"]
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
-        self.generator.set_state(rng["ppo"])
-        self.env.generator.set_state(rng["env"])
+        set_generator_state(self.generator, rng["ppo"])
+        set_generator_state(self.env.generator, rng["env"])
         restore_generator(self.eval_env, rng["eval_env"])
         self.obs = self.env.reset()
         self.stagger_episodes()

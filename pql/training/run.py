@@ -22,7 +22,7 @@ from pql.store.locks import locked_run
 from pql.store.manifest import session
 from pql.store.run_dir import CHECKPOINT, CONFIG, RunDir
 from pql.training.interrupt import RunInterrupted, StopSignals
-from pql.training.loop import NonFiniteLoss, RunLoop
+from pql.training.loop import DEVICE_ROLES, NonFiniteLoss, RunLoop
 from pql.training.on_policy import PPOTrainer
 from pql.training.parallel import ProcessTrainer, WorkerFailed, WorkersDidNotPark
 from pql.training.sinks import ProgressDisplay, TensorBoardSink, WandbSink
@@ -197,10 +197,12 @@ def _prepare(plan: RunPlan, run_dir: RunDir, signals: StopSignals) -> RunLoop:
 
 def _host_facts(trainer: RunLoop) -> dict[str, Any]:
     """Where the run runs, for ``status.json``: host, pid, SLURM job, device names and the async workers' pids."""
-    roles = ("sim", "v_learner", "p_learner")
+    roles = DEVICE_ROLES
     host: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
                             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                             "devices": {name: device_name(d) for name, d in zip(roles, trainer.devices, strict=True)}}
+    if trainer.resume_note is not None:
+        host["resume_note"] = trainer.resume_note
     setting, devices = trainer.cfg.matmul_precision, trainer.devices
     if isinstance(trainer, ProcessTrainer):
         host["workers"] = trainer.worker_pids  # filled in when the workers start

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from pql.buffers import NStepWindow, Transitions
+from pql.devices import set_generator_state
 from pql.envs import VecEnv
 from pql.nets import OffPolicyActor
 from pql.normalizer import RunningNormalizer
@@ -143,8 +144,8 @@ class ActorWorker:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint (any dict holding :meth:`state_dict`'s keys); the envs restart."""
         self.normalizer.load_state_dict(state["normalizer"])
-        self.generator.set_state(state["rng"]["actor"])
-        self.env.generator.set_state(state["rng"]["env"])
+        set_generator_state(self.generator, state["rng"]["actor"])
+        set_generator_state(self.env.generator, state["rng"]["env"])
         if "noise_std" in state:
             self.noise_std.copy_(state["noise_std"].to(self.noise_std.device)[:, None])
         self.obs = self.env.reset()

@@ -15,6 +15,7 @@ from torch import nn
 from pql.algos.base import ActorObjective, CriticHead
 from pql.buffers import RingBuffer
 from pql.config import AlgoConfig
+from pql.devices import set_generator_state
 from pql.nets import OffPolicyActor
 from pql.normalizer import RunningNormalizer
 from pql.speed import Speed, state_kept, timed_warm_up
@@ -52,7 +53,7 @@ class VLearner:
         self.critic.load_state_dict(state["critic"])
         self.target.load_state_dict(state["critic_target"])
         self.optimizer.load_state_dict(state["critic_optimizer"])
-        self.generator.set_state(state["rng"]["v"])
+        set_generator_state(self.generator, state["rng"]["v"])
 
     def update(self) -> torch.Tensor:
         """One critic step on a sampled batch; returns the (detached) loss."""
@@ -154,7 +155,7 @@ class PLearner:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["policy_optimizer"])
         self.objective.load_state_dict(state["objective"])
-        self.generator.set_state(state["rng"]["p"])
+        set_generator_state(self.generator, state["rng"]["p"])
 
     def update(self) -> torch.Tensor:
         """One policy step (then the objective's own, e.g. SAC's temperature) on sampled observations;
