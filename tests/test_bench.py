@@ -66,3 +66,29 @@ def test_unknown_compile_mode_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--only", "v", "--compile-modes", "fast"])
     assert exit_info.value.code == 2 and "--compile-modes: unknown mode fast" in capsys.readouterr().err
+
+
+def test_the_sync_split_synchronises_each_part_s_device_around_its_timing(monkeypatch):
+    """On CUDA a part returns before its kernels ran: each timed call (every actor step, V- and P-update of the
+    split, and each worker-alone loop) waits for its own device before and after. Counted here through the
+    synchronisation hook, which is a no-op on a CPU."""
+    import pql.bench.limits as limits
+    from pql.bench.modes import time_split
+    from pql.training.sync import SyncTrainer
+
+    synced, called = [], []
+    monkeypatch.setattr(limits, "sync", lambda device: synced.append(device.type))
+    for name in ("actor_step", "v_update", "p_update"):
+        original = getattr(SyncTrainer, name)
+
+        def counted(self, _original=original, _name=name):
+            called.append(_name)
+            return _original(self)
+
+        monkeypatch.setattr(SyncTrainer, name, counted)
+    tiny = {"num_envs": 32, "eval_envs": 1, "algo.actor_hidden": "[16,16]", "algo.critic_hidden": "[16,16]",
+            "algo.batch_size": 64, "algo.buffer_size": 4096, "algo.warmup_steps": 8}
+    time_split("classic/pendulum", "cpu", tiny, steps=10)
+    warm_up = 8  # actor steps before learning: not timed
+    split_calls = len(called) - warm_up - 3 - sum(max(3, round(10 * n / 4)) for n in (1.0, 8.0, 4.0))
+    assert split_calls > 10 and synced == ["cpu"] * 2 * (split_calls + 3), "a pair around each timed call"

@@ -20,13 +20,13 @@ from __future__ import annotations
 import csv
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from pql.bench.limits import timed
 from pql.config import Config
 from pql.resolve import build_config
 from pql.store.run_dir import RunDir
@@ -82,14 +82,13 @@ def time_split(task: str, device: str, overrides: dict[str, Any], steps: int) ->
         while not trainer.learning():
             trainer.actor_step()
         spent = dict.fromkeys(ROLES, 0.0)
+        device = dict(zip(ROLES, trainer.devices, strict=True))  # actor: the sim's; v, p: the learners'
 
-        def timed(name: str, fn: Callable[[], None]) -> None:
-            start = time.perf_counter()
-            fn()
-            spent[name] += time.perf_counter() - start
+        def part(name: str, fn: Callable[[], None]) -> None:
+            spent[name] += timed(fn, 1, device[name])  # its device synchronised before and after (CUDA)
 
         for _ in range(steps):
-            trainer.step(timed)
+            trainer.step(part)
         sync = {name: s / steps for name, s in spent.items()}
         beta_av = critic_sample_ratio(cfg.algo.critic_sample_ratio, cfg.num_envs, cfg.algo.ratio_scale_envs)
         per_actor_step = {"actor": 1.0, "v": beta_av, "p": beta_av / cfg.algo.critic_actor_ratio}
@@ -101,10 +100,7 @@ def time_split(task: str, device: str, overrides: dict[str, Any], steps: int) ->
             torch.set_num_threads(threads[name])
             fn()
             calls = max(3, round(steps * per_actor_step[name] / 4))
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            alone[name] = (time.perf_counter() - start) / calls * per_actor_step[name]
+            alone[name] = timed(fn, calls, device[name]) / calls * per_actor_step[name]
         torch.set_num_threads(default_threads)
         return Split(sync, alone, available_cores())
 
