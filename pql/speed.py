@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ MATMUL_PRECISIONS = ("auto", "highest", "high", "medium")  # torch.set_float32_m
 WARMUP_CALLS = 3
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def cpp_compiler() -> str | None:
@@ -39,9 +41,11 @@ def cpp_compiler() -> str | None:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively (CUDA: Ampere or newer; CPU: AVX512-BF16 or AMX)."""
+    """Whether ``device`` computes in bfloat16 natively (CUDA: compute capability 8.0 or newer, asked of
+    that device, not the current one; emulated bf16, as torch accepts on a V100 or T4, does not count;
+    CPU: AVX512-BF16 or AMX)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_properties(device).major >= 8
     if device.type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
@@ -94,11 +98,38 @@ class Speed:
         """Whether functions are compiled (``compile`` is not off)."""
         return self.compile_mode != "off"
 
-    def compile(self, fn: F) -> F:
-        """``fn`` compiled by torch.compile in this mode (``fn`` itself when compile is off)."""
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether compiled functions replay CUDA graphs (reduce-overhead, which only CUDA devices run)."""
+        return self.compile_mode == "reduce-overhead"
+
+    def compile(self, fn: F, graphs: bool = True) -> F:
+        """``fn`` compiled by torch.compile in this mode (``fn`` itself when compile is off).
+
+        ``graphs=False`` for a function that reads what another compiled function of the same step
+        returned (an optimiser step reading the gradients of the compiled loss): under reduce-overhead it
+        is compiled in the default mode, without CUDA graphs, because entering a second CUDA-graph function
+        after the backward starts a new CUDA-graph generation, which frees the first one's outputs."""
         if not self.compiling:
             return fn
-        return torch.compile(fn, mode=self.compile_mode)  # type: ignore[return-value]
+        mode = self.compile_mode if graphs or not self.cuda_graphs else "default"
+        return torch.compile(fn, mode=mode)  # type: ignore[return-value]
+
+    def begin_step(self) -> None:
+        """Mark a new step for CUDA graphs (reduce-overhead): the outputs of the last step's graphs may be
+        overwritten from here on. Call first in each step of a worker; nothing happens in other modes."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def kept(self, value: T) -> T:
+        """``value`` (a tensor or a tuple of tensors, e.g. a loss) safe to keep past the next step: under
+        CUDA graphs a clone, since the next replay overwrites a graph's outputs; else ``value`` itself."""
+        if not self.cuda_graphs:
+            return value
+        if isinstance(value, torch.Tensor):
+            return value.clone()  # type: ignore[return-value]
+        cloned = (t.clone() if isinstance(t, torch.Tensor) else t for t in value)  # type: ignore[attr-defined]
+        return tuple(cloned) if type(value) is tuple else type(value)(*cloned)  # type: ignore[return-value]
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on this device when amp is bf16; else nothing."""
@@ -138,10 +169,32 @@ def state_kept(modules: Iterable[nn.Module], optimizers: Iterable[torch.optim.Op
                         p.grad = None
 
 
-def log_recompiles() -> None:
-    """From now on, log every recompilation with the guard that failed (call after the warm-up, whose
-    compilations are expected: e.g. each optimiser's step compiles once for its own state)."""
-    torch._logging.set_logs(recompiles=True)
+def log_compilation(warmed_up: bool) -> None:
+    """Log every graph break and every function that runs without CUDA graphs (with the reason) from now
+    on, and once ``warmed_up`` every recompilation too, with the guard that failed (not before: a warm-up's
+    compilations are expected, e.g. each optimiser's step compiles once for its own state)."""
+    torch._logging.set_logs(graph_breaks=True, cudagraphs=True, recompiles=warmed_up)
+
+
+def compilation_summary() -> dict[str, int]:
+    """This process's graph breaks, CUDA-graph skips (functions replayed eagerly under reduce-overhead)
+    and compiled graphs so far, from dynamo's and inductor's counters."""
+    from torch._dynamo.utils import counters
+
+    return {"graph_breaks": sum(counters["graph_break"].values()),
+            "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
+            "graphs": int(counters["stats"]["unique_graphs"])}
+
+
+def warn_if_eager(who: str, compile_mode: str) -> dict[str, int]:
+    """After ``who``'s warm-up under ``compile_mode``: say on stderr when compiled code breaks into pieces or
+    runs without its CUDA graphs, so a fall-back is never silent; returns :func:`compilation_summary`."""
+    found = compilation_summary()
+    if compile_mode != "off" and (found["graph_breaks"] or found["cudagraph_skips"]):
+        print(f"pql: {who}: compile={compile_mode} has {found['graph_breaks']} graph break(s) and "
+              f"{found['cudagraph_skips']} CUDA-graph skip(s) (those parts run eagerly; the reasons are "
+              f"logged above)", file=sys.stderr, flush=True)
+    return found
 
 
 def timed_warm_up(calls: Iterable[Callable[[], Any]], device: torch.device) -> float:

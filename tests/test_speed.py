@@ -231,3 +231,83 @@ def test_matmul_precision_auto_is_tf32_on_cuda_only_and_each_run_records_what_it
     default = json.loads((run_training(resolve({**tiny, "out": f"{tiny['out']}-auto", "max_env_steps": "640"})).path
                           / "status.json").read_text())
     assert set(default["matmul_precision"].values()) == {"highest"}, "auto on a CPU: exact float32"
+
+
+def test_reduce_overhead_marks_each_worker_step_and_keeps_what_it_returns(monkeypatch, tiny, tmp_path):
+    """Under CUDA graphs every step of the actor, the V- and P-learner (PQL and SAC) and PPO's minibatch
+    begins with cudagraph_mark_step_begin, the optimiser steps are compiled without graphs (they read the
+    loss's gradients), and what a step returns is a copy, not a graph's output the next replay overwrites.
+    torch.compile is replaced by a recorder: a CPU has no CUDA graphs to replay."""
+    compiled, marks = [], []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode: compiled.append((fn.__name__, mode)) or fn)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    clones = []
+    real_clone = torch.Tensor.clone
+    monkeypatch.setattr(torch.Tensor, "clone", lambda self, *a, **k: clones.append(1) or real_clone(self, *a, **k))
+    for algo in ("pql", "sac"):
+        cfg = replace(_config(algo, num_envs="8"), compile="reduce-overhead")
+        torch.manual_seed(0)
+        nets = initial_networks(plan_run(cfg), 3, 1)
+        from pql.envs import make_env
+
+        actor = build_actor(plan_run(cfg), make_env("classic/pendulum", 8, seed=0), copy.deepcopy(nets))
+        v, p = build_v_learner(plan_run(cfg), nets), build_p_learner(plan_run(cfg), nets)
+        for learner in (v, p):
+            learner.add(torch.randn(256, v.buffer.width, generator=torch.Generator().manual_seed(5)))
+        for step in (actor.step, v.update, p.update):
+            marks.clear(), clones.clear()
+            step()
+            assert len(marks) == 1, f"{algo}: {step.__qualname__} marked {len(marks)} steps"
+            assert clones, f"{algo}: {step.__qualname__} returned a graph's output"
+    assert {mode for name, mode in compiled if name == "apply_gradients"} == {"default"}
+    assert {mode for name, mode in compiled if name != "apply_gradients"} == {"reduce-overhead"}
+    marks.clear()
+    from pql.training.on_policy import PPOTrainer
+
+    ppo = PPOTrainer(plan_run(replace(build_config({**tiny, "algo": "ppo", "algo.ppo.minibatch_size": "64"}),
+                                           compile="reduce-overhead")), RunDir(str(tmp_path / "ppo")))
+    m, d, a = 64, ppo.env.obs_dim, ppo.env.act_dim
+    losses = ppo.minibatch_step(torch.zeros(m, d), torch.zeros(m, a), torch.ones(m, a), torch.zeros(m, a),
+                                *(torch.zeros(m) for _ in range(4)))
+    assert len(marks) == 1 and type(losses).__name__ == "Losses"
+
+
+def test_no_step_is_marked_or_copied_outside_cuda_graphs(monkeypatch):
+    from pql.speed import Speed
+
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    x = torch.ones(2)
+    for mode in ("off", "default", "max-autotune"):
+        speed = Speed(mode)
+        speed.begin_step()
+        assert speed.kept(x) is x and not speed.cuda_graphs
+    assert not marks
+    graphs = Speed("reduce-overhead")
+    kept = graphs.kept((x, None))
+    assert kept[0] is not x and torch.equal(kept[0], x) and kept[1] is None
+
+
+@pytest.mark.parametrize("algo", ["pql", "sac"])
+def test_the_td_target_is_computed_in_float32_under_bf16_autocast(algo):
+    """amp=bf16 runs the critic being trained in bf16, never the target it regresses to: the target's
+    outputs (and SAC's entropy bonus) equal amp=off's bit for bit, while the prediction moves by bf16's
+    rounding."""
+    cfg = _config(algo)
+    torch.manual_seed(0)
+    nets = initial_networks(plan_run(cfg), 3, 1)
+    fp32, bf16 = (build_v_learner(plan_run(replace(cfg, amp=amp)), nets) for amp in ("off", "bf16"))
+    g = torch.Generator().manual_seed(3)
+    obs, action = torch.randn(64, 3, generator=g), torch.rand(64, 1, generator=g)
+    noise = torch.randn(64, 1, generator=g)
+    for learner in (fp32, bf16):
+        learner.normalizer.update(obs * 3 + 1)
+    out32, bonus32 = fp32.target_outputs(obs, noise)
+    with bf16.speed.autocast():  # as inside td_loss
+        out16, bonus16 = bf16.target_outputs(obs, noise)
+        pred16 = bf16.critic(bf16.normalizer(obs), action)
+    assert out16.dtype == torch.float32 and torch.equal(out16, out32)
+    assert torch.equal(torch.as_tensor(bonus16), torch.as_tensor(bonus32))
+    pred32 = fp32.critic(fp32.normalizer(obs), action)
+    assert pred16.dtype == torch.bfloat16 and not torch.equal(pred16.float(), pred32)
+    assert torch.allclose(pred16.float(), pred32, rtol=2e-2, atol=2e-2)

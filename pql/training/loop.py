@@ -15,7 +15,7 @@ import torch
 from pql.config import Config, config_to_dict
 from pql.devices import set_generator_state
 from pql.envs import VecEnv
-from pql.speed import log_recompiles
+from pql.speed import log_compilation, warn_if_eager
 from pql.store.run_dir import RunDir
 
 DEVICE_ROLES = ("sim", "v_learner", "p_learner")  # the parts of a run placed on devices (trainer.devices)
@@ -49,12 +49,12 @@ PHASES = ("collect", "learn")  # metrics.csv's collect_s and learn_s
 class PhaseClock:
     """Seconds spent in each of :data:`PHASES` since the last :meth:`take`.
 
-    On a CUDA device the phases are timed by CUDA events on the current stream, so timing costs no
+    On a CUDA device the phases are timed by CUDA events on that device's current stream, so timing costs no
     host synchronisation per phase (only one at :meth:`take`); elsewhere by ``time.perf_counter``.
     """
 
     def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
+        self.device, self.cuda = device, device.type == "cuda"
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.events: dict[str, list[tuple[Any, Any]]] = {name: [] for name in PHASES}
 
@@ -63,9 +63,10 @@ class PhaseClock:
         """Time the block as phase ``name`` (CUDA events on a GPU, so the host is not synchronised)."""
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            stream = torch.cuda.current_stream(self.device)  # the clock's device, whichever is current
+            start.record(stream)
             yield
-            end.record()
+            end.record(stream)
             self.events[name].append((start, end))
         else:
             begun = time.perf_counter()
@@ -151,9 +152,13 @@ class RunLoop(abc.ABC):
     def start_clock(self) -> float:
         """Warm up (its seconds go to ``progress.compile_s``), then the ``time.monotonic()`` the run's
         ``wall_s`` counts from."""
+        compiling = self.cfg.compile != "off"
+        if compiling:
+            log_compilation(warmed_up=False)
         self.progress.compile_s += self.warm_up()
-        if self.cfg.compile != "off":
-            log_recompiles()
+        if compiling:
+            log_compilation(warmed_up=True)
+            warn_if_eager("the trainer", self.cfg.compile)
         return time.monotonic() - self.progress.wall_s
 
     def add_loss(self, name: str, loss: torch.Tensor | float, count: int = 1) -> None:

@@ -94,13 +94,14 @@ class PPOTrainer(RunLoop):
 
     def minibatch_step(self, *rows: torch.Tensor) -> Losses:
         """One gradient step on a minibatch (the arguments of :meth:`minibatch_losses`)."""
+        self.speed.begin_step()
         losses = self._losses(*rows)
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         if self.cfg.algo.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(self.params, self.cfg.algo.max_grad_norm)
         self.optimizer.step()
-        return losses
+        return self.speed.kept(losses)
 
     def warm_up(self) -> float:
         """The envs' compilation, and compiling the update on a stand-in minibatch when ``compile`` is on;

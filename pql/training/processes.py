@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from pql.speed import log_recompiles, set_matmul_precision
+from pql.speed import log_compilation, set_matmul_precision, warn_if_eager
 from pql.training.board import ROLE_NAMES, ROLES, WORK, Shared
 from pql.training.loop import NonFiniteLoss, PhaseClock, envs_compile_s
 from pql.workers.builders import Networks, build_actor, build_p_learner, build_v_learner, initial_networks
@@ -218,6 +218,8 @@ def worker_process(role: str, shared: Shared, device: torch.device, threads: int
     _die_with_parent()
     for sig in SIGNALS:  # inherited ignored from the fork server (see worker_context); also where another
         signal.signal(sig, signal.SIG_IGN)  # module started that server
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # first: what asks the current device (events, bf16, allocations) means ours
     torch.set_num_threads(threads)
     set_matmul_precision(shared.plan.cfg.matmul_precision, [device])
     if cores:
@@ -225,9 +227,13 @@ def worker_process(role: str, shared: Shared, device: torch.device, threads: int
     try:
         state = None if checkpoint is None else state_from_bytes(checkpoint)
         worker = ActorRole(shared, device, state) if role == "actor" else LearnerRole(role, shared, device, state)
+        compile_mode = shared.plan.cfg.compile
+        if compile_mode != "off":
+            log_compilation(warmed_up=False)
         shared.board.stats[f"compile_s_{role}"] = worker.warm_up()  # before the first park: off the clock
-        if shared.plan.cfg.compile != "off":
-            log_recompiles()
+        if compile_mode != "off":
+            log_compilation(warmed_up=True)
+            warn_if_eager(f"the {role} worker", compile_mode)
         board = shared.board
         flags, parked = board.flags, f"parked_{role}"
         while not flags["stop"]:

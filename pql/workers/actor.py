@@ -119,7 +119,8 @@ class ActorWorker:
             noise = torch.randn(shape, generator=self.generator, device=env.device)
             if self.eval_slice:
                 noise[:self.eval_slice] = 0.0  # the deterministic action, for any policy's explore()
-            action = self._act(self.obs, noise)
+            self.speed.begin_step()
+            action = self.speed.kept(self._act(self.obs, noise))  # the window keeps it past the next replay
         next_obs, reward, terminated, truncated, info = env.step(to_env_units(action, env.action_low, env.action_high))
         done, k = terminated | truncated, self.eval_slice
         if self.redraw_range is not None:

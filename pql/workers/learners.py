@@ -37,7 +37,7 @@ class VLearner:
         self.device = buffer.storage.device
         self.speed = speed or Speed(device=self.device)
         self._loss = self.speed.compile(self.td_loss)
-        self._apply = self.speed.compile(self.apply_gradients)
+        self._apply = self.speed.compile(self.apply_gradients, graphs=False)
 
     def add(self, rows: torch.Tensor) -> torch.Tensor:
         """Store packed transitions ``[B, 2D + A + 2]`` (:meth:`Transitions.packed`); returns the buffer's storage."""
@@ -64,24 +64,34 @@ class VLearner:
     def step(self, obs: torch.Tensor, action: torch.Tensor, ret: torch.Tensor, discount: torch.Tensor,
              next_obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """One critic step on a given batch (shapes as :meth:`td_loss`'s); returns the (detached) loss."""
+        self.speed.begin_step()
         loss = self._loss(obs, action, ret, discount, next_obs, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._apply()
-        return loss.detach()
+        return self.speed.kept(loss.detach())
 
     def td_loss(self, obs: torch.Tensor, action: torch.Tensor, ret: torch.Tensor, discount: torch.Tensor,
                 next_obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The TD loss of raw ``obs [B, D]``, ``action [B, A]``, n-step ``ret [B]``, ``discount [B]``,
         ``next_obs [B, D]``, with standard normal ``noise [B, A]`` for the target action (pure: compilable)."""
-        cfg = self.cfg
-        obs, next_obs = self.normalizer(obs), self.normalizer(next_obs)
+        obs = self.normalizer(obs)
+        target_out, bonus = self.target_outputs(next_obs, noise)
         with self.speed.autocast():
-            with torch.no_grad():
-                next_action, bonus = self.policy.target_action(next_obs, noise, cfg.target_noise_std,
-                                                               cfg.target_noise_clip)
-                target_out = self.target(next_obs, next_action).float()
-            return self.head.critic_loss(self.critic(obs, action).float(), target_out, ret, discount, bonus)
+            pred = self.critic(obs, action).float()
+        return self.head.critic_loss(pred, target_out, ret, discount, bonus)
+
+    @torch.no_grad()
+    def target_outputs(self, next_obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target critic's outputs at raw ``next_obs [B, D]`` and the noisy target action (standard normal
+        ``noise [B, A]``), with the policy's bonus ``[B]`` (e.g. SAC's entropy term). Always in float32, also
+        under ``amp=bf16``: bf16 keeps about 3 significant digits, as coarse as one step's reward against a
+        return, and the TD target is what every update regresses to."""
+        cfg, next_obs = self.cfg, self.normalizer(next_obs)
+        with torch.autocast(self.device.type, enabled=False):
+            next_action, bonus = self.policy.target_action(next_obs, noise, cfg.target_noise_std,
+                                                           cfg.target_noise_clip)
+            return self.target(next_obs, next_action).float(), bonus
 
     @torch.no_grad()
     def diagnostics(self, seed: int = 0) -> dict[str, float]:
@@ -134,7 +144,7 @@ class PLearner:
             self.act_dim = int(policy(torch.zeros(1, buffer.width, device=self.device)).shape[-1])
         self.speed = speed or Speed(device=self.device)
         self._loss = self.speed.compile(self.policy_loss)
-        self._apply = self.speed.compile(self.apply_gradients)
+        self._apply = self.speed.compile(self.apply_gradients, graphs=False)
 
     def add(self, rows: torch.Tensor) -> torch.Tensor:
         """Store the observations of packed transitions ``[B, >= D]`` (their first D columns); returns the
@@ -168,12 +178,13 @@ class PLearner:
     def step(self, obs: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """One policy step on raw observations ``obs [B, D]`` (``noise [B, A]`` for a stochastic
         objective, else None); returns the (detached) loss."""
+        self.speed.begin_step()
         loss, aux = self._loss(obs, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._apply()
         self.objective.after_step(aux)
-        return loss.detach()
+        return self.speed.kept(loss.detach())
 
     def policy_loss(self, obs: torch.Tensor,
                     noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
