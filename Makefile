@@ -5,6 +5,8 @@
 #   make ablate-envs (noise, batch, ratios, buffer, gpus, preact), make compare: a study, PROFILE=quick LAUNCHER=local,
 #                 then its figures and report under plots/<study>/
 #   make figures  figures and reports of every study with results
+#   make gpu-check  one table of what the GPU path does here (ARGS="--device cpu --quick" on a CPU); on a GPU
+#                 machine without network or venv: make gpu-check PY=python3 NO_INSTALL=1 (README: GPU check)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +15,7 @@ PROFILE ?= quick
 LAUNCHER ?= local
 STUDIES := envs noise batch ratios buffer gpus preact
 
-.PHONY: install test test-all bench train lint clean compare figures $(addprefix ablate-,$(STUDIES))
+.PHONY: install test test-all bench gpu-check train lint clean compare figures $(addprefix ablate-,$(STUDIES))
 
 install: $(VENV)/.installed
 
@@ -34,6 +36,9 @@ test-all: lint
 
 bench: install
 	$(PY) -m pql.bench $(ARGS)
+
+gpu-check: $(if $(NO_INSTALL),,install)
+	$(PY) -m pql.bench.gpu_check $(ARGS)
 
 train: install
 	$(VENV)/bin/pql train task=classic/pendulum $(ARGS)

@@ -21,6 +21,13 @@ def resolve_devices(cfg: Config) -> tuple[torch.device, torch.device, torch.devi
     return torch.device(sim), torch.device(v), torch.device(p)
 
 
+def use_device(device: torch.device) -> None:
+    """Make ``device`` this process's current CUDA device (``cuda`` without an index is ``cuda:0``, as
+    everywhere in torch); nothing for other devices."""
+    if device.type == "cuda":
+        torch.cuda.set_device(0 if device.index is None else device.index)
+
+
 def gpus_needed(cfg: Config) -> int:
     """How many GPUs a run of ``cfg`` asks a scheduler for: one more than the highest CUDA index its
     ``device.*`` keys name (``cuda`` is index 0, so ``cuda:1`` asks for 2), and at least one when it sets

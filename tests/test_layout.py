@@ -12,7 +12,8 @@ LAYERS = [
     ("pql.__main__",),  # python -m pql
     ("pql.cli",),  # the command line
     ("pql.report",),  # a study's runs -> tables, figures, markdown
-    ("pql.ablate", "pql.bench"),  # a study's spec -> its matrix of cells, launched; the benchmarks
+    ("pql.bench",),  # the benchmarks and the GPU check (which time real runs, warm-started as studies are)
+    ("pql.ablate",),  # a study's spec -> its matrix of cells, launched
     ("pql.training",),  # one run: its loop, sync and async trainers, sinks, failures and signals
     ("pql.workers", "pql.resolve"),  # PQL's machinery; a config resolved and checked
     ("pql.algos",),  # the registry of algorithms: policies, critic heads, objectives

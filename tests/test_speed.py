@@ -311,3 +311,13 @@ def test_the_td_target_is_computed_in_float32_under_bf16_autocast(algo):
     pred32 = fp32.critic(fp32.normalizer(obs), action)
     assert pred16.dtype == torch.bfloat16 and not torch.equal(pred16.float(), pred32)
     assert torch.allclose(pred16.float(), pred32, rtol=2e-2, atol=2e-2)
+
+
+def test_a_worker_selects_its_cuda_device_by_index(monkeypatch):
+    from pql.devices import use_device
+
+    selected = []
+    monkeypatch.setattr(torch.cuda, "set_device", selected.append)
+    for name in ("cuda", "cuda:1", "cpu"):
+        use_device(torch.device(name))
+    assert selected == [0, 1], "cuda alone is cuda:0 (set_device refuses a device without an index)"

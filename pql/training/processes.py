@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from pql.devices import use_device
 from pql.speed import log_compilation, set_matmul_precision, warn_if_eager
 from pql.training.board import ROLE_NAMES, ROLES, WORK, Shared
 from pql.training.loop import NonFiniteLoss, PhaseClock, envs_compile_s
@@ -218,13 +219,12 @@ def worker_process(role: str, shared: Shared, device: torch.device, threads: int
     _die_with_parent()
     for sig in SIGNALS:  # inherited ignored from the fork server (see worker_context); also where another
         signal.signal(sig, signal.SIG_IGN)  # module started that server
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # first: what asks the current device (events, bf16, allocations) means ours
-    torch.set_num_threads(threads)
-    set_matmul_precision(shared.plan.cfg.matmul_precision, [device])
-    if cores:
-        os.sched_setaffinity(0, cores)
-    try:
+    try:  # everything inside: a worker that fails while starting reports its own error to the parent
+        use_device(device)  # first: what asks for the current device (events, bf16, allocations) gets ours
+        torch.set_num_threads(threads)
+        set_matmul_precision(shared.plan.cfg.matmul_precision, [device])
+        if cores:
+            os.sched_setaffinity(0, cores)
         state = None if checkpoint is None else state_from_bytes(checkpoint)
         worker = ActorRole(shared, device, state) if role == "actor" else LearnerRole(role, shared, device, state)
         compile_mode = shared.plan.cfg.compile
