@@ -169,32 +169,34 @@ def state_kept(modules: Iterable[nn.Module], optimizers: Iterable[torch.optim.Op
                         p.grad = None
 
 
-def log_compilation(warmed_up: bool) -> None:
-    """Log every graph break and every function that runs without CUDA graphs (with the reason) from now
-    on, and once ``warmed_up`` every recompilation too, with the guard that failed (not before: a warm-up's
-    compilations are expected, e.g. each optimiser's step compiles once for its own state)."""
-    torch._logging.set_logs(graph_breaks=True, cudagraphs=True, recompiles=warmed_up)
-
-
-def compilation_summary() -> dict[str, int]:
-    """This process's graph breaks, CUDA-graph skips (functions replayed eagerly under reduce-overhead)
-    and compiled graphs so far, from dynamo's and inductor's counters."""
+def compilation_summary() -> dict[str, Any]:
+    """This process's graph breaks (their count and reasons), CUDA-graph skips (functions replayed eagerly
+    under reduce-overhead) and compiled graphs so far, from dynamo's and inductor's counters."""
     from torch._dynamo.utils import counters
 
     return {"graph_breaks": sum(counters["graph_break"].values()),
+            "break_reasons": [f"{n}x {reason.splitlines()[0][:120]}" for reason, n in counters["graph_break"].items()],
             "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
             "graphs": int(counters["stats"]["unique_graphs"])}
 
 
-def warn_if_eager(who: str, compile_mode: str) -> dict[str, int]:
-    """After ``who``'s warm-up under ``compile_mode``: say on stderr when compiled code breaks into pieces or
-    runs without its CUDA graphs, so a fall-back is never silent; returns :func:`compilation_summary`."""
+@contextlib.contextmanager
+def compilation_watched(who: str, compile_mode: str) -> Iterator[None]:
+    """Around ``who``'s warm-up under ``compile_mode``: log graph breaks and functions left without CUDA
+    graphs (with the reason) from its start, recompilations only after it (a warm-up's are expected, e.g.
+    each optimiser's step compiles once for its own state); then say on stderr when compiled code broke
+    into pieces or runs without its CUDA graphs, so a fall-back is never silent. Nothing when compile is off."""
+    if compile_mode == "off":
+        yield
+        return
+    torch._logging.set_logs(graph_breaks=True, cudagraphs=True)
+    yield
+    torch._logging.set_logs(graph_breaks=True, cudagraphs=True, recompiles=True)
     found = compilation_summary()
-    if compile_mode != "off" and (found["graph_breaks"] or found["cudagraph_skips"]):
-        print(f"pql: {who}: compile={compile_mode} has {found['graph_breaks']} graph break(s) and "
-              f"{found['cudagraph_skips']} CUDA-graph skip(s) (those parts run eagerly; the reasons are "
-              f"logged above)", file=sys.stderr, flush=True)
-    return found
+    if found["graph_breaks"] or found["cudagraph_skips"]:
+        print(f"pql: {who}: compile={compile_mode} has {found['graph_breaks']} graph break(s) "
+              f"({'; '.join(found['break_reasons'])}) and {found['cudagraph_skips']} CUDA-graph skip(s) (those "
+              "parts run eagerly; the reasons are logged above)", file=sys.stderr, flush=True)
 
 
 def timed_warm_up(calls: Iterable[Callable[[], Any]], device: torch.device) -> float:

@@ -25,6 +25,7 @@ import torch
 from pql.bench.gpu_exchange import check_exchange
 from pql.bench.gpu_rows import TINY, Check
 
+TASK = "classic/pendulum"  # every check's task: the embedded simulator, on any device
 V_UPDATES = 20  # updates whose losses are set against eager fp32's
 # name -> (amp, compile, matmul precision, how far its losses may be from eager fp32's, relative)
 V_VARIANTS: dict[str, tuple[str, str, str, float]] = {
@@ -70,7 +71,7 @@ def _sim(c: Check) -> None:
     from pql.envs import make_env
 
     for n in ((64, 256) if c.quick else (4096, 16384, 65536)):
-        env = make_env("classic/pendulum", n, device=c.device, seed=0)
+        env = make_env(TASK, n, device=c.device, seed=0)
         env.reset()
         actions = torch.zeros(n, env.act_dim, device=c.device)
         calls = calibrate(lambda env=env, a=actions: env.step(a), c.device, c.seconds(0.5))
@@ -79,10 +80,16 @@ def _sim(c: Check) -> None:
               env_steps_per_s=n / per_call)
 
 
+def _fill(trainer: Any) -> None:
+    """Step a SyncTrainer's actor until its learners learn and hold a whole batch."""
+    while not trainer.learning() or trainer.v.buffer.size < trainer.cfg.algo.batch_size:
+        trainer.actor_step()
+
+
 # -- V-updates --------------------------------------------------------------------------------------
 def _v_variant(c: Check, name: str) -> None:
     from pql.bench.limits import build_trainer, calibrate, timed
-    from pql.speed import compilation_summary, log_compilation
+    from pql.speed import compilation_summary, compilation_watched
 
     amp, mode, precision, tolerance = V_VARIANTS[name]
     check = f"V-update {name}"
@@ -91,12 +98,10 @@ def _v_variant(c: Check, name: str) -> None:
     with tempfile.TemporaryDirectory(prefix="pql-gpu-check-") as out:
         trainer = build_trainer(overrides, c.device, c.envs(4096), out)
         torch.set_float32_matmul_precision(precision)
-        while not trainer.learning() or trainer.v.buffer.size < trainer.cfg.algo.batch_size:
-            trainer.actor_step()
+        _fill(trainer)
         started = time.perf_counter()
-        if mode != "off":
-            log_compilation(warmed_up=False)
-        trainer.v.warm_up(), trainer.p.warm_up()
+        with compilation_watched(check, mode):
+            trainer.v.warm_up(), trainer.p.warm_up()
         compile_s = time.perf_counter() - started
         if c.cuda:
             torch.cuda.reset_peak_memory_stats(c.device)
@@ -124,15 +129,8 @@ def _v_variant(c: Check, name: str) -> None:
     c.row(check, f"{1 / v_s:,.0f} V-updates/s, {1 / p_s:,.0f} P-updates/s; losses of {V_UPDATES} updates vs eager "
           f"fp32: max rel. gap {gap:.1e} (limit {tolerance:.0e}); compile {compile_s:.1f} s, graphs "
           f"{found['graphs']}, graph breaks {found['graph_breaks']}, CUDA-graph skips {found['cudagraph_skips']}"
-          + (f" ({'; '.join(reasons)})" if (reasons := graph_break_reasons()) else "")
+          + (f" ({'; '.join(found['break_reasons'])})" if found["break_reasons"] else "")
           + (f"; peak {peak:,.0f} MiB" if c.cuda else ""), verdict, v_updates_per_s=1 / v_s, gap=gap)
-
-
-def graph_break_reasons() -> list[str]:
-    """Why dynamo broke graphs in this process (first lines, each with its count)."""
-    from torch._dynamo.utils import counters
-
-    return [f"{n}x {reason.splitlines()[0][:120]}" for reason, n in counters["graph_break"].items()]
 
 
 # -- sync vs async --------------------------------------------------------------------------------
@@ -165,8 +163,7 @@ def _gpu_memory_per_process(c: Check) -> Iterator[dict[int, float]]:
 def _modes(c: Check) -> None:
     from pql.ablate.memory import estimate
     from pql.ablate.memory_check import task_dims
-    from pql.bench.modes import run_rates
-    from pql.resolve import build_config
+    from pql.bench.modes import run_config, run_rates
 
     runs = [(n, mode, "off") for n in ((64,) if c.quick else (4096, 16384)) for mode in ("sync", "async")]
     if c.cuda:
@@ -176,8 +173,8 @@ def _modes(c: Check) -> None:
         overrides = {**c.nets(), "num_envs": n, "compile": compile_mode}
         name = f"{mode} {n} envs" + (f" compile={compile_mode}" if compile_mode != "off" else "")
         with _gpu_memory_per_process(c) as peaks:
-            rates[name] = r = run_rates("classic/pendulum", str(c.device), overrides, mode, 12 if c.quick else 200)
-        cfg = build_config(c.config(num_envs=n, mode=mode, max_env_steps=1))
+            rates[name] = r = run_rates(TASK, str(c.device), overrides, mode, 12 if c.quick else 200)
+        cfg = run_config(TASK, str(c.device), {**c.nets(), "num_envs": n, "mode": mode}, max_env_steps=1)
         est = estimate(cfg, task_dims(cfg)).device_bytes().get(str(c.device), 0) / 2**20
         used = sum(peaks.values())
         memory = (f"; GPU memory {used:,.0f} MiB in {len(peaks)} processes ("
@@ -197,8 +194,7 @@ def _host_reads(c: Check) -> None:
 
     with tempfile.TemporaryDirectory(prefix="pql-gpu-check-") as out:
         trainer = build_trainer(c.nets(), c.device, c.envs(4096), out)
-        while not trainer.learning() or trainer.v.buffer.size < trainer.cfg.algo.batch_size:
-            trainer.actor_step()
+        _fill(trainer)
         steps = 10
         torch.cuda.synchronize(c.device)
         syncs: list[str] = []  # the innermost pql frame of each synchronising call
@@ -229,7 +225,7 @@ def _resume(c: Check) -> None:
 
     with tempfile.TemporaryDirectory(prefix="pql-gpu-check-") as out:
         cpu = {f"device.{k}": "cpu" for k in ("sim", "v_learner", "p_learner")}
-        base = {**TINY, **cpu, "task": "classic/pendulum", "mode": "sync", "num_envs": 64, "max_env_steps": 1280,
+        base = {**TINY, **cpu, "task": TASK, "mode": "sync", "num_envs": 64, "max_env_steps": 1280,
                 "progress": False, "out": f"{out}/run", "algo.warmup_steps": 4}
         run_training(resolve(base))
         gpu = {f"device.{k}": str(c.device) for k in ("sim", "v_learner", "p_learner")}
@@ -241,12 +237,14 @@ def _resume(c: Check) -> None:
 
 
 def _pql_d(c: Check) -> None:
-    from pql.training.run import resolve, run_training
+    from pql.bench.modes import run_config
+    from pql.training.run import run_training
 
     with tempfile.TemporaryDirectory(prefix="pql-gpu-check-") as out:
         length = ({"mode": "sync", "max_env_steps": 2560, "algo.warmup_steps": 4} if c.quick
                   else {"mode": "async", "max_time_s": 10})
-        run = run_training(resolve(c.config(algo="pql-d", num_envs=c.envs(4096), out=f"{out}/run", **length))).path
+        run = run_training(run_config(TASK, str(c.device), c.nets(), algo="pql-d", num_envs=c.envs(4096),
+                                      out=f"{out}/run", **length)).path
         status = json.loads((run / "status.json").read_text())
     losses = status.get("losses", {})
     ok = status["state"] == "done" and losses and all(math.isfinite(v) for v in losses.values())

@@ -38,9 +38,3 @@ class Check:
         """Append one row of the table (``verdict``: ok, FAIL, info or skipped)."""
         with open(self.out / ROWS, "a") as fh:
             fh.write(json.dumps({"check": check, "result": result, "verdict": verdict, **data}) + "\n")
-
-    def config(self, **overrides: Any) -> dict[str, Any]:
-        """Overrides of a run with every part on the device."""
-        dev = str(self.device)
-        return {"task": "classic/pendulum", "progress": False, "device.sim": dev, "device.v_learner": dev,
-                "device.p_learner": dev, **self.nets(), **overrides}

@@ -69,7 +69,8 @@ class Split:
         return self.sync_step_s / self.bound_s
 
 
-def _config(task: str, device: str, overrides: dict[str, Any], **more: Any) -> Config:
+def run_config(task: str, device: str, overrides: dict[str, Any], **more: Any) -> Config:
+    """A run of ``task`` with every part on ``device``, no progress bar, ``overrides`` and ``more`` on top."""
     return build_config({"task": task, "device.sim": device, "device.v_learner": device, "device.p_learner": device,
                          "progress": False, **overrides, **more})
 
@@ -77,7 +78,7 @@ def _config(task: str, device: str, overrides: dict[str, Any], **more: Any) -> C
 def time_split(task: str, device: str, overrides: dict[str, Any], steps: int) -> Split:
     """Sync's parts over ``steps`` actor steps after warm-up, then each worker alone (see the module docstring)."""
     with tempfile.TemporaryDirectory(prefix="pql-bench-") as out:
-        cfg = _config(task, device, overrides, max_env_steps=1, out=out, mode="sync")
+        cfg = run_config(task, device, overrides, max_env_steps=1, out=out, mode="sync")
         trainer = SyncTrainer(plan_run(cfg), RunDir(out))
         while not trainer.learning():
             trainer.actor_step()
@@ -118,11 +119,11 @@ class RunRates:
 def run_rates(task: str, device: str, overrides: dict[str, Any], mode: str, steps: int) -> RunRates:
     """Train ``steps`` actor steps after warm-up in ``mode``; the rates between the row after warm-up and the last."""
     with tempfile.TemporaryDirectory(prefix="pql-bench-") as out:
-        probe = _config(task, device, overrides, max_env_steps=1)
+        probe = run_config(task, device, overrides, max_env_steps=1)
         n, warmup = probe.num_envs, probe.algo.warmup_steps + probe.algo.nstep
         every = max(1, steps // 4) * n
         first = (warmup // (every // n) + 1) * every  # the first row after warm-up
-        cfg = _config(task, device, overrides, mode=mode, out=out, eval_envs=1, eval_every_env_steps=every,
+        cfg = run_config(task, device, overrides, mode=mode, out=out, eval_envs=1, eval_every_env_steps=every,
                       max_env_steps=first + steps * n, max_time_s="null")
         with open(run_training(cfg).metrics_path) as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["env_steps"]) >= first]

@@ -15,7 +15,7 @@ import torch
 from pql.config import Config, config_to_dict
 from pql.devices import set_generator_state
 from pql.envs import VecEnv
-from pql.speed import log_compilation, warn_if_eager
+from pql.speed import compilation_watched
 from pql.store.run_dir import RunDir
 
 DEVICE_ROLES = ("sim", "v_learner", "p_learner")  # the parts of a run placed on devices (trainer.devices)
@@ -152,13 +152,8 @@ class RunLoop(abc.ABC):
     def start_clock(self) -> float:
         """Warm up (its seconds go to ``progress.compile_s``), then the ``time.monotonic()`` the run's
         ``wall_s`` counts from."""
-        compiling = self.cfg.compile != "off"
-        if compiling:
-            log_compilation(warmed_up=False)
-        self.progress.compile_s += self.warm_up()
-        if compiling:
-            log_compilation(warmed_up=True)
-            warn_if_eager("the trainer", self.cfg.compile)
+        with compilation_watched("the trainer", self.cfg.compile):
+            self.progress.compile_s += self.warm_up()
         return time.monotonic() - self.progress.wall_s
 
     def add_loss(self, name: str, loss: torch.Tensor | float, count: int = 1) -> None:

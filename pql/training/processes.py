@@ -33,7 +33,7 @@ import torch
 import torch.multiprocessing as mp
 
 from pql.devices import use_device
-from pql.speed import log_compilation, set_matmul_precision, warn_if_eager
+from pql.speed import compilation_watched, set_matmul_precision
 from pql.training.board import ROLE_NAMES, ROLES, WORK, Shared
 from pql.training.loop import NonFiniteLoss, PhaseClock, envs_compile_s
 from pql.workers.builders import Networks, build_actor, build_p_learner, build_v_learner, initial_networks
@@ -227,13 +227,8 @@ def worker_process(role: str, shared: Shared, device: torch.device, threads: int
             os.sched_setaffinity(0, cores)
         state = None if checkpoint is None else state_from_bytes(checkpoint)
         worker = ActorRole(shared, device, state) if role == "actor" else LearnerRole(role, shared, device, state)
-        compile_mode = shared.plan.cfg.compile
-        if compile_mode != "off":
-            log_compilation(warmed_up=False)
-        shared.board.stats[f"compile_s_{role}"] = worker.warm_up()  # before the first park: off the clock
-        if compile_mode != "off":
-            log_compilation(warmed_up=True)
-            warn_if_eager(f"the {role} worker", compile_mode)
+        with compilation_watched(f"the {role} worker", shared.plan.cfg.compile):
+            shared.board.stats[f"compile_s_{role}"] = worker.warm_up()  # before the first park: off the clock
         board = shared.board
         flags, parked = board.flags, f"parked_{role}"
         while not flags["stop"]:
