@@ -20,7 +20,8 @@ TINY = {  # sync mode: deterministic, and no worker processes to start
     "task": "classic/pendulum", "mode": "sync", "num_envs": "32", "eval_envs": "4", "max_env_steps": "2560",
     "eval_every_env_steps": "640", "algo.actor_hidden": "[16,16]", "algo.critic_hidden": "[16,16]",
     "algo.batch_size": "64", "algo.buffer_size": "4096", "algo.warmup_steps": "8", "progress": "false",
-    "eval_every_s": "3600",  # rows at env steps only, so that their positions are deterministic
+    "eval_every_s": "3600",  # rows at env steps only, so that their positions are deterministic,
+    "eval_max_share": "0",  # whatever evaluating costs on a busy machine
 }
 
 

@@ -312,3 +312,57 @@ def test_a_checkpoint_made_on_cuda_resumes_on_the_cpu_reseeded_the_same_way_each
         assert status["state"] == "done" and "sim cuda -> cpu" in status["resume_note"], status
         rows.append([{k: v for k, v in r.items() if not k.endswith("_s")} for r in read_rows(where)])
     assert rows[0] == rows[1] and len(rows[0]) == 3
+
+
+def test_a_costly_row_spaces_the_next_by_time_and_by_env_steps_at_the_last_rate(tiny, tmp_path):
+    from pql.store.run_dir import RunDir
+    from pql.training.sync import SyncTrainer
+    from pql.workers.plan import plan_run
+
+    trainer = SyncTrainer(plan_run(build_config({**tiny, "eval_max_share": "0.25"})), RunDir(str(tmp_path / "t")))
+    trainer._last_row_time, trainer._last_row_steps, trainer._last_rate = 10.0, 1000, 500.0
+    trainer.progress.next_eval, trainer._next_eval_s = 1200, 12.0
+    trainer.space_rows(0.01)  # 0.03 s of training would do: the rows as due already leave more
+    assert (trainer.progress.next_eval, trainer._next_eval_s) == (1200, 12.0)
+    trainer.space_rows(1.0)  # 1 s at most 25%: 3 s of training first, 1500 env steps at 500 per second
+    assert trainer._next_eval_s == 13.0 and trainer.progress.next_eval == 2500
+    trainer._last_rate = float("nan")  # the row at step 0 has no rate: time alone spaces the next
+    trainer.progress.next_eval = 1200
+    trainer.space_rows(2.0)
+    assert trainer._next_eval_s == 16.0 and trainer.progress.next_eval == 1200
+    off = SyncTrainer(plan_run(build_config(tiny)), RunDir(str(tmp_path / "off")))
+    off._last_rate, off.progress.next_eval = 500.0, 1200
+    off.space_rows(5.0)
+    assert off.progress.next_eval == 1200, "eval_max_share=0: rows exactly as due"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_rows_take_at_most_their_share_of_real_time_at_65536_envs(tiny, tmp_path, mode, monkeypatch):
+    """At 65536 envs the preset's 51200 env steps between rows is less than one actor step: every step would
+    evaluate. With each evaluation made to cost 0.15 s, rows stay within eval_max_share=0.25 of real time."""
+    import time
+
+    from pql.training.loop import RunLoop
+    from pql.training.run import run_training
+
+    real = RunLoop.evaluate_and_log
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.15)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunLoop, "evaluate_and_log", slow)
+    cfg = {**tiny, "mode": mode, "num_envs": "65536", "eval_envs": "2", "algo.buffer_size": "131072",
+           "max_env_steps": "null", "max_time_s": "3", "eval_every_env_steps": "51200", "eval_max_share": "0.25",
+           "out": str(tmp_path / mode)}
+    begun = time.monotonic()
+    run = run_training(resolve(cfg)).path
+    spent = time.monotonic() - begun
+    with open(run / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    wall = float(json.loads((run / "status.json").read_text())["wall_s"])
+    actor_steps = int(rows[-1]["actor_steps"])
+    assert actor_steps >= 3 and len(rows) < actor_steps, "a row at every actor step"
+    gaps = [float(b["wall_s"]) - float(a["wall_s"]) for a, b in itertools.pairwise(rows[1:-1])]
+    assert all(g >= 0.45 for g in gaps), f"rows costing >= 0.15 s each need >= 0.45 s of training between: {gaps}"
+    assert len(rows) * 0.15 <= 0.25 / 0.75 * wall + 0.15 * 3, (len(rows), wall, spent)

@@ -18,7 +18,7 @@ from pql.resolve import build_config
 
 # Keys that do not change what a run computes, left out of its id.
 NOT_IN_RUN_ID = {"out", "resume", "progress", "tensorboard", "wandb", "wandb_project", "checkpoint_every_s",
-                 "watchdog_s", "check_memory"}
+                 "watchdog_s", "check_memory", "eval_max_share"}  # the last: when rows come, by the machine's speed
 # Bumped when what a config means changes without its keys changing (e.g. a fix in an algorithm's
 # maths): results made under another schema are then not reused. 2: ids hash the whole config.
 RUN_ID_SCHEMA = 2

@@ -62,6 +62,7 @@ UNIT = Range(0, 1)  # a probability-like weight
 NUMBER_RANGES: dict[str, Range] = {
     "num_envs": AT_LEAST_1, "seed": Range(0, SEED_MAX), "max_time_s": POSITIVE, "max_env_steps": AT_LEAST_1,
     "eval_envs": NON_NEGATIVE, "eval_every_env_steps": AT_LEAST_1, "eval_every_s": POSITIVE,
+    "eval_max_share": Range(0, 1, high_open=True),
     "checkpoint_every_s": NON_NEGATIVE, "watchdog_s": NON_NEGATIVE,
     "noise.sigma_min": NON_NEGATIVE, "noise.sigma_max": NON_NEGATIVE, "noise.sigma": NON_NEGATIVE,
     "algo.batch_size": AT_LEAST_1, "algo.buffer_size": AT_LEAST_1, "algo.nstep": AT_LEAST_1,

@@ -114,6 +114,7 @@ class RunLoop(abc.ABC):
         self._loss_counts = dict.fromkeys(loss_devices, 0)
         self._last_row_time = 0.0
         self._last_row_steps = 0
+        self._last_rate = math.nan  # env steps per second of training between the last two rows
         self._next_eval_s = cfg.eval_every_s or math.inf  # the training time of the next time-driven row
         self._last_checkpoint = time.monotonic()
         self.checkpoint_env_steps: int | None = None  # where the last checkpoint (this session's or resumed) is
@@ -199,7 +200,7 @@ class RunLoop(abc.ABC):
             "env_steps_per_s": (pr.env_steps - self._last_row_steps) / dt if dt > 0 else float("nan"),
             **self.clock.take(), **self.diagnostics(),
         }
-        self._last_row_time, self._last_row_steps = pr.wall_s, pr.env_steps
+        self._last_row_time, self._last_row_steps, self._last_rate = pr.wall_s, pr.env_steps, row["env_steps_per_s"]
         self.run_dir.append_metrics(row)
         pr.rows += 1
         self.run_dir.refresh_status(env_steps=pr.env_steps)  # the claim renewed: this run is alive
@@ -236,6 +237,20 @@ class RunLoop(abc.ABC):
         self.checkpoint_env_steps = self.progress.env_steps
         self.learn_from = self.progress.actor_steps + self.cfg.algo.warmup_steps
 
+    def space_rows(self, cost_s: float) -> None:
+        """Move the next row later when the last one cost ``cost_s`` seconds of real time (evaluation, parking,
+        writing, a checkpoint) and rows as due would take more than ``eval_max_share`` of it: the next comes
+        after ``cost_s * (1 - share) / share`` seconds of training at least, in env steps at the last
+        interval's rate, so that cost / (cost + training) stays within the share at any env count."""
+        share = self.cfg.eval_max_share
+        if share <= 0 or cost_s <= 0:
+            return
+        gap_s = cost_s * (1 - share) / share
+        self._next_eval_s = max(self._next_eval_s, self._last_row_time + gap_s)
+        if math.isfinite(self._last_rate) and self._last_rate > 0:
+            steps = self._last_row_steps + math.ceil(gap_s * self._last_rate)
+            self.progress.next_eval = max(self.progress.next_eval, steps)
+
     def eval_due(self) -> bool:
         """Whether the next row is due: ``eval_every_env_steps`` env steps or ``eval_every_s`` seconds of training
         since the last one."""
@@ -261,6 +276,7 @@ class RunLoop(abc.ABC):
         self.evaluate_and_log()
         if self.checkpoint_due():
             self.checkpoint()
+        self.space_rows(time.monotonic() - paused)
         return start + time.monotonic() - paused
 
     def finish(self) -> Progress:

@@ -250,6 +250,7 @@ class ProcessTrainer(RunLoop):
                     self.evaluate_and_log()
                     if self.checkpoint_due():
                         self.checkpoint()
+                    self.space_rows(time.monotonic() - paused)  # here: the actor's limit is set on leaving
                 start += time.monotonic() - paused
                 continue
             time.sleep(POLL_S)
