@@ -388,3 +388,22 @@ def test_the_host_figure_is_the_cgroup_limit_where_that_is_lower(monkeypatch, tm
     assert memory_check.host_capacity() == Capacity(2**30, f"the memory limit of this process's cgroup ({limit})")
     limit.write_text("max\n")
     assert memory_check.host_capacity().source == "host memory (total)"
+
+
+@pytest.mark.parametrize(("mode", "devices", "contexts"), [
+    ("sync", ("cpu", "cpu", "cpu"), {}),
+    ("sync", ("cuda", "cuda:0", "cuda:0"), {"cuda:0": 1}),
+    ("async", ("cuda:0", "cuda:0", "cuda:0"), {"cuda:0": 4}),
+    ("async", ("cuda:0", "cuda:1", "cuda:1"), {"cuda:0": 4, "cuda:1": 4}),
+])
+def test_each_process_on_each_gpu_counts_a_cuda_context(mode, devices, contexts):
+    """Measured on an H200 (make gpu-check): one process's context is 527 MiB; async runs four processes, each
+    mapping every shared tensor, so four contexts on every GPU the run uses."""
+    from pql.ablate.memory import CUDA_CONTEXT_BYTES
+
+    cfg = build_config({"task": "classic/pendulum", "mode": mode,
+                        **dict(zip(("device.sim", "device.v_learner", "device.p_learner"), devices, strict=True))})
+    est = estimate(cfg, probe_task(cfg.task))
+    found = {est.devices[c.role]: c.nbytes // CUDA_CONTEXT_BYTES for c in est.components if "CUDA context" in c.name}
+    assert {k if ":" in k else f"{k}:0": v for k, v in found.items()} == contexts
+    assert 500 * 2**20 <= CUDA_CONTEXT_BYTES <= 527 * 2**20

@@ -19,10 +19,13 @@ twin critic twice), doubled for the gradients the backward pass holds; the sampl
 Transient parts are added to the persistent ones although their peaks need not coincide, so
 the total leans high.
 
+On each GPU, a CUDA context per process that touches it (:data:`CUDA_CONTEXT_BYTES`): one process in
+sync mode and PPO's; in ``mode=async`` the parent and the three workers, each of which maps every shared
+tensor, so four on every GPU the run uses.
+
 Not counted: the simulator of the other backends (MuJoCo Playground / JAX, Isaac Gym, Isaac
-Lab, gymnasium), whose memory the config does not tell; the CUDA context of each process on
-each GPU (a few hundred MiB each); the allocator's caching and fragmentation; Python and its
-libraries.
+Lab, gymnasium), whose memory the config does not tell; the allocator's caching and fragmentation;
+Python and its libraries.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ FLOAT = 4  # bytes of a float32
 BACKWARD = 2  # the backward pass holds about as many gradient floats as the forward pass kept activations
 ROLES = ("sim", "v_learner", "p_learner")
 GIB = 2**30
+# One process's CUDA context on one GPU: 527 MiB measured on an H200 with torch 2.11 and CUDA 13 (make gpu-check,
+# README); it varies with the CUDA version, the GPU and the kernels loaded.
+CUDA_CONTEXT_BYTES = 512 * 2**20
 
 # GPU memory by model (``gpu_model`` of a cell), in GiB, and a note where the model comes in several sizes.
 GPU_MEMORY_GIB: dict[str, tuple[float, str]] = {
@@ -167,7 +173,20 @@ def estimate(cfg: Config, dims: TaskDims) -> MemoryEstimate:
     d, a = dims.obs_dim, dims.act_dim
     parts = _simulator(cfg, d, a, dims.sim_bytes_per_env, trainer.noise_bytes_per_env)
     parts += trainer.parts(cfg, declared, d, a)
+    parts += _cuda_contexts(devices, 1 + len(ROLES) if cfg.mode == "async" and trainer.roles == ROLES else 1)
     return MemoryEstimate(devices, tuple(parts), simulator_estimated=dims.sim_bytes_per_env is not None)
+
+
+def _cuda_contexts(devices: dict[str, str], processes: int) -> list[Component]:
+    """``processes`` CUDA contexts on each GPU among ``devices`` (role -> device), each counted under the first
+    role placed there."""
+    first: dict[str, str] = {}
+    for role, device in devices.items():
+        if device.startswith("cuda"):
+            first.setdefault(device if ":" in device else f"{device}:0", role)  # cuda is cuda:0
+    return [Component(role, f"CUDA contexts ({processes} process{'es' if processes > 1 else ''})",
+                      processes * CUDA_CONTEXT_BYTES, "mode=sync runs one process" if processes > 1 else "none")
+            for role in first.values()]
 
 
 def _simulator(cfg: Config, d: int, a: int, per_env: int | None, noise_per_env: int) -> list[Component]:
