@@ -161,11 +161,11 @@ class Config:
     eval_every_s: float | None = _opt(None, "also evaluate once this much training time has passed since the last "
                                             "row; null: max_time_s / 40 when a time budget is set (so times to a "
                                             "threshold are resolved to 2.5% of the budget), else never")
-    eval_max_share: float = _opt(0.25, "at most this share of real time goes to metrics rows (evaluation, parking the "
-                                       "workers, writing, checkpoints): after a row that took c seconds the next "
-                                       "waits for c * (1 - share) / share seconds of training, in env steps at the "
-                                       "last interval's rate; rows are spaced as due until rows cost more; 0: "
-                                       "rows exactly as due, whatever they cost")
+    eval_max_share: float = _opt(0.25, "at most this share of real time goes to rows due by env steps (evaluation, "
+                                       "parking the workers, writing, checkpoints): after a row that took c "
+                                       "seconds the next such row waits for c * (1 - share) / share seconds of "
+                                       "training, in env steps at the last interval's rate; rows by time "
+                                       "(eval_every_s) stay as due; 0: rows exactly as due, whatever they cost")
     checkpoint_every_s: float = _opt(60.0, "write a checkpoint at most this often (and at the end)")
     watchdog_s: float = _opt(300.0, "mode=async: fail the run (resumable from its last checkpoint) when a worker "
                                     "has shown no sign of life for this many seconds once started: stopped, hung "

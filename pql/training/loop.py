@@ -238,15 +238,15 @@ class RunLoop(abc.ABC):
         self.learn_from = self.progress.actor_steps + self.cfg.algo.warmup_steps
 
     def space_rows(self, cost_s: float) -> None:
-        """Move the next row later when the last one cost ``cost_s`` seconds of real time (evaluation, parking,
-        writing, a checkpoint) and rows as due would take more than ``eval_max_share`` of it: the next comes
-        after ``cost_s * (1 - share) / share`` seconds of training at least, in env steps at the last
-        interval's rate, so that cost / (cost + training) stays within the share at any env count."""
+        """Move the next row due by env steps later when the last row cost ``cost_s`` seconds of real time
+        (evaluation, parking, writing, a checkpoint) and rows every ``eval_every_env_steps`` would take more
+        than ``eval_max_share`` of it: that row comes after ``cost_s * (1 - share) / share`` seconds of
+        training at least, in env steps at the last interval's rate, so that cost / (cost + training) stays
+        within the share at any env count. Rows by time (``eval_every_s``, a budget's resolution) stay as due."""
         share = self.cfg.eval_max_share
         if share <= 0 or cost_s <= 0:
             return
         gap_s = cost_s * (1 - share) / share
-        self._next_eval_s = max(self._next_eval_s, self._last_row_time + gap_s)
         if math.isfinite(self._last_rate) and self._last_rate > 0:
             steps = self._last_row_steps + math.ceil(gap_s * self._last_rate)
             self.progress.next_eval = max(self.progress.next_eval, steps)
