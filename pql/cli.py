@@ -88,8 +88,9 @@ def _add_ablate(sub: Any) -> None:
                         help="local: a pool of processes here; slurm: a submitit job array per study; "
                              "debug: in this process (default: local)")
     ablate.add_argument("--jobs", type=int, default=1,
-                        help="local launcher: runs at once; each gets cpus/jobs torch threads. Keep 1 for "
-                             "wall-clock studies on a small machine (default: 1)")
+                        help="local launcher: runs at once; each gets cpus/jobs torch threads and, with GPUs, "
+                             "GPUs of its own (CUDA_VISIBLE_DEVICES). Keep 1 for wall-clock studies on a small "
+                             "machine (default: 1)")
     ablate.add_argument("--cluster", default=None,
                         help="slurm launcher: cluster profile YAML (partition, time, gres per gpu model) "
                              "(default: clusters/default.yaml beside the spec, e.g. ablations/clusters/default.yaml)")
@@ -238,8 +239,9 @@ def _report_command(args: argparse.Namespace) -> int:
 
 def _study_command(args: argparse.Namespace) -> int:
     """``pql ablate`` and ``pql status``: plan the study, then report its states, or print the plan and run it."""
-    from pql.ablate.launchers import ClusterProfile, DebugLauncher, LocalLauncher, SlurmLauncher, array_groups
+    from pql.ablate.launchers import DebugLauncher, LocalLauncher
     from pql.ablate.runner import describe_plan, plan_study, run_study, status_report
+    from pql.ablate.slurm_launcher import ClusterProfile, SlurmLauncher, array_groups
     from pql.report.provenance import check_field
 
     overrides = parse_overrides(args.overrides)

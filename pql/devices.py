@@ -28,13 +28,26 @@ def use_device(device: torch.device) -> None:
         torch.cuda.set_device(0 if device.index is None else device.index)
 
 
+def named_gpus(cfg: Config) -> int:
+    """One more than the highest CUDA index the ``device.*`` keys name (``cuda`` is index 0); 0 for none."""
+    named = [torch.device(d) for d in (cfg.device.sim, cfg.device.v_learner, cfg.device.p_learner) if d != "auto"]
+    return max((1 + (d.index or 0) for d in named if d.type == "cuda"), default=0)
+
+
+def missing_gpus(cfg: Config) -> str | None:
+    """Why this machine cannot place ``cfg``'s devices (a ``cuda:K`` beyond the GPUs torch counts here), or None."""
+    need, have = named_gpus(cfg), torch.cuda.device_count()
+    if need > have:
+        return f"device.* names cuda:{need - 1}, and this machine shows {have} GPU(s)"
+    return None
+
+
 def gpus_needed(cfg: Config) -> int:
     """How many GPUs a run of ``cfg`` asks a scheduler for: one more than the highest CUDA index its
     ``device.*`` keys name (``cuda`` is index 0, so ``cuda:1`` asks for 2), and at least one when it sets
     ``gpu_model`` or its backend runs on a GPU only (:data:`GPU_BACKENDS`); 0 for a CPU run (``auto``
     names no device: with no GPU given, it resolves to the CPU)."""
-    named = [torch.device(d) for d in (cfg.device.sim, cfg.device.v_learner, cfg.device.p_learner) if d != "auto"]
-    count = max((1 + (d.index or 0) for d in named if d.type == "cuda"), default=0)
+    count = named_gpus(cfg)
     if cfg.gpu_model is not None or cfg.task.startswith(GPU_BACKENDS):
         count = max(count, 1)
     return count

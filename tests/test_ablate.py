@@ -11,10 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
-from pql.ablate.launchers import ClusterProfile, DebugLauncher, SlurmLauncher
+from pql.ablate.launchers import DebugLauncher
 from pql.ablate.matrix import expand
 from pql.ablate.runner import plan_study, run_study, status_report
+from pql.ablate.slurm_launcher import ClusterProfile, SlurmLauncher
 from pql.ablate.spec import load_spec
 from pql.config import ConfigError, DeviceConfig
 from pql.resolve import build_config
@@ -246,6 +248,42 @@ def test_cell_asking_for_an_absent_gpu_is_skipped(tmp_path):
     (reason,) = plan.skipped.values()
     assert "gpu_model=H100 asked for" in reason
     assert "skipped 1" in status_report(plan.study, plan.store, plan.skipped)
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_cell_naming_a_gpu_index_this_machine_lacks_is_skipped_not_a_crash(tmp_path, monkeypatch, gpus):
+    """The gpus study's cuda:1 and cuda:2 cells on a machine with fewer GPUs: skipped, saying why (asking
+    torch for the name of an absent GPU raised before)."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "NVIDIA H200")  # the GPUs there are
+    plan = plan_study(TINY, "one", {"device.sim": "cuda:0", "device.v_learner": "cuda:1",
+                                    "device.p_learner": "cuda:1"}, tmp_path)
+    assert plan.to_run == []
+    assert list(plan.skipped.values()) == [f"device.* names cuda:1, and this machine shows {gpus} GPU(s)"]
+
+
+def test_local_jobs_get_gpus_of_their_own_or_a_refusal_naming_the_numbers(tmp_path, monkeypatch):
+    from pql.ablate.gpu_share import GpuShare
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    cells = plan_study(TINY, "quick", {"device.sim": "cuda:0", "device.v_learner": "cuda:1",
+                                       "device.p_learner": "cuda:1"}, tmp_path, check_local_gpu=False).study.cells
+    share = GpuShare(cells, 2, {})
+    first, second = share.take(cells[0]), share.take(cells[1])
+    assert (first, second) == ({"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"})
+    share.give_back(first)
+    assert share.take(cells[2]) == {"CUDA_VISIBLE_DEVICES": "0,1"}, "an ended job's GPUs go to the next"
+    mapped = GpuShare(cells, 2, {"CUDA_VISIBLE_DEVICES": "5,7,2,3"})
+    assert mapped.take(cells[0]) == {"CUDA_VISIBLE_DEVICES": "5,7"}, "the user's own list, in its order"
+    assert GpuShare(cells, 1, {}).take(cells[0]) == {}, "one job at a time keeps every GPU"
+    with pytest.raises(ConfigError, match=r"--jobs 3 runs 3 cells at once, each with GPUs of its own, and a cell "
+                                          r"here needs 2: that is 6 GPUs, and this machine shows 4 "
+                                          r"\(CUDA_VISIBLE_DEVICES=0,1,2,3\); use --jobs 2"):
+        GpuShare(cells, 3, {})
+    auto = plan_study(TINY, "one", {}, tmp_path / "auto", check_local_gpu=False).study.cells
+    assert GpuShare(auto, 4, {}).take(auto[0]) == {"CUDA_VISIBLE_DEVICES": "0"}, "auto uses one where GPUs exist"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert GpuShare(auto, 4, {}).take(auto[0]) == {}, "no GPU: a CPU run, nothing to share"
 
 
 def test_kill_9_mid_run_then_rerun_resumes(tmp_path):

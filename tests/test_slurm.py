@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pql.ablate.launchers import ClusterProfile, SlurmLauncher
 from pql.ablate.runner import plan_study, run_study, status_report
+from pql.ablate.slurm_launcher import ClusterProfile, SlurmLauncher
 from pql.devices import gpus_needed
 
 from .slurm_cluster import LocalSlurmCluster

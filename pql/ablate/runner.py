@@ -23,7 +23,7 @@ from pql.ablate.memory import Capacity, TaskDims, estimate, misfits, probe_task,
 from pql.ablate.spec import load_spec
 from pql.ablate.store import STUDY_LOCK_WAIT_S, ClaimRule, ResultsStore, RunState
 from pql.config import ConfigError
-from pql.devices import gpu_mismatch, resolve_devices
+from pql.devices import gpu_mismatch, missing_gpus, resolve_devices
 from pql.store.locks import FileLock, holder, run_lock
 from pql.store.states import CELL_STATES
 
@@ -86,7 +86,7 @@ def plan_study(spec_path: str | Path, profile: str, overrides: dict[str, str], r
             wanted = state.state not in ("done", "running", "queued") and (state.state != "failed" or retry_failed)
             if wanted and claim and lock is None:  # released by its holder a moment ago: leave it this time
                 wanted, state = False, RunState("queued", "taken by another process while planning")
-            reason = gpu_mismatch(cell.config.gpu_model, resolve_devices(cell.config)) \
+            reason = (missing_gpus(cell.config) or gpu_mismatch(cell.config.gpu_model, resolve_devices(cell.config))) \
                 if wanted and check_local_gpu else None
             if reason is not None:
                 wanted, skipped[cell.run_id], state = False, reason, RunState("skipped", reason)
