@@ -105,7 +105,7 @@ class TransitionRing:
 
     def has_room(self) -> bool:
         """Whether :meth:`put` may write now."""
-        return int(self.written) - int(self.taken.min()) < self.slots
+        return int(self.written) - min(self.taken.tolist()) < self.slots  # counters: CPU, shared
 
     def put(self, rows: torch.Tensor) -> None:
         """Write ``rows [R, W]`` into the next slot; call only when :meth:`has_room`."""
