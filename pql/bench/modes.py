@@ -124,7 +124,8 @@ def run_rates(task: str, device: str, overrides: dict[str, Any], mode: str, step
         every = max(1, steps // 4) * n
         first = (warmup // (every // n) + 1) * every  # the first row after warm-up
         cfg = run_config(task, device, overrides, mode=mode, out=out, eval_envs=1, eval_every_env_steps=every,
-                      max_env_steps=first + steps * n, max_time_s="null")
+                         eval_max_share=0,  # rows exactly where this span needs them, whatever they cost
+                         max_env_steps=first + steps * n, max_time_s="null")
         with open(run_training(cfg).metrics_path) as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["env_steps"]) >= first]
     a, b = rows[0], rows[-1]
