@@ -57,6 +57,8 @@ def _merged(*layers: Any) -> Config:
     check_numbers(cfg)  # the values as given: a derived value must never take the blame for one of them
     from pql.algos import ALGORITHMS  # here: the algorithms import torch, which a job imports after its simulator
 
+    if cfg.algo.buffer_per_env is not None:
+        cfg = replace(cfg, algo=replace(cfg.algo, buffer_size=cfg.algo.buffer_per_env * cfg.num_envs))
     declared = ALGORITHMS.get(cfg.algo.name)
     if declared is not None and declared.derive is not None:
         cfg = declared.derive(cfg)

@@ -25,7 +25,8 @@ RUN_ID_SCHEMA = 2
 # Keys a run's own settings added since schema 2 (run-level ones; an algorithm's are its declaration's
 # identity_defaults), each with the value (as text) at which a run computes exactly what it did before the key
 # existed: at that value the key is left out of the id, so earlier runs keep theirs.
-ADDED_SINCE_SCHEMA: dict[str, str] = {"algo.activation": "elu", "matmul_precision": "auto"}
+ADDED_SINCE_SCHEMA: dict[str, str] = {"algo.activation": "elu", "matmul_precision": "auto",
+                                      "algo.buffer_per_env": "null"}
 
 
 @dataclass(frozen=True)

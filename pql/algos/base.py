@@ -130,11 +130,12 @@ DETERMINISTIC_ACTOR: dict[str, Any] = {
     "identity_defaults": {"algo.preact_penalty": "0.0", "algo.actor_out_init_std": "null"},
 }
 # The actor-critic trainer's learners and actor (pql.workers): the learners' AdamW, at torch's defaults unless set,
-# how they sample their buffers, and how the actor warms up.
+# how they sample their buffers, how the actor warms up, and which observations the normaliser folds in.
 ACTOR_CRITIC_LEARNERS: dict[str, Any] = {
-    "owns": ("weight_decay", "adam_beta1", "adam_beta2", "per_env_sampling", "warmup_random"),
+    "owns": ("weight_decay", "adam_beta1", "adam_beta2", "per_env_sampling", "warmup_random", "obs_norm_replay"),
     "identity_defaults": {"algo.weight_decay": "0.01", "algo.adam_beta1": "0.9", "algo.adam_beta2": "0.999",
-                          "algo.per_env_sampling": "False", "algo.warmup_random": "True"},
+                          "algo.per_env_sampling": "False", "algo.warmup_random": "True",
+                          "algo.obs_norm_replay": "False"},
 }
 
 

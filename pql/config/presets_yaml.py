@@ -27,13 +27,14 @@ def _read_presets() -> dict[str, dict[str, Any]]:
 
 def presets(task: str, algo: str) -> list[dict[str, Any]]:
     """The preset layers (nested dicts) for ``task`` and ``algo``, lowest precedence first: the
-    algorithm's, the backend's (``backends``, by task-name prefix), the task's, then the task's for
-    that algorithm (its ``by_algo`` entry)."""
+    algorithm's, the backend's (``backends``, by task-name prefix), the backend's for that algorithm (its
+    ``by_algo`` entry), the task's, then the task's for that algorithm."""
     table = _preset_table()
-    backend = next((layer for prefix, layer in table.get("backends", {}).items() if task.startswith(prefix)), {})
+    backend = dict(next((layer for prefix, layer in table.get("backends", {}).items() if task.startswith(prefix)), {}))
     task_layer = dict(table.get("tasks", {}).get(task, {}))
-    by_algo = task_layer.pop("by_algo", {})
-    return [table.get("algos", {}).get(algo, {}), backend, task_layer, by_algo.get(algo, {})]
+    backend_by_algo, by_algo = backend.pop("by_algo", {}), task_layer.pop("by_algo", {})
+    return [table.get("algos", {}).get(algo, {}), backend, backend_by_algo.get(algo, {}), task_layer,
+            by_algo.get(algo, {})]
 
 
 def thresholds() -> dict[str, float]:

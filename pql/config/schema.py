@@ -88,6 +88,11 @@ class AlgoConfig:
     per_env_sampling: bool = _opt(False, "false: a batch is drawn uniformly from the whole buffer; true: "
                                          "equally from every env's transitions, max(1, batch_size // num_envs) "
                                          "each (FastTD3's per-env buffer; the batch is then num_envs x that)")
+    buffer_per_env: int | None = _opt(None, "null: buffer_size as set; N: buffer_size is N x num_envs (FastTD3 "
+                                            "sizes its buffer per env: 51200, 10240 on Playground and Isaac Lab)")
+    obs_norm_replay: bool = _opt(False, "false: the observation normaliser folds in the actor's observations; true: "
+                                        "also every V-update batch's observations and next observations, as FastTD3 "
+                                        "normalises its replay samples (the V-learner then owns the normaliser)")
     critic_sample_ratio: float = _opt(8.0, "beta_a:v, V-updates per actor step")
     ratio_scale_envs: int | None = _opt(None, "null: beta_a:v fixed, as in the paper; N0: above N0 envs, "
                                               "beta_a:v is scaled by num_envs/N0, holding the update-to-data "

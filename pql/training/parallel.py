@@ -10,7 +10,8 @@ Everything that crosses a process boundary is allocated by the parent before the
 - a :class:`~pql.workers.exchange.TransitionRing` carries the actor's packed n-step transitions to
   both learners, which copy them into their own replay buffers;
 - :class:`~pql.workers.exchange.ModuleSlot` s carry the latest policy (P-learner -> actor,
-  V-learner, evaluator), critic (V-learner -> P-learner) and normaliser (actor -> learners);
+  V-learner, evaluator), critic (V-learner -> P-learner) and normaliser (actor -> learners; with
+  ``algo.obs_norm_replay`` V-learner -> actor, P-learner);
 - the :class:`~pql.workers.balance.RatioController` 's counts and durations, which hold beta_a:v and
   beta_p:v across the processes;
 - a :class:`~pql.training.board.Board` of control flags, statistics and heartbeats.
@@ -201,7 +202,8 @@ class ProcessTrainer(RunLoop):
     def share(self, ctx: Any) -> Shared:
         """What the workers share, allocated here (``ctx``: the multiprocessing context they start in):
         the transition ring ``[RING_SLOTS, N, 2D + A + 2]`` on the sim device, and the slots of the policy,
-        critic and normaliser (whose modules move to the P-learner's, V-learner's and sim device)."""
+        critic and normaliser (whose modules move to the P-learner's, V-learner's and the normaliser owner's device:
+        the sim's, or the V-learner's with ``algo.obs_norm_replay``)."""
         cfg, (sim, vdev, pdev) = self.cfg, self.devices
         width = 2 * self.obs_dim + self.act_dim + 2
         nets = self.nets
@@ -210,7 +212,7 @@ class ProcessTrainer(RunLoop):
             TransitionRing(RING_SLOTS, cfg.num_envs, width, readers=2, device=sim).share_memory(),
             ModuleSlot(nets.policy.to(pdev)).share_memory(ctx.Lock()),
             ModuleSlot(nets.critic.to(vdev)).share_memory(ctx.Lock()),
-            ModuleSlot(nets.normalizer.to(sim)).share_memory(ctx.Lock()),
+            ModuleSlot(nets.normalizer.to(vdev if cfg.algo.obs_norm_replay else sim)).share_memory(ctx.Lock()),
             self.controller, self.board)
 
     def _start(self) -> None:

@@ -67,7 +67,8 @@ def _networks(shared: Shared) -> Networks:
 
 
 class ActorRole:
-    """The actor process: steps the envs, puts transitions into the ring, publishes the normaliser."""
+    """The actor process: steps the envs, puts transitions into the ring, publishes the normaliser (or, with
+    ``algo.obs_norm_replay``, reads the V-learner's)."""
 
     def __init__(self, shared: Shared, device: torch.device, state: dict[str, Any] | None) -> None:
         cfg, self.shared = shared.plan.cfg, shared
@@ -76,7 +77,8 @@ class ActorRole:
         self.resumed = state is not None
         if state is not None:
             self.worker.load_state_dict(state)
-        self.seen = shared.policy.version
+        self.seen, self.seen_norm = shared.policy.version, shared.normalizer.version
+        self.owns_normalizer = not shared.plan.cfg.algo.obs_norm_replay  # else the V-learner's, read here
         flags = shared.board.flags
         self.actor_steps, self.env_steps = flags["actor_steps"], flags["env_steps"]
         self.clock = PhaseClock(device)
@@ -96,6 +98,8 @@ class ActorRole:
         if not s.ring.has_room():
             return IDLE_S
         self.seen = s.policy.pull(w.policy, self.seen)
+        if not self.owns_normalizer:
+            self.seen_norm = s.normalizer.pull(w.normalizer, self.seen_norm)
         if counted:
             s.controller.begin("actor")
         with self.clock.phase("collect"):
@@ -103,7 +107,8 @@ class ActorRole:
             transitions = w.step(random=warming)
         if transitions is not None:
             s.ring.put(transitions.packed())
-        s.normalizer.publish(w.normalizer)
+        if self.owns_normalizer:
+            s.normalizer.publish(w.normalizer)
         self.actor_steps += 1
         self.env_steps += cfg.num_envs
         s.board.flags["actor_steps"], s.board.flags["env_steps"] = self.actor_steps, self.env_steps
@@ -140,7 +145,9 @@ class LearnerRole:
             self.worker = build_p_learner(shared.plan, nets)
             self.reads, self.publishes, self.loss = [(shared.critic, self.worker.critic)], shared.policy, "actor_loss"
             self.own = self.worker.policy
-        self.reads.append((shared.normalizer, self.worker.normalizer))
+        self.publishes_normalizer = role == "v" and self.worker.owns_normalizer
+        if not self.publishes_normalizer:
+            self.reads.append((shared.normalizer, self.worker.normalizer))
         if state is not None:
             self.worker.load_state_dict(state)
         self.seen = [slot.version for slot, _ in self.reads]
@@ -182,14 +189,19 @@ class LearnerRole:
             self.loss_sum += self.worker.update()
         ctl.end(self.role)
         self.publishes.publish(self.own)
+        if self.publishes_normalizer:
+            self.shared.normalizer.publish(self.worker.normalizer)
         self.loss_count += 1
         if self.loss_count % NAN_CHECK_EVERY == 0 and not math.isfinite(float(self.loss_sum)):
             raise NonFiniteLoss(self.shared.board.flags["env_steps"], {self.loss: math.nan}, ROLE_NAMES[self.role])
         return 0.0
 
     def park(self) -> None:
-        """Drain the ring, then add the losses, learn time and diagnostics to the board."""
+        """Drain the ring (publishing the normaliser it owns, with the drained rows folded in), then add the
+        losses, learn time and diagnostics to the board."""
         self.drain()
+        if self.publishes_normalizer:
+            self.shared.normalizer.publish(self.worker.normalizer)
         stats = self.shared.board.stats
         stats[f"{self.loss}_sum"] += float(self.loss_sum)
         stats[f"{self.loss}_count"] += self.loss_count

@@ -45,17 +45,21 @@ class SyncTrainer(RunLoop):
         self.v = build_v_learner(plan, nets)
         self.p = build_p_learner(plan, nets)
         self.policy_slot, self.critic_slot = ModuleSlot(self.p.policy), ModuleSlot(self.v.critic)
-        self.norm_slot = ModuleSlot(self.actor.normalizer)
+        # The normaliser's owner folds observations in and publishes it; the other workers read copies.
+        self.norm_owner = self.v if self.v.owns_normalizer else self.actor
+        self.norm_slot = ModuleSlot(self.norm_owner.normalizer)
         self.evaluator = None if self.eval_env is None else \
             Evaluator(self.eval_env, copy.deepcopy(nets.policy).to(sim), copy.deepcopy(nets.normalizer).to(sim))
         self.controller = ratio_controller(plan)
         self.seen = {"actor_policy": 0, "eval_policy": 0, "v_policy": 0, "p_critic": 0, "v_norm": 0, "p_norm": 0,
-                     "eval_norm": 0}
+                     "eval_norm": 0, "actor_norm": 0}
 
     # -- one step of each worker, shared by both modes --------------------------------
     def actor_step(self) -> None:
         """One actor step with the latest policy; its transitions go to both learners' buffers."""
         self.seen["actor_policy"] = self.policy_slot.pull(self.actor.policy, self.seen["actor_policy"])
+        if self.norm_owner is not self.actor:
+            self.seen["actor_norm"] = self.norm_slot.pull(self.actor.normalizer, self.seen["actor_norm"])
         algo = self.cfg.algo
         random = algo.warmup_random and self.progress.actor_steps < algo.warmup_steps and not self.resumed
         transitions = self.actor.step(random=random)
@@ -63,7 +67,7 @@ class SyncTrainer(RunLoop):
             rows = transitions.packed()
             self.v.add(rows)
             self.p.add(rows)
-        self.norm_slot.publish(self.actor.normalizer)
+        self.norm_slot.publish(self.norm_owner.normalizer)
         self.progress.actor_steps += 1
         self.progress.env_steps += self.cfg.num_envs
 
@@ -72,11 +76,14 @@ class SyncTrainer(RunLoop):
         return self.progress.actor_steps >= self.learn_from and self.v.buffer.size > 0
 
     def v_update(self) -> None:
-        """One V-update with the latest policy and normaliser."""
+        """One V-update with the latest policy and normaliser (which it publishes when it owns it)."""
         self.seen["v_policy"] = self.policy_slot.pull(self.v.policy, self.seen["v_policy"])
-        self.seen["v_norm"] = self.norm_slot.pull(self.v.normalizer, self.seen["v_norm"])
+        if self.norm_owner is not self.v:
+            self.seen["v_norm"] = self.norm_slot.pull(self.v.normalizer, self.seen["v_norm"])
         self.add_loss("critic_loss", self.v.update())
         self.critic_slot.publish(self.v.critic)
+        if self.norm_owner is self.v:
+            self.norm_slot.publish(self.v.normalizer)
 
     def p_update(self) -> None:
         """One P-update with the latest critic and normaliser."""
@@ -125,7 +132,7 @@ class SyncTrainer(RunLoop):
         self.p.load_state_dict(state)
         self.policy_slot.publish(self.p.policy)
         self.critic_slot.publish(self.v.critic)
-        self.norm_slot.publish(self.actor.normalizer)
+        self.norm_slot.publish(self.norm_owner.normalizer)
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> Progress:

@@ -74,8 +74,9 @@ class ActorWorker:
     def __init__(self, env: VecEnv, policy: OffPolicyActor, normalizer: RunningNormalizer, noise_std: torch.Tensor,
                  window: NStepWindow, reward_scale: float, generator: torch.Generator,
                  speed: Speed | None = None, eval_slice: int = 0,
-                 redraw_range: tuple[float, float] | None = None) -> None:
+                 redraw_range: tuple[float, float] | None = None, fold_obs: bool = True) -> None:
         self.env, self.policy, self.normalizer = env, policy, normalizer
+        self.fold_obs = fold_obs  # False: the V-learner owns the normaliser (algo.obs_norm_replay) and folds them
         self.noise_std = noise_std[:, None]  # [N, 1]
         self.redraw_range = redraw_range  # (low, high): an env's std is redrawn from U[low, high] when its episode ends
         self.window, self.reward_scale, self.generator = window, reward_scale, generator
@@ -111,7 +112,8 @@ class ActorWorker:
     def step(self, random: bool = False) -> Transitions | None:
         """One step of every env; ``random`` draws uniform actions (warm-up). Returns n-step transitions or None."""
         env = self.env
-        self.normalizer.update(self.obs)
+        if self.fold_obs:
+            self.normalizer.update(self.obs)
         shape = (env.num_envs, env.act_dim)
         if random:
             action = torch.rand(shape, generator=self.generator, device=env.device) * 2 - 1

@@ -39,25 +39,43 @@ class VLearner:
         self._loss = self.speed.compile(self.td_loss)
         self._apply = self.speed.compile(self.apply_gradients, graphs=False)
 
+    @property
+    def owns_normalizer(self) -> bool:
+        """Whether this learner folds observations into the run's normaliser (``algo.obs_norm_replay``): the
+        stored ones and every batch's, FastTD3's scheme; otherwise it reads the actor's."""
+        return self.cfg.obs_norm_replay
+
     def add(self, rows: torch.Tensor) -> torch.Tensor:
-        """Store packed transitions ``[B, 2D + A + 2]`` (:meth:`Transitions.packed`); returns the buffer's storage."""
+        """Store packed transitions ``[B, 2D + A + 2]`` (:meth:`Transitions.packed`), folding their observations
+        ``[B, D]`` into the normaliser when it owns it; returns the buffer's storage."""
+        if self.owns_normalizer:
+            self.normalizer.update(rows[:, :self.normalizer.mean.numel()])
         return self.buffer.add_rows(rows)
 
     def state_dict(self) -> dict[str, Any]:
-        """The V-learner's part of a checkpoint."""
-        return {"critic": self.critic.state_dict(), "critic_target": self.target.state_dict(),
-                "critic_optimizer": self.optimizer.state_dict(), "rng": {"v": self.generator.get_state()}}
+        """The V-learner's part of a checkpoint (with the normaliser when it owns it)."""
+        state = {"critic": self.critic.state_dict(), "critic_target": self.target.state_dict(),
+                 "critic_optimizer": self.optimizer.state_dict(), "rng": {"v": self.generator.get_state()}}
+        if self.owns_normalizer:
+            state["normalizer"] = self.normalizer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+        if self.owns_normalizer:
+            self.normalizer.load_state_dict(state["normalizer"])
         self.critic.load_state_dict(state["critic"])
         self.target.load_state_dict(state["critic_target"])
         self.optimizer.load_state_dict(state["critic_optimizer"])
         set_generator_state(self.generator, state["rng"]["v"])
 
     def update(self) -> torch.Tensor:
-        """One critic step on a sampled batch; returns the (detached) loss."""
+        """One critic step on a sampled batch; returns the (detached) loss. Owning the normaliser, it folds in
+        the batch's observations and next observations first, as FastTD3 does (train.py:646-649 at 229ed59)."""
         batch = self.buffer.sample(self.cfg.batch_size, self.generator)
+        if self.owns_normalizer:
+            self.normalizer.update(batch["obs"])
+            self.normalizer.update(batch["next_obs"])
         noise = torch.randn(batch["action"].shape, generator=self.generator, device=self.device)
         return self.step(batch["obs"], batch["action"], batch["ret"], batch["discount"], batch["next_obs"], noise)
 
