@@ -41,7 +41,7 @@ BASE_ARGS = {
     "algo.critic_actor_ratio": (2, "BaseArgs.policy_frequency = 2 (63)"),
     "algo.target_noise_std": (0.001, "BaseArgs.policy_noise = 0.001 (55)"),
     "algo.target_noise_clip": (0.5, "BaseArgs.noise_clip = 0.5 (65)"),
-    "algo.warmup_steps": (10, "BaseArgs.learning_starts = 10 (61)"),
+    "algo.warmup_steps": (11, "BaseArgs.learning_starts = 10 (61); train.py:643 updates once global_step > 10"),
     "algo.warmup_random": (False, "train.py: the exploring policy acts from the first step"),
     "algo.num_atoms": (101, "BaseArgs.num_atoms = 101 (71)"),
     "algo.v_min": (-250, "BaseArgs.v_min = -250.0 (73)"),
@@ -171,3 +171,25 @@ def test_fast_td3_trains_and_resumes_in_both_modes(mode, tiny, tmp_path):
     assert saved["state"] == "done"
     resumed = train({"resume": str(run), "max_env_steps": "1920"}).path
     assert json.loads((resumed / "status.json").read_text())["env_steps"] == 1920
+
+
+def test_updates_start_in_the_twelfth_step_two_critic_steps_then_one_policy_step(tiny, tmp_path):
+    """FastTD3's loop (train.py:578-676 at 229ed59) updates once global_step > learning_starts = 10: nothing in
+    its first 11 env steps, then each step 2 critic updates with the policy's after the 2nd."""
+    from pql.store.run_dir import RunDir
+    from pql.training.sync import SyncTrainer
+    from pql.workers.plan import plan_run
+
+    preset = build_config({"algo": "fast_td3", "task": "classic/pendulum"}).algo
+    over = {**tiny, "algo": "fast_td3", "algo.warmup_steps": str(preset.warmup_steps),
+            "algo.critic_sample_ratio": str(preset.critic_sample_ratio),
+            "algo.critic_actor_ratio": str(preset.critic_actor_ratio)}
+    trainer = SyncTrainer(plan_run(build_config(over)), RunDir(tmp_path / "t"))
+    for _ in range(11):
+        trainer.step()
+    assert trainer.update_counts() == (0, 0)
+    order = []
+    trainer.step(lambda worker, fn: (order.append(worker), fn()))
+    assert order == ["actor", "v", "v", "p"]
+    trainer.step()
+    assert trainer.update_counts() == (4, 2)
