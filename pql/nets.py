@@ -12,13 +12,16 @@ from torch import nn
 ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
-def mlp(sizes: list[int], out_act: nn.Module | None = None, activation: str = "elu") -> nn.Sequential:
-    """Linear layers of ``sizes`` with ``activation`` (a name in :data:`ACTIVATIONS`) between them and
-    ``out_act`` after the last."""
+def mlp(sizes: list[int], out_act: nn.Module | None = None, activation: str = "elu",
+        layer_norm: bool = False) -> nn.Sequential:
+    """Linear layers of ``sizes`` with ``activation`` (a name in :data:`ACTIVATIONS`) between them, each hidden
+    one followed by a LayerNorm first with ``layer_norm`` (FastSAC's order), and ``out_act`` after the last."""
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
         if i < len(sizes) - 2:
+            if layer_norm:
+                layers.append(nn.LayerNorm(sizes[i + 1]))
             layers.append(ACTIVATIONS[activation]())
     if out_act is not None:
         layers.append(out_act)
@@ -46,9 +49,9 @@ class Actor(OffPolicyActor):
     """Deterministic policy: normalised obs ``[B, D]`` -> action ``[B, A]`` in [-1, 1] (PQL, PQL-D, DDPG(n))."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], activation: str = "elu",
-                 out_init_std: float | None = None) -> None:
+                 out_init_std: float | None = None, layer_norm: bool = False) -> None:
         super().__init__()
-        self.net = mlp([obs_dim, *hidden, act_dim], nn.Tanh(), activation)
+        self.net = mlp([obs_dim, *hidden, act_dim], nn.Tanh(), activation, layer_norm)
         if out_init_std is not None:  # FastTD3's small last layer: actions start near 0 for every observation
             last = self.net[-2]
             nn.init.normal_(last.weight, 0.0, out_init_std)
@@ -88,6 +91,21 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+class EnsembleLayerNorm(nn.Module):
+    """E independent LayerNorms over the last dimension: ``[E, B, F] -> [E, B, F]``, each member with its own
+    scale (ones) and shift (zeros), as ``nn.LayerNorm(F)`` per member."""
+
+    def __init__(self, ensemble: int, features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(ensemble, 1, features))
+        self.bias = nn.Parameter(torch.zeros(ensemble, 1, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [E, B, F]`` normalised over F, then scaled and shifted per member."""
+        return nn.functional.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+
+
 class TwinCritic(nn.Module):
     """Two Q networks on concat(obs, action), stacked: ``(obs [B, D], act [B, A]) -> [2, B, out]``.
 
@@ -96,10 +114,12 @@ class TwinCritic(nn.Module):
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], out: int = 1,
-                 activation: str = "elu") -> None:
+                 activation: str = "elu", layer_norm: bool = False) -> None:
         super().__init__()
         sizes = [obs_dim + act_dim, *hidden, out]
         self.layers = nn.ModuleList(EnsembleLinear(2, sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1))
+        # with layer_norm, each hidden layer's output is normalised before the activation (FastSAC's order)
+        self.norms = nn.ModuleList(EnsembleLayerNorm(2, width) for width in hidden) if layer_norm else None
         self.activation = ACTIVATIONS[activation]()
         self.out = out
 
@@ -109,5 +129,7 @@ class TwinCritic(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
+                if self.norms is not None:
+                    x = self.norms[i](x)
                 x = self.activation(x)
         return x.squeeze(-1) if self.out == 1 else x

@@ -49,7 +49,8 @@ def test_unknown_key_names_the_key_and_nearest():
     ({"algo.critic_lr": "nan"}, "critic_lr must be a finite number"),
     ({"algo.preact_penalty": "-1e-3"}, "preact_penalty must be a finite number >= 0"),
     ({"algo": "sac", "mode": "sync", "algo.preact_penalty": "1e-3"},
-     r"algo.preact_penalty \(0.001\) is a key of pql, pql-d, ddpg, fast_td3 only; sac does not read it, so leave it 0.0"),
+     r"algo.preact_penalty \(0.001\) is a key of pql, pql-d, ddpg, fast_td3 only; sac does not read it, "
+     r"so leave it 0.0"),
     ({"algo.per_env_sampling": "true", "num_envs": "64", "algo.buffer_size": "32", "algo.batch_size": "16"},
      r"algo.per_env_sampling keeps whole steps of num_envs \(64\) rows: algo.buffer_size \(32\) holds none"),
     ({"algo.activation": "gelu"}, "algo.activation must be one of elu, relu, silu, tanh, got 'gelu'"),

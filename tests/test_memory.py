@@ -202,10 +202,11 @@ def _saved_activations(update, params: list[torch.Tensor]) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("algo", ["pql", "pql-d", "sac"])
-def test_activation_estimate_covers_what_one_update_saves(algo, tmp_path):
+@pytest.mark.parametrize(("algo", "layer_norm"), [("pql", "false"), ("pql-d", "false"), ("sac", "false"),
+                                                  ("pql", "true")])
+def test_activation_estimate_covers_what_one_update_saves(algo, layer_norm, tmp_path):
     cfg = _config(algo, "sync", **{"algo.batch_size": "512", "algo.critic_hidden": "[256,256]",
-                                   "algo.actor_hidden": "[256,256]"})
+                                   "algo.actor_hidden": "[256,256]", "algo.layer_norm": layer_norm})
     trainer = SyncTrainer(plan_run(cfg), RunDir(tmp_path / "run"))
     for _ in range(4):
         trainer.actor_step()

@@ -121,6 +121,33 @@ def test_activation_and_the_small_last_layer_reach_the_networks():
     assert default.policy.net[-2].weight.abs().max() > 0.05  # torch's uniform(+-1/sqrt(256)), not N(0, 0.01)
 
 
+def test_layer_norm_comes_after_each_hidden_layer_before_its_activation():
+    """algo.layer_norm (FastSAC's order: Linear, LayerNorm, activation): the policy's MLP gains one LayerNorm per
+    hidden layer, and each of the twin critics computes what nn.LayerNorm between its layers would, with a scale
+    and shift of its own; off (the default), the networks keep their parameters, so checkpoints still load."""
+    torch.manual_seed(0)
+    cfg = build_config({"algo.layer_norm": "true", "algo.activation": "silu", "algo.actor_hidden": "[6, 5]",
+                        "algo.critic_hidden": "[8]", "max_env_steps": "10"})
+    nets = initial_networks(plan_run(cfg), 3, 4)
+    assert [type(m).__name__ for m in nets.policy.net] == ["Linear", "LayerNorm", "SiLU", "Linear", "LayerNorm",
+                                                           "SiLU", "Linear", "Tanh"]
+    critic = nets.critic
+    with torch.no_grad():
+        critic.norms[0].weight.copy_(torch.tensor([2.0, 3.0]).view(2, 1, 1))  # each member its own scale
+        critic.norms[0].bias.copy_(torch.tensor([0.5, -0.5]).view(2, 1, 1))
+    obs, act = torch.randn(5, 3), torch.randn(5, 4)
+    first, second = critic.layers
+    for k in range(2):
+        hidden = torch.cat((obs, act), -1) @ first.weight[k] + first.bias[k]
+        centred = hidden - hidden.mean(-1, keepdim=True)
+        normed = centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + 1e-5)
+        by_hand = torch.nn.functional.silu(normed * critic.norms[0].weight[k] + critic.norms[0].bias[k])
+        assert torch.allclose(critic(obs, act)[k], (by_hand @ second.weight[k] + second.bias[k]).squeeze(-1),
+                              atol=1e-6)
+    plain = initial_networks(plan_run(build_config({"max_env_steps": "10"})), 3, 4)
+    assert plain.critic.norms is None and "LayerNorm" not in str(plain.policy)
+
+
 def test_both_learners_step_adamw_with_the_configured_weight_decay_and_betas():
     """AdamW's decoupled decay: a parameter whose gradient is zero shrinks by lr * weight_decay per step."""
     cfg = _cfg(**{"algo.weight_decay": "0.5", "algo.adam_beta1": "0.8", "algo.adam_beta2": "0.99"})

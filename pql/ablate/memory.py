@@ -127,19 +127,31 @@ class MemoryEstimate:
         return max((c for c in self.components if self.devices[c.role] == device), key=lambda c: c.nbytes)
 
 
-def mlp_params(sizes: Sequence[int]) -> int:
-    """Parameters of :func:`pql.nets.mlp` (linear layers of ``sizes``, with biases)."""
-    return sum(a * b + b for a, b in pairwise(sizes))
+def mlp_params(sizes: Sequence[int], layer_norm: bool = False) -> int:
+    """Parameters of :func:`pql.nets.mlp` (linear layers of ``sizes``, with biases; with ``layer_norm`` a scale
+    and a shift per hidden unit)."""
+    return sum(a * b + b for a, b in pairwise(sizes)) + (2 * sum(sizes[1:-1]) if layer_norm else 0)
 
 
-def train_floats(rows: int, sizes: Sequence[int], ensemble: int = 1, frozen: bool = False) -> int:
+# Floats per hidden unit a LayerNorm adds to what an MLP's forward keeps (measured with autograd's saved-tensor
+# hooks, tests/test_memory.py): torch's fused nn.LayerNorm its output, pql.nets.EnsembleLayerNorm (a functional
+# layer_norm, then its members' scales and shifts) its normalised and its scaled output; a frozen copy's only
+# the scaled one.
+LAYER_NORM_FLOATS = {"mlp": 1, "ensemble": 2, "frozen ensemble": 1}
+
+
+def train_floats(rows: int, sizes: Sequence[int], ensemble: int = 1, frozen: bool = False,
+                 norm_floats: int = 0) -> int:
     """Floats a forward pass keeps for its backward through an MLP of ``sizes`` with ELU between layers, for
     ``rows`` inputs and ``ensemble`` stacked copies: the input, each hidden layer's output before and after
     its ELU, and the output; for a ``frozen`` MLP (gradients for its input only, not its weights), only each
-    hidden layer's output before its ELU."""
+    hidden layer's output before its ELU. A LayerNorm before each activation keeps ``norm_floats`` more per
+    hidden unit (:data:`LAYER_NORM_FLOATS`) and a mean and inverse std per row of each hidden layer."""
+    hidden = sizes[1:-1]
+    norms = ensemble * rows * (norm_floats * sum(hidden) + 2 * len(hidden)) if norm_floats else 0
     if frozen:
-        return ensemble * rows * sum(sizes[1:-1])
-    return ensemble * rows * (sizes[0] + 2 * sum(sizes[1:-1]) + sizes[-1])
+        return ensemble * rows * sum(hidden) + norms
+    return ensemble * rows * (sizes[0] + 2 * sum(hidden) + sizes[-1]) + norms
 
 
 def inference_floats(rows: int, sizes: Sequence[int]) -> int:
@@ -208,6 +220,7 @@ def _off_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Compon
     """The actor-critic trainer (PQL, PQL-D, DDPG(n), SAC(n)): the actor, V-learner and P-learner of
     :mod:`pql.workers.builders`, in either mode, with the algorithm's own policy, critic head and objective."""
     algo, n = cfg.algo, cfg.num_envs
+    ln = LAYER_NORM_FLOATS if algo.layer_norm else dict.fromkeys(LAYER_NORM_FLOATS, 0)
     envs = n if algo.per_env_sampling else 1  # a buffer sampled per env: whole steps, E x max(1, B // E) rows
     b, capacity = batch_rows(algo.batch_size, envs), algo.buffer_size - algo.buffer_size % envs
     run_async, evals = cfg.mode == "async", int(cfg.eval_envs > 0)
@@ -220,7 +233,7 @@ def _off_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Compon
     policy_sizes = [d, *algo.actor_hidden, out]
     critic_sizes = [d + a, *algo.critic_hidden, k]
     policy = sum(p.numel() for p in net.parameters()) * FLOAT  # SAC's: with log_alpha
-    critic = 2 * mlp_params(critic_sizes) * FLOAT  # twin
+    critic = 2 * mlp_params(critic_sizes, algo.layer_norm) * FLOAT  # twin
     norm = normalizer_bytes(d)
     atoms = sum(t.numel() for t in vars(head).values() if isinstance(t, torch.Tensor)) * FLOAT  # C51's [K]
     width = 2 * d + a + 2
@@ -241,7 +254,7 @@ def _off_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Compon
         Component("v_learner", f"critic update activations (batch {b})",
                   (b * (width + 2 * d)  # the sampled rows and the normalised obs, next_obs
                    + b * (a + gaussian) + 2 * b * k  # target action, target critic output
-                   + BACKWARD * train_floats(b, critic_sizes, 2)
+                   + BACKWARD * train_floats(b, critic_sizes, 2, norm_floats=ln["ensemble"])
                    + (8 * b * k if k > 1 else 0)  # C51: target probs, projection, log-softmax
                    + (3 * b * k if getattr(head, "pick_after_projection", False) else 0)) * FLOAT,  # both projected
                   "lower algo.batch_size", transient=True),
@@ -251,8 +264,9 @@ def _off_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Compon
         Component("p_learner", "critic and normaliser copies", critic + norm + atoms, "narrower algo.critic_hidden"),
         Component("p_learner", f"policy update activations (batch {b})",
                   (2 * b * d + b * gaussian  # the sampled and normalised obs
-                   + BACKWARD * (train_floats(b, policy_sizes) + b * a
-                                 + train_floats(b, critic_sizes, 2, frozen=True))  # the critic copy is frozen
+                   + BACKWARD * (train_floats(b, policy_sizes, norm_floats=ln["mlp"]) + b * a
+                                 + train_floats(b, critic_sizes, 2, frozen=True,  # the critic copy is frozen
+                                                norm_floats=ln["frozen ensemble"]))
                    + (4 * b * k if k > 1 else 0)) * FLOAT,  # C51: softmax and expected values
                   "lower algo.batch_size", transient=True),
     ]
@@ -268,7 +282,8 @@ def _on_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Compone
     algo, ppo, n = cfg.algo, cfg.algo.ppo, cfg.num_envs
     rows, m = ppo.horizon * n, ppo.minibatch_size
     policy_sizes, value_sizes = [d, *algo.actor_hidden, a], [d, *algo.critic_hidden, 1]
-    params = mlp_params(policy_sizes) + a + mlp_params(value_sizes)  # + the log std [A]
+    ln = LAYER_NORM_FLOATS if algo.layer_norm else dict.fromkeys(LAYER_NORM_FLOATS, 0)
+    params = mlp_params(policy_sizes, algo.layer_norm) + a + mlp_params(value_sizes, algo.layer_norm)  # + log std
     step = (d + 2 * a + 4) * FLOAT + 2  # per env and step: obs, action, mean, 4 scalars, 2 bools
     # stacked but not kept in the rollout: reward, final value, bootstrapped reward; terminated, truncated, done
     unkept = 3 * FLOAT + 3
@@ -283,7 +298,8 @@ def _on_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Compone
         Component("sim", f"update activations (minibatch {m})",
                   rows * (2 * FLOAT + 8)  # value targets, old values, the shuffled order (int64)
                   + (m * (d + 3 * a + 4 + 6 * a)  # the minibatch's rows, the distributions' terms
-                     + BACKWARD * (train_floats(m, policy_sizes) + train_floats(m, value_sizes))) * FLOAT,
+                     + BACKWARD * (train_floats(m, policy_sizes, norm_floats=ln["mlp"])
+                                   + train_floats(m, value_sizes, norm_floats=ln["mlp"]))) * FLOAT,
                   "lower algo.ppo.minibatch_size", transient=True),
     ]
 

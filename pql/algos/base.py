@@ -142,7 +142,7 @@ ACTOR_CRITIC_LEARNERS: dict[str, Any] = {
 def deterministic_actor(algo: AlgoConfig, obs_dim: int, act_dim: int) -> Actor:
     """The deterministic tanh policy of PQL, PQL-D and DDPG(n), as the config shapes it (widths, activation,
     last layer's init)."""
-    return Actor(obs_dim, act_dim, algo.actor_hidden, algo.activation, algo.actor_out_init_std)
+    return Actor(obs_dim, act_dim, algo.actor_hidden, algo.activation, algo.actor_out_init_std, algo.layer_norm)
 
 
 def owned(*families: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,8 @@ class UnclampedActor(Actor):
 
 def unclamped_actor(algo: AlgoConfig, obs_dim: int, act_dim: int) -> UnclampedActor:
     """FastTD3's policy, as the config shapes it (widths, activation, last layer's init)."""
-    return UnclampedActor(obs_dim, act_dim, algo.actor_hidden, algo.activation, algo.actor_out_init_std)
+    return UnclampedActor(obs_dim, act_dim, algo.actor_hidden, algo.activation, algo.actor_out_init_std,
+                          algo.layer_norm)
 
 
 ALGORITHM = Algorithm(

@@ -23,9 +23,9 @@ class PPOPolicy(nn.Module):
     deterministic action clamp(mean, -1, 1) ``[B, A]`` (actions are clipped only for the env)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], init_log_std: float = 0.0,
-                 activation: str = "elu") -> None:
+                 activation: str = "elu", layer_norm: bool = False) -> None:
         super().__init__()
-        self.net = mlp([obs_dim, *hidden, act_dim], activation=activation)
+        self.net = mlp([obs_dim, *hidden, act_dim], activation=activation, layer_norm=layer_norm)
         self.log_std = nn.Parameter(torch.full((act_dim,), init_log_std))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -142,7 +142,7 @@ def minibatch_problem(cfg: Config) -> str | None:
 ALGORITHM = Algorithm(
     name="ppo", label="PPO", color="#2ca02c", trainer="on-policy", modes=("sync",),
     make_policy=lambda algo, obs_dim, act_dim: PPOPolicy(obs_dim, act_dim, algo.actor_hidden, algo.ppo.init_log_std,
-                                                         algo.activation),
+                                                         algo.activation, algo.layer_norm),
     owns=("ppo",), check=minibatch_problem,
     identity_defaults={"algo.ppo.bounds_loss_coef": "0.0", "algo.ppo.stagger_episodes": "False"},
 )

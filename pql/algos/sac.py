@@ -25,10 +25,10 @@ class GaussianActor(OffPolicyActor):
     log_std_min, log_std_max = -5.0, 5.0  # the authors' bounds
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], init_temperature: float = 1.0,
-                 activation: str = "elu") -> None:
+                 activation: str = "elu", layer_norm: bool = False) -> None:
         super().__init__()
         self.act_dim = act_dim
-        self.net = mlp([obs_dim, *hidden, 2 * act_dim], activation=activation)
+        self.net = mlp([obs_dim, *hidden, 2 * act_dim], activation=activation, layer_norm=layer_norm)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -106,7 +106,8 @@ class EntropyRegularisedObjective:
 ALGORITHM = Algorithm(
     name="sac", label="SAC(n)", color="#9467bd", trainer="actor-critic", modes=("sync",),
     make_policy=lambda algo, obs_dim, act_dim: GaussianActor(obs_dim, act_dim, algo.actor_hidden,
-                                                            algo.init_temperature, algo.activation),
+                                                            algo.init_temperature, algo.activation,
+                                                            algo.layer_norm),
     make_head=lambda algo, device: ScalarHead(),
     make_objective=EntropyRegularisedObjective,  # type: ignore[arg-type]  # its policy is a GaussianActor
     **owned(ACTOR_CRITIC_LEARNERS, {"owns": ("init_temperature", "alpha_lr")}),

@@ -80,6 +80,8 @@ class AlgoConfig:
     adam_beta2: float = _opt(0.999, "AdamW beta2 of both learners (torch's default)")
     activation: str = _opt("elu", "hidden layers' activation of every network: elu (the reference code's), relu "
                                   "(FastTD3's), silu or tanh")
+    layer_norm: bool = _opt(False, "a LayerNorm after each hidden layer, before its activation, in every policy, "
+                                   "critic and value MLP (FastSAC's)")
     actor_out_init_std: float | None = _opt(None, "null: the policy's last layer keeps torch's default init; STD: its "
                                                   "weights drawn from N(0, STD) and its bias 0 (FastTD3: 0.01)")
     preact_penalty: float = _opt(0.0, "weight of the mean squared pre-tanh output added to the "

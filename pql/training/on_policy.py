@@ -59,7 +59,7 @@ class PPOTrainer(RunLoop):
         policy = plan.algorithm.make_policy(algo, d, a).to(sim)
         assert isinstance(policy, PPOPolicy)
         self.policy = policy
-        self.value = mlp([d, *algo.critic_hidden, 1], activation=algo.activation).to(sim)
+        self.value = mlp([d, *algo.critic_hidden, 1], activation=algo.activation, layer_norm=algo.layer_norm).to(sim)
         self.normalizer = RunningNormalizer(d, algo.obs_clip, enabled=algo.normalize_obs).to(sim)
         self.value_normalizer = RunningNormalizer(1, clip=float("inf"), enabled=self.ppo.normalize_value).to(sim)
         self.params = [*self.policy.parameters(), *self.value.parameters()]

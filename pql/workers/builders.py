@@ -41,7 +41,7 @@ def initial_networks(plan: RunPlan, obs_dim: int, act_dim: int) -> Networks:
     policy = declared.make_policy(algo, obs_dim, act_dim)
     assert isinstance(policy, OffPolicyActor), f"{algo.name}'s policy is not an off-policy actor"
     critic = TwinCritic(obs_dim, act_dim, algo.critic_hidden, declared.head(algo, "cpu").out_features,
-                        algo.activation)
+                        algo.activation, algo.layer_norm)
     return Networks(policy, critic, RunningNormalizer(obs_dim, algo.obs_clip, enabled=algo.normalize_obs), obs_dim,
                     act_dim)
 
