@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pql.ablate.spec import FIGURE_KINDS
@@ -15,6 +16,15 @@ from pql.training.interrupt import RunInterrupted
 
 if TYPE_CHECKING:
     from pql.ablate.runner import Plan
+
+
+def _refuse_a_finished_out(overrides: dict[str, str]) -> None:
+    """ConfigError when ``out=`` names a directory that holds a run already (its config.yaml) and this is not its
+    resumption: a new run there would mix its rows into the old run's metrics."""
+    out = overrides.get("out")
+    if out and not overrides.get("resume") and (Path(out) / "config.yaml").exists():
+        raise ConfigError(f"out={out} holds a run already (its config.yaml): continue it with pql train "
+                          f"resume={out}, or choose another out=")
 
 
 def _train_help() -> str:
@@ -178,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             from pql.training.failures import failure_recorded
             from pql.training.run import resolve, run_training
 
+            _refuse_a_finished_out(overrides)  # before anything records a failure in it
             with failure_recorded(overrides.get("resume") or overrides.get("out")):
                 cfg = resolve(overrides)
             with failure_recorded(cfg.out):

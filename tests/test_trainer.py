@@ -368,3 +368,17 @@ def test_rows_take_at_most_their_share_of_real_time_at_65536_envs(tiny, tmp_path
     gaps = [float(b["wall_s"]) - float(a["wall_s"]) for a, b in itertools.pairwise(rows[1:-1])]
     assert all(g >= 0.45 for g in gaps), f"rows costing >= 0.15 s each need >= 0.45 s of training between: {gaps}"
     assert len(rows) * 0.15 <= 0.25 / 0.75 * wall + 0.15 * 3, (len(rows), wall, spent)
+
+
+def test_a_new_run_into_a_finished_run_s_directory_is_refused_before_it_starts(tiny, capsys):
+    """``pql train out=DIR`` where DIR holds a run (its config.yaml), without resume=: exit 2 naming both ways on,
+    and the old run's rows and status untouched (a new run there once failed at its first row, its rows mixed
+    into the old run's metrics)."""
+    from pql.cli import main
+
+    run = train(tiny).path
+    before = [(run / name).read_text() for name in ("metrics.csv", "status.json", "config.yaml")]
+    assert main(["train", *(f"{k}={v}" for k, v in {**tiny, "seed": "1"}.items())]) == 2
+    err = capsys.readouterr().err
+    assert f"out={run} holds a run already (its config.yaml): continue it with pql train resume={run}" in err
+    assert [(run / name).read_text() for name in ("metrics.csv", "status.json", "config.yaml")] == before
