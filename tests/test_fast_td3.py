@@ -15,6 +15,7 @@ from pql.config.presets_yaml import presets
 from pql.nets import Actor
 from pql.normalizer import RunningNormalizer
 from pql.resolve import build_config
+from pql.store.run_dir import RunDir
 from pql.training.run import train
 
 # Every preset value against FastTD3's code (younggyoseo/FastTD3 at 229ed59, fast_td3/hyperparams.py): our key,
@@ -169,6 +170,10 @@ def test_fast_td3_trains_and_resumes_in_both_modes(mode, tiny, tmp_path):
     assert int(rows[-1]["env_steps"]) == 1280 and float(rows[-1]["p_updates"]) > 0
     saved = json.loads((run / "status.json").read_text())
     assert saved["state"] == "done"
+    # the V-learner's normaliser, in the checkpoint: every stored step's observations (n-step 1: one row per env
+    # step) and each update's batch of 16 x 4 observations and next observations
+    count = RunDir(str(run)).load_checkpoint()["normalizer"]["count"]
+    assert count == 1280 + 2 * 64 * int(float(rows[-1]["v_updates"]))
     resumed = train({"resume": str(run), "max_env_steps": "1920"}).path
     assert json.loads((resumed / "status.json").read_text())["env_steps"] == 1920
 

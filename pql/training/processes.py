@@ -160,11 +160,15 @@ class LearnerRole:
         return self.worker.warm_up()
 
     def drain(self) -> None:
-        """Copy the ring's pending rows into this learner's buffer and release them."""
-        ring = self.shared.ring
+        """Copy the ring's pending rows into this learner's buffer and release them; owning the normaliser, publish
+        it with their observations folded in (the actor acts with it from its next step, warm-up included)."""
+        ring, drained = self.shared.ring, False
         while ring.pending(self.reader):
             rows = ring.peek(self.reader)
             ring.release(self.reader, [rows, self.worker.add(rows)])
+            drained = True
+        if drained and self.publishes_normalizer:
+            self.shared.normalizer.publish(self.worker.normalizer)
 
     def ready(self) -> bool:
         """Whether it may learn: its buffer holds data and (V) the warm-up is over or (P) the critic was updated."""
@@ -197,11 +201,8 @@ class LearnerRole:
         return 0.0
 
     def park(self) -> None:
-        """Drain the ring (publishing the normaliser it owns, with the drained rows folded in), then add the
-        losses, learn time and diagnostics to the board."""
+        """Drain the ring, then add the losses, learn time and diagnostics to the board."""
         self.drain()
-        if self.publishes_normalizer:
-            self.shared.normalizer.publish(self.worker.normalizer)
         stats = self.shared.board.stats
         stats[f"{self.loss}_sum"] += float(self.loss_sum)
         stats[f"{self.loss}_count"] += self.loss_count
