@@ -45,6 +45,36 @@ class OffPolicyActor(nn.Module):
         raise NotImplementedError
 
 
+class SampledActor(OffPolicyActor):
+    """A stochastic policy whose entropy a learned temperature weighs (FastSAC's): :meth:`sample` draws
+    reparameterised actions with their log-probabilities."""
+
+    def sample(self, obs: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action ``[B, A]``, log pi(action | obs) ``[B]``) for normalised ``obs [B, D]`` and standard normal
+        ``eps [B, A]``, differentiable in the network."""
+        raise NotImplementedError
+
+
+class Temperature(nn.Module):
+    """A learned entropy temperature alpha = exp(log_alpha), steered so that the policy's entropy tends to
+    ``target_entropy``; carried by the critic when the V-learner learns it with every critic step (FastSAC's).
+    ``weight_decay`` is its AdamW's (torch's default 0.01, which FastSAC's optimiser leaves as is)."""
+
+    def __init__(self, init: float, target_entropy: float, weight_decay: float = 0.01) -> None:
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(init)))
+        self.target_entropy, self.weight_decay = target_entropy, weight_decay
+
+    def alpha(self) -> torch.Tensor:
+        """The temperature ``[]``, detached: what the losses weigh the entropy by."""
+        return self.log_alpha.exp().detach()
+
+    def loss(self, log_prob: torch.Tensor) -> torch.Tensor:
+        """``-alpha * (log pi + target entropy)`` averaged over ``log_prob [B]`` (detached): its gradient raises
+        alpha while the entropy is below the target and lowers it above."""
+        return -(self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
+
+
 class Actor(OffPolicyActor):
     """Deterministic policy: normalised obs ``[B, D]`` -> action ``[B, A]`` in [-1, 1] (PQL, PQL-D, DDPG(n))."""
 
@@ -110,18 +140,25 @@ class TwinCritic(nn.Module):
     """Two Q networks on concat(obs, action), stacked: ``(obs [B, D], act [B, A]) -> [2, B, out]``.
 
     ``out`` is 1 for the scalar critic (squeezed to ``[2, B]``) or the number of atoms
-    for the categorical one (logits).
+    for the categorical one (logits). A :class:`Temperature` it carries travels with it from the
+    V-learner, which learns it, to the P-learner.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], out: int = 1,
-                 activation: str = "elu", layer_norm: bool = False) -> None:
+                 activation: str = "elu", layer_norm: bool = False, temperature: Temperature | None = None) -> None:
         super().__init__()
+        self.temperature = temperature  # learned by the V-learner, read by the P-learner through this critic
         sizes = [obs_dim + act_dim, *hidden, out]
         self.layers = nn.ModuleList(EnsembleLinear(2, sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1))
         # with layer_norm, each hidden layer's output is normalised before the activation (FastSAC's order)
         self.norms = nn.ModuleList(EnsembleLayerNorm(2, width) for width in hidden) if layer_norm else None
         self.activation = ACTIVATIONS[activation]()
         self.out = out
+
+    def q_parameters(self) -> list[nn.Parameter]:
+        """The Q networks' parameters: all but the temperature's."""
+        own = {id(p) for p in self.temperature.parameters()} if self.temperature is not None else set()
+        return [p for p in self.parameters() if id(p) not in own]
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """``[K, B, out]``: every critic's output for ``obs [B, obs_dim]`` and ``act [B, act_dim]``."""

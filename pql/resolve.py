@@ -111,6 +111,8 @@ def validate(cfg: Config) -> None:
     need(not a.per_env_sampling or a.buffer_size >= cfg.num_envs,
          f"algo.per_env_sampling keeps whole steps of num_envs ({cfg.num_envs}) rows: algo.buffer_size "
          f"({a.buffer_size}) holds none")
+    need(a.obs_norm_acting or a.obs_norm_replay, "algo.obs_norm_acting=false folds no observation into the "
+         "normaliser unless algo.obs_norm_replay=true (or turn it off: algo.normalize_obs=false)")
     ppo = a.ppo
     need(ppo.lr_schedule in LR_SCHEDULES, f"algo.ppo.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                                           f"got '{ppo.lr_schedule}'")

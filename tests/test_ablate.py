@@ -53,6 +53,26 @@ def test_axis_dicts_profiles_and_overrides():
     assert len(one) == 1 and one[0].config.algo.name == "pql"
 
 
+def test_extra_cells_join_the_axes_product_with_their_keys_as_axis_values(tmp_path):
+    """The algorithms study's FastTD3 under PQL's processes: one cell beside the algo axis, at the root's keys."""
+    from pql.report.study import legend_label
+
+    spec = tmp_path / "extra.yaml"
+    spec.write_text("study: s\nbase: {max_env_steps: 10}\naxes: {algo: [pql, fast_td3]}\n"
+                    "extra_cells: [{algo: fast_td3, mode: async}]\nseeds: [0, 1]\nprofiles: {quick: {}, none: "
+                    "{extra_cells: []}}\n")
+    cells = expand(load_spec(spec), "quick").cells
+    async_td3 = ({"algo": "fast_td3", "mode": "async"}, "async")
+    assert [(c.axis_values, c.config.mode) for c in cells[-2:]] == [async_td3] * 2
+    assert {c.config.mode for c in cells[:4]} == {"async", "sync"}  # pql's preset async, fast_td3's sync
+    assert len({c.run_id for c in cells}) == 6 and len(expand(load_spec(spec), "none").cells) == 4
+    assert legend_label(cells[-1].axis_values, None, []) == "FastTD3, async"
+    with pytest.raises(ConfigError, match=r"\{'algo': 'fast_td3', 'mode': 'asink'\}: mode must be one of"):
+        expand({**load_spec(spec), "extra_cells": [{"algo": "fast_td3", "mode": "asink"}]}, "quick")
+    with pytest.raises(ConfigError, match=r"extra_cells must be a list of non-empty mappings"):
+        expand({**load_spec(spec), "extra_cells": ["fast_td3"]}, "quick")
+
+
 def test_run_ids_are_stable_and_ignore_display_keys():
     a = expand(load_spec(TINY), "quick").cells
     b = expand(load_spec(TINY), "quick", {"progress": "false", "tensorboard": "true"}).cells

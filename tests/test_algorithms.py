@@ -135,8 +135,9 @@ def test_the_p_learner_steps_the_objective_it_is_given():
     policy = Actor(3, 1, (8,))
     buffer = observation_buffer(64, 3, "cpu")
     buffer.add(obs=torch.randn(64, 3))
-    objective = PessimisticObjective(policy, cfg)
-    learner = PLearner(policy, algorithm("pql").head(cfg, "cpu"), TwinCritic(3, 1, (8,)), objective,
+    critic = TwinCritic(3, 1, (8,))
+    objective = PessimisticObjective(policy, critic, cfg)
+    learner = PLearner(policy, algorithm("pql").head(cfg, "cpu"), critic, objective,
                        RunningNormalizer(3), buffer, cfg, torch.Generator().manual_seed(0))
     obs = buffer.storage[:64]
     before = objective.loss(obs, learner.q, None)[0].item()
@@ -163,8 +164,9 @@ def _saturated_learner(penalty: str) -> tuple[PLearner, Actor, torch.Tensor]:
         policy.net[-2].bias.fill_(20.0)
     buffer = observation_buffer(64, 3, "cpu")
     buffer.add(obs=torch.randn(64, 3))
-    learner = PLearner(policy, algorithm("pql").head(cfg, "cpu"), PrefersPositive(),
-                       algorithm("pql").make_objective(policy, cfg), RunningNormalizer(3), buffer, cfg,
+    critic = PrefersPositive()
+    learner = PLearner(policy, algorithm("pql").head(cfg, "cpu"), critic,
+                       algorithm("pql").make_objective(policy, critic, cfg), RunningNormalizer(3), buffer, cfg,
                        torch.Generator().manual_seed(0))
     return learner, policy, buffer.storage[:64]
 

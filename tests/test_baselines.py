@@ -59,7 +59,8 @@ def test_sac_temperature_moves_toward_the_target_entropy(log_std_bias, direction
     cfg = build_config({"algo": "sac", "algo.batch_size": "64", "algo.actor_lr": "1e-9", "max_env_steps": "1"}).algo
     buffer = observation_buffer(128, 3, "cpu")
     buffer.add(obs=torch.randn(128, 3))
-    learner = PLearner(actor, ScalarHead(), TwinCritic(3, 1, (16,)), EntropyRegularisedObjective(actor, cfg),
+    critic = TwinCritic(3, 1, (16,))
+    learner = PLearner(actor, ScalarHead(), critic, EntropyRegularisedObjective(actor, critic, cfg),
                        RunningNormalizer(3), buffer, cfg,
                        torch.Generator().manual_seed(0))
     before = actor.log_alpha.item()

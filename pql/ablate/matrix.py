@@ -80,6 +80,15 @@ def run_id(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _extra_cells(extra: Any) -> list[dict[str, Any]]:
+    """A spec's ``extra_cells``, checked: a list of mappings of config keys (a cell each, beside the product of
+    the axes, with those keys as its axis values)."""
+    if not isinstance(extra, list) or not all(isinstance(c, dict) and c for c in extra):
+        raise ConfigError("extra_cells must be a list of non-empty mappings of config keys, e.g. "
+                          "[{algo: fast_td3, mode: async}]")
+    return [dict(c) for c in extra]
+
+
 def expand(spec: dict[str, Any], profile: str, overrides: dict[str, str] | None = None) -> Study:
     """The cells of ``spec`` under ``profile``; ``overrides`` (dotted keys) apply to every cell.
 
@@ -96,15 +105,17 @@ def expand(spec: dict[str, Any], profile: str, overrides: dict[str, str] | None 
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"axis '{key}' must be a non-empty list of values")
+    extra = _extra_cells(chosen.get("extra_cells", spec.get("extra_cells")) or [])
     base_overrides = dotted_overrides(base)
     axis_keys = {k for key, values in axes.items() for v in values for k in dotted_overrides(v, key)}
+    axis_keys |= {k for values in extra for k in dotted_overrides(values)}
     clash = sorted(axis_keys & set(overrides or {}))
     if clash:
         raise ConfigError(f"{', '.join(clash)} is an axis of study '{spec['study']}'; change the spec, not the cells")
     cells = []
     names = list(axes)
-    for combo in itertools.product(*(axes[k] for k in names)):
-        axis_values = dict(zip(names, combo, strict=True))
+    combos = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(axes[k] for k in names))]
+    for axis_values in combos + extra:
         for seed in seeds:
             cell_overrides = dict(base_overrides)
             for key, value in axis_values.items():

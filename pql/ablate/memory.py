@@ -42,6 +42,7 @@ from pql.algos.base import Algorithm
 from pql.buffers import batch_rows
 from pql.config import Config
 from pql.devices import resolve_devices
+from pql.nets import TwinCritic
 from pql.training.parallel import RING_SLOTS
 
 FLOAT = 4  # bytes of a float32
@@ -226,7 +227,9 @@ def _off_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Compon
     run_async, evals = cfg.mode == "async", int(cfg.eval_envs > 0)
     with torch.device("meta"):  # the algorithm's own policy, head and objective, sized without allocating
         net = declared.make_policy(algo, d, a)
-        stochastic = declared.objective(net, algo).stochastic  # samples actions: a Gaussian's terms per row
+        critic_net = TwinCritic(d, a, algo.critic_hidden, declared.head(algo, "meta").out_features,
+                                algo.activation, algo.layer_norm, declared.temperature(algo, a))
+        stochastic = declared.objective(net, critic_net, algo).stochastic  # samples: a Gaussian's terms per row
     head = declared.head(algo, "meta")
     out = [m for m in net.modules() if isinstance(m, nn.Linear)][-1].out_features
     k = head.out_features

@@ -4,7 +4,9 @@ A spec has ``study`` (its name), ``description``, a ``base`` config, ``axes``
 (config key -> list of values; a dict value is merged under that key, so
 ``noise: [{kind: fixed, sigma: 0.2}]`` sets two keys at once), ``seeds`` and
 ``profiles`` (``quick``, ``paper``, ...), each of which may replace ``base``
-entries, ``axes`` and ``seeds``. Cells are the cartesian product of the axes
+entries, ``axes``, ``extra_cells`` and ``seeds``. Cells are the cartesian product of
+the axes, then the ``extra_cells`` (a list of mappings of config keys, each one more cell whose
+axis values are those keys, e.g. ``{algo: fast_td3, mode: async}`` beside an ``algo`` axis),
 times the seeds (:func:`pql.ablate.matrix.expand`).
 
 What ``pql report`` draws: ``figures``, the figure kinds (:data:`FIGURE_KINDS`,
@@ -23,8 +25,8 @@ from typing import Any
 
 from pql.config import ConfigError, read_yaml_mapping
 
-SPEC_KEYS = {"study", "description", "base", "axes", "seeds", "profiles", "figure", "figures"}
-PROFILE_KEYS = {"base", "axes", "seeds", "description"}
+SPEC_KEYS = {"study", "description", "base", "axes", "extra_cells", "seeds", "profiles", "figure", "figures"}
+PROFILE_KEYS = {"base", "axes", "extra_cells", "seeds", "description"}
 FIGURE_KEYS = {"x", "hue", "style", "legend", "threshold"}
 FIGURE_X = ("wall_s", "env_steps")  # the x axes a curve figure can have, each a metrics.csv column
 # The figure kinds a spec can ask for (``figures: [curves, threshold_bars, profile]``), each drawn by its function

@@ -16,7 +16,8 @@ from pql.algos.base import Algorithm
 from pql.config import ConfigError
 from pql.config.sections import register_section
 
-MODULES = ("pql.algos.pql", "pql.algos.pql_d", "pql.algos.ddpg", "pql.algos.sac", "pql.algos.ppo", "pql.algos.fast_td3")
+MODULES = ("pql.algos.pql", "pql.algos.pql_d", "pql.algos.ddpg", "pql.algos.sac", "pql.algos.ppo", "pql.algos.fast_td3",
+           "pql.algos.fast_sac")
 PLUGINS_VARIABLE = "PQL_ALGORITHMS"
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pql.config import AlgoConfig, Config
-from pql.nets import Actor
+from pql.nets import Actor, Temperature
 
 # Which run loop trains an algorithm: the actor / V-learner / P-learner workers (sync or
 # async), or on-policy rollouts (PPO's).
@@ -89,7 +89,7 @@ class DeterministicObjective:
 
     stochastic = False
 
-    def __init__(self, policy: Actor, cfg: AlgoConfig) -> None:
+    def __init__(self, policy: Actor, critic: nn.Module, cfg: AlgoConfig) -> None:
         self.policy, self.preact_penalty = policy, cfg.preact_penalty
 
     def parameters(self) -> list[nn.Parameter]:
@@ -132,10 +132,11 @@ DETERMINISTIC_ACTOR: dict[str, Any] = {
 # The actor-critic trainer's learners and actor (pql.workers): the learners' AdamW, at torch's defaults unless set,
 # how they sample their buffers, how the actor warms up, and which observations the normaliser folds in.
 ACTOR_CRITIC_LEARNERS: dict[str, Any] = {
-    "owns": ("weight_decay", "adam_beta1", "adam_beta2", "per_env_sampling", "warmup_random", "obs_norm_replay"),
+    "owns": ("weight_decay", "adam_beta1", "adam_beta2", "per_env_sampling", "warmup_random", "obs_norm_replay",
+             "obs_norm_acting"),
     "identity_defaults": {"algo.weight_decay": "0.01", "algo.adam_beta1": "0.9", "algo.adam_beta2": "0.999",
                           "algo.per_env_sampling": "False", "algo.warmup_random": "True",
-                          "algo.obs_norm_replay": "False"},
+                          "algo.obs_norm_replay": "False", "algo.obs_norm_acting": "True"},
 }
 
 
@@ -170,7 +171,11 @@ class Algorithm:
     trainer: str  # one of TRAINERS
     make_policy: Callable[[AlgoConfig, int, int], nn.Module]  # (algo config, obs dim, act dim) -> policy
     make_head: Callable[[AlgoConfig, torch.device | str], CriticHead] | None = None  # actor-critic only
-    make_objective: Callable[[nn.Module, AlgoConfig], ActorObjective] | None = None  # actor-critic only
+    # actor-critic only: (policy, the P-learner's critic copy, algo config) -> its objective
+    make_objective: Callable[[nn.Module, nn.Module, AlgoConfig], ActorObjective] | None = None
+    # actor-critic only: (algo config, act dim) -> a temperature the critic carries and the V-learner learns
+    # with every critic step (FastSAC's; pql.nets.Temperature), or None
+    make_temperature: Callable[[AlgoConfig, int], Temperature] | None = None
     modes: tuple[str, ...] = ("sync", "async")  # ("sync",): a sequential baseline
     owns: tuple[str, ...] = ()  # shared algo.* keys only this algorithm (and others owning them) reads
     exclusive: dict[str, Any] = field(default_factory=dict)  # owned keys others must leave at this value
@@ -197,7 +202,12 @@ class Algorithm:
         assert self.make_head is not None, f"{self.name} has no critic head"
         return self.make_head(algo, device)
 
-    def objective(self, policy: nn.Module, algo: AlgoConfig) -> ActorObjective:
-        """The actor objective of an actor-critic algorithm, for ``policy``."""
+    def temperature(self, algo: AlgoConfig, act_dim: int) -> Temperature | None:
+        """The temperature its critic carries, if it learns one with the critic (else None)."""
+        return self.make_temperature(algo, act_dim) if self.make_temperature is not None else None
+
+    def objective(self, policy: nn.Module, critic: nn.Module, algo: AlgoConfig) -> ActorObjective:
+        """The actor objective of an actor-critic algorithm, for ``policy`` against the P-learner's copy of the
+        critic (which may carry what the objective reads, e.g. FastSAC's temperature)."""
         assert self.make_objective is not None, f"{self.name} has no actor objective"
-        return self.make_objective(policy, algo)
+        return self.make_objective(policy, critic, algo)

@@ -95,4 +95,19 @@ class CategoricalHead:
         """``edge_mass``: the share of the target's mass on the two outermost atoms, where the projection
         piles returns that fall outside [v_min, v_max] (well under 1% when the range fits the task)."""
         target = self.target_distribution(target_out, ret, discount, bonus)
-        return {"edge_mass": (target[:, 0] + target[:, -1]).mean()}
+        return {"edge_mass": (target[..., 0] + target[..., -1]).mean()}
+
+
+class IndependentCategoricalHead(CategoricalHead):
+    """Twin C51 critics without a clipped double-Q: each critic regresses to its own target critic's distribution,
+    projected (FastSAC's: holosoma ``agents/fast_sac/fast_sac.py`` Critic.projection at fc600e7)."""
+
+    @torch.no_grad()
+    def target_distribution(self, target_out: torch.Tensor, ret: torch.Tensor, discount: torch.Tensor,
+                            bonus: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """The projected targets ``[2, B, K]``: target critic k's distribution of ret + discount * (Z'_k + bonus)."""
+        members, batch, k = target_out.shape
+        shifted = (ret + discount * bonus).expand(batch)
+        flat = self.project(target_out.softmax(-1).reshape(members * batch, k), shifted.repeat(members),
+                            discount.repeat(members))
+        return flat.view(members, batch, k)

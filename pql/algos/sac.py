@@ -64,7 +64,7 @@ class EntropyRegularisedObjective:
 
     stochastic = True
 
-    def __init__(self, policy: GaussianActor, cfg: AlgoConfig) -> None:
+    def __init__(self, policy: GaussianActor, critic: nn.Module, cfg: AlgoConfig) -> None:
         self.policy = policy
         self.target_entropy = -float(policy.act_dim)
         self.temperature_optimizer = torch.optim.AdamW([policy.log_alpha], lr=cfg.alpha_lr, weight_decay=0.0)

@@ -66,7 +66,7 @@ class AlgoConfig:
     """Learning hyper-parameters (defaults: the reference code's)."""
 
     name: str = _opt("pql", "algorithm: pql (double-Q critic), pql-d (C51 critic), or the baselines ddpg "
-                            "(DDPG(n)), sac (SAC(n)), ppo")
+                            "(DDPG(n)), sac (SAC(n)), ppo, fast_td3 (FastTD3), fast_sac (FastSAC)")
     batch_size: int = _opt(8192, "transitions per learner update")
     buffer_size: int = _opt(5_000_000, "replay capacity in transitions (V-learner) and observations (P-learner)")
     nstep: int = _opt(3, "n of the n-step return")
@@ -95,6 +95,10 @@ class AlgoConfig:
     obs_norm_replay: bool = _opt(False, "false: the observation normaliser folds in the actor's observations; true: "
                                         "also every V-update batch's observations and next observations, as FastTD3 "
                                         "normalises its replay samples (the V-learner then owns the normaliser)")
+    obs_norm_acting: bool = _opt(True, "with obs_norm_replay: true: the V-learner also folds in each stored step's "
+                                       "observations (FastTD3's, which normalises the acting ones with updates); "
+                                       "false: only the batches' (FastSAC's, whose acting normalisation does not "
+                                       "update)")
     critic_sample_ratio: float = _opt(8.0, "beta_a:v, V-updates per actor step")
     ratio_scale_envs: int | None = _opt(None, "null: beta_a:v fixed, as in the paper; N0: above N0 envs, "
                                               "beta_a:v is scaled by num_envs/N0, holding the update-to-data "
@@ -110,8 +114,9 @@ class AlgoConfig:
     actor_hidden: tuple[int, ...] = _opt((512, 256, 128), "hidden layer widths of the policy MLP (ELU)")
     critic_hidden: tuple[int, ...] = _opt((512, 256, 128), "hidden layer widths of each Q MLP (ELU)")
     reward_scale: float = _opt(1.0, "rewards are multiplied by this before learning (metrics stay unscaled)")
-    init_temperature: float = _opt(1.0, "initial entropy temperature alpha (learned; target entropy -|A|)")
-    alpha_lr: float = _opt(5e-3, "AdamW learning rate of log(alpha) (the authors' 5e-3)")
+    init_temperature: float = _opt(1.0, "initial entropy temperature alpha (learned; target entropy -|A| for SAC, "
+                                        "-|A| x algo.fast_sac.target_entropy_ratio for FastSAC)")
+    alpha_lr: float = _opt(5e-3, "AdamW learning rate of log(alpha) (the SAC authors' 5e-3; FastSAC's 3e-4)")
     ppo: PPOConfig = _opt(PPOConfig(), "ppo only")
     num_atoms: int = _opt(51, "atoms of the categorical value distribution")
     v_min: float | None = _opt(None, "smallest atom; null: the task's lowest discounted return times "

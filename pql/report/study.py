@@ -70,6 +70,8 @@ def _value_text(key: str, value: Any) -> str:
         return f"fixed sigma = {value.get('sigma')}"
     if key == "algo":
         return algo_label(str(value))
+    if key == "mode":
+        return str(value)
     if key == "algo.batch_size":
         return f"B = {value}"
     if key == "num_envs":

@@ -41,7 +41,7 @@ def initial_networks(plan: RunPlan, obs_dim: int, act_dim: int) -> Networks:
     policy = declared.make_policy(algo, obs_dim, act_dim)
     assert isinstance(policy, OffPolicyActor), f"{algo.name}'s policy is not an off-policy actor"
     critic = TwinCritic(obs_dim, act_dim, algo.critic_hidden, declared.head(algo, "cpu").out_features,
-                        algo.activation, algo.layer_norm)
+                        algo.activation, algo.layer_norm, declared.temperature(algo, act_dim))
     return Networks(policy, critic, RunningNormalizer(obs_dim, algo.obs_clip, enabled=algo.normalize_obs), obs_dim,
                     act_dim)
 
@@ -71,9 +71,9 @@ def build_v_learner(plan: RunPlan, nets: Networks) -> VLearner:
 def build_p_learner(plan: RunPlan, nets: Networks) -> PLearner:
     """The P-learner on its device: a copy of the policy to train, copies of the critic and normaliser to read."""
     cfg, device, declared = plan.cfg, plan.devices[2], plan.algorithm
-    policy = copy.deepcopy(nets.policy).to(device)
-    return PLearner(policy, declared.head(cfg.algo, device), copy.deepcopy(nets.critic).to(device),
-                    declared.objective(policy, cfg.algo), copy.deepcopy(nets.normalizer).to(device),
+    policy, critic = copy.deepcopy(nets.policy).to(device), copy.deepcopy(nets.critic).to(device)
+    return PLearner(policy, declared.head(cfg.algo, device), critic,
+                    declared.objective(policy, critic, cfg.algo), copy.deepcopy(nets.normalizer).to(device),
                     observation_buffer(cfg.algo.buffer_size, nets.obs_dim, device, _sampled_envs(plan)), cfg.algo,
                     seeded_generator(device, cfg.seed + P_SEED), Speed(cfg.compile, cfg.amp, device))
 

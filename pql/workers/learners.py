@@ -16,9 +16,11 @@ from pql.algos.base import ActorObjective, CriticHead
 from pql.buffers import RingBuffer
 from pql.config import AlgoConfig
 from pql.devices import set_generator_state
-from pql.nets import OffPolicyActor
+from pql.nets import OffPolicyActor, SampledActor, Temperature
 from pql.normalizer import RunningNormalizer
 from pql.speed import Speed, state_kept, timed_warm_up
+
+Bonus = torch.Tensor | float  # what a target adds to each next value: [B], or 0.0
 
 
 class VLearner:
@@ -30,10 +32,16 @@ class VLearner:
         self.critic, self.head, self.policy, self.normalizer = critic, head, policy, normalizer
         self.target = copy.deepcopy(critic).requires_grad_(False)
         self.buffer, self.cfg, self.generator = buffer, cfg, generator
-        self.optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay,
+        # FastSAC's critic carries a temperature, stepped with every critic step by its own parameter group
+        self.temperature: Temperature | None = getattr(critic, "temperature", None)
+        self._params, self._target_params = _q_parameters(critic), _q_parameters(self.target)
+        groups: list[dict[str, Any]] = [{"params": self._params}]
+        if self.temperature is not None:
+            assert isinstance(policy, SampledActor), "a learned temperature weighs a sampled policy's entropy"
+            groups.append({"params": [self.temperature.log_alpha], "lr": cfg.alpha_lr,
+                           "weight_decay": self.temperature.weight_decay})
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.critic_lr, weight_decay=cfg.weight_decay,
                                            betas=(cfg.adam_beta1, cfg.adam_beta2))
-        self._params = list(critic.parameters())
-        self._target_params = list(self.target.parameters())
         self.device = buffer.storage.device
         self.speed = speed or Speed(device=self.device)
         self._loss = self.speed.compile(self.td_loss)
@@ -47,8 +55,8 @@ class VLearner:
 
     def add(self, rows: torch.Tensor) -> torch.Tensor:
         """Store packed transitions ``[B, 2D + A + 2]`` (:meth:`Transitions.packed`), folding their observations
-        ``[B, D]`` into the normaliser when it owns it; returns the buffer's storage."""
-        if self.owns_normalizer:
+        ``[B, D]`` into the normaliser when it owns it and ``algo.obs_norm_acting``; returns the buffer's storage."""
+        if self.owns_normalizer and self.cfg.obs_norm_acting:
             self.normalizer.update(rows[:, :self.normalizer.mean.numel()])
         return self.buffer.add_rows(rows)
 
@@ -94,22 +102,36 @@ class VLearner:
         """The TD loss of raw ``obs [B, D]``, ``action [B, A]``, n-step ``ret [B]``, ``discount [B]``,
         ``next_obs [B, D]``, with standard normal ``noise [B, A]`` for the target action (pure: compilable)."""
         obs = self.normalizer(obs)
-        target_out, bonus = self.target_outputs(next_obs, noise)
+        target_out, bonus, log_prob = self.target_outputs(next_obs, noise)
         with self.speed.autocast():
             pred = self.critic(obs, action).float()
-        return self.head.critic_loss(pred, target_out, ret, discount, bonus)
+        loss = self.head.critic_loss(pred, target_out, ret, discount, bonus)
+        if self.temperature is not None:  # FastSAC: the temperature steps with the critic, on next-state log-probs
+            assert log_prob is not None
+            loss = loss + self.temperature.loss(log_prob)
+        return loss
 
     @torch.no_grad()
-    def target_outputs(self, next_obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The target critic's outputs at raw ``next_obs [B, D]`` and the noisy target action (standard normal
-        ``noise [B, A]``), with the policy's bonus ``[B]`` (e.g. SAC's entropy term). Always in float32, also
-        under ``amp=bf16``: bf16 keeps about 3 significant digits, as coarse as one step's reward against a
-        return, and the TD target is what every update regresses to."""
+    def target_outputs(self, next_obs: torch.Tensor, noise: torch.Tensor, noise_std: float | None = None,
+                       noise_clip: float | None = None) -> tuple[torch.Tensor, Bonus, torch.Tensor | None]:
+        """The target critic's outputs at raw ``next_obs [B, D]`` and the target action (standard normal
+        ``noise [B, A]``; target smoothing at the config's std and clip unless given), with the bonus ``[B]``
+        added to the target's value (SAC's entropy term, or -alpha * log pi with the critic's temperature) and
+        those log-probs ``[B]`` (None without a critic temperature). Always in float32, also under
+        ``amp=bf16``: bf16 keeps about 3 significant digits, as coarse as one step's reward against a return,
+        and the TD target is what every update regresses to."""
         cfg, next_obs = self.cfg, self.normalizer(next_obs)
+        std = cfg.target_noise_std if noise_std is None else noise_std
+        clip = cfg.target_noise_clip if noise_clip is None else noise_clip
+        log_prob: torch.Tensor | None = None
         with torch.autocast(self.device.type, enabled=False):
-            next_action, bonus = self.policy.target_action(next_obs, noise, cfg.target_noise_std,
-                                                           cfg.target_noise_clip)
-            return self.target(next_obs, next_action).float(), bonus
+            if self.temperature is None:
+                next_action, bonus = self.policy.target_action(next_obs, noise, std, clip)
+            else:
+                assert isinstance(self.policy, SampledActor)
+                next_action, log_prob = self.policy.sample(next_obs, noise)
+                bonus = -self.temperature.alpha() * log_prob
+            return self.target(next_obs, next_action).float(), bonus, log_prob
 
     @torch.no_grad()
     def diagnostics(self, seed: int = 0) -> dict[str, float]:
@@ -118,10 +140,8 @@ class VLearner:
         if self.buffer.size == 0:
             return {}
         batch = self.buffer.sample(self.cfg.batch_size, torch.Generator(device=self.device).manual_seed(seed))
-        next_obs = self.normalizer(batch["next_obs"])
-        noise = torch.zeros_like(batch["action"])
-        next_action, bonus = self.policy.target_action(next_obs, noise, 0.0, 0.0)
-        found = self.head.diagnostics(self.target(next_obs, next_action), batch["ret"], batch["discount"], bonus)
+        target_out, bonus, _ = self.target_outputs(batch["next_obs"], torch.zeros_like(batch["action"]), 0.0, 0.0)
+        found = self.head.diagnostics(target_out, batch["ret"], batch["discount"], bonus)
         return {name: float(value) for name, value in found.items()}
 
     def apply_gradients(self) -> None:
@@ -142,6 +162,12 @@ class VLearner:
         with state_kept([self.critic, self.target], [self.optimizer]):
             return timed_warm_up([lambda: self.step(batch["obs"], batch["action"], batch["ret"], batch["discount"],
                                                     batch["next_obs"], noise)], self.device)
+
+
+def _q_parameters(critic: nn.Module) -> list[nn.Parameter]:
+    """The parameters a critic's TD loss trains and its target tracks: a twin critic's without its temperature."""
+    q_parameters = getattr(critic, "q_parameters", None)
+    return list(q_parameters() if q_parameters is not None else critic.parameters())
 
 
 class PLearner:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from pql.algos.base import (
     ACTOR_CRITIC_LEARNERS,
@@ -34,8 +35,8 @@ class CautiousKeys:
 class CautiousObjective(DeterministicObjective):
     """``-(mean_k Q_k - gap_weight * |Q_1 - Q_2|)`` at the policy's own action, averaged over the batch."""
 
-    def __init__(self, policy: Actor, cfg: AlgoConfig) -> None:
-        super().__init__(policy, cfg)
+    def __init__(self, policy: Actor, critic: nn.Module, cfg: AlgoConfig) -> None:
+        super().__init__(policy, critic, cfg)
         self.gap_weight = cfg.cautious.gap_weight  # type: ignore[attr-defined]  # the section this module adds
 
     def loss(self, obs: torch.Tensor, q: QFunction, noise: torch.Tensor | None) -> tuple[torch.Tensor, None]:
