@@ -52,10 +52,12 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 
 
 def _spec_axes(spec: dict[str, Any]) -> list[str]:
-    """The axis names of the spec and of its profiles."""
-    names = list(spec.get("axes") or {})
-    for profile in (spec.get("profiles") or {}).values():
-        names += [n for n in ((profile or {}).get("axes") or {}) if n not in names]
+    """The axis names of the spec and of its profiles, with the keys their ``extra_cells`` set."""
+    names: list[str] = []
+    for part in (spec, *((p or {}) for p in (spec.get("profiles") or {}).values())):
+        extra = part.get("extra_cells") or []
+        keys = [*(part.get("axes") or {}), *(k for c in extra if isinstance(c, dict) for k in c)]
+        names += [n for n in keys if n not in names]
     return names
 
 

@@ -22,7 +22,7 @@ critic observations) are out of scope.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,7 +39,8 @@ from pql.nets import SampledActor, Temperature, TwinCritic, mlp
 class FastSACKeys:
     """FastSAC's own keys: ``algo.fast_sac.*``."""
 
-    target_entropy_ratio: float = 0.0  # target entropy = -|A| x this (config_values/algo.py: 0.0)
+    target_entropy_ratio: float = field(default=0.0, metadata={"help": "the temperature's target entropy is "
+                                                               "-|A| x this (holosoma's 0.0; 0.5 in its WBT runs)"})
 
 
 class FastSACActor(SampledActor):
