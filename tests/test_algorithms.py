@@ -29,10 +29,10 @@ from .warm_pql import run_pql
 
 
 def test_every_algorithm_is_declared_once_with_its_own_label_and_colour():
-    assert list(ALGORITHMS) == ["pql", "pql-d", "ddpg", "sac", "ppo", "fast_td3"]
-    assert len({a.label for a in ALGORITHMS.values()}) == len({a.color for a in ALGORITHMS.values()}) == 6
+    assert list(ALGORITHMS) == ["pql", "pql-d", "ddpg", "sac", "ppo", "fast_td3", "fast_sac"]
+    assert len({a.label for a in ALGORITHMS.values()}) == len({a.color for a in ALGORITHMS.values()}) == 7
     assert [n for n, a in ALGORITHMS.items() if a.sequential] == ["ddpg", "sac", "ppo"]
-    with pytest.raises(KeyError, match="unknown algo 'td3'; known: pql, pql-d, ddpg, sac, ppo, fast_td3"):
+    with pytest.raises(KeyError, match="unknown algo 'td3'; known: pql, pql-d, ddpg, sac, ppo, fast_td3, fast_sac"):
         algorithm("td3")
     with pytest.raises(ConfigError, match="unknown algo 'tom'"):
         build_config({"algo": "tom", "max_env_steps": "10"})
@@ -125,7 +125,7 @@ def test_an_added_algorithm_s_check_ranges_and_help_and_no_other_run_id_moves(ti
     assert ids == run_id(cfg) and saved == json.loads(json.dumps(config_to_dict(cfg)))
     assert "algo.cautious.gap_weight (default: 0.5; cautious only)" in text
     assert "algo.preact_penalty (default: 0.0; pql, pql-d, ddpg, fast_td3, cautious only)" in text
-    assert "algo.weight_decay (default: 0.01; pql, pql-d, ddpg, sac, fast_td3, cautious only)" in text
+    assert "algo.weight_decay (default: 0.01; pql, pql-d, ddpg, sac, fast_td3, fast_sac, cautious only)" in text
 
 
 def test_the_p_learner_steps_the_objective_it_is_given():

@@ -302,9 +302,9 @@ def test_the_td_target_is_computed_in_float32_under_bf16_autocast(algo):
     noise = torch.randn(64, 1, generator=g)
     for learner in (fp32, bf16):
         learner.normalizer.update(obs * 3 + 1)
-    out32, bonus32 = fp32.target_outputs(obs, noise)
+    out32, bonus32, _ = fp32.target_outputs(obs, noise)
     with bf16.speed.autocast():  # as inside td_loss
-        out16, bonus16 = bf16.target_outputs(obs, noise)
+        out16, bonus16, _ = bf16.target_outputs(obs, noise)
         pred16 = bf16.critic(bf16.normalizer(obs), action)
     assert out16.dtype == torch.float32 and torch.equal(out16, out32)
     assert torch.equal(torch.as_tensor(bonus16), torch.as_tensor(bonus32))
