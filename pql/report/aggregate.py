@@ -25,22 +25,37 @@ def iqm(values: Sequence[float] | np.ndarray) -> float:
     return float(x[k : x.size - k].mean())
 
 
+def iqm_rows(samples: np.ndarray) -> np.ndarray:
+    """:func:`iqm` of each row of ``samples [N, R]``: ``[N]``."""
+    x = np.sort(samples, axis=1)
+    k = int(0.25 * x.shape[1])
+    return x[:, k : x.shape[1] - k].mean(axis=1)
+
+
 STATISTICS: dict[str, Statistic] = {
     "mean": lambda x: float(np.mean(x)),
     "median": lambda x: float(np.median(x)),
     "iqm": iqm,
 }
+# The statistics above applied to each row of a [N, R] matrix at once (what the bootstrap resamples).
+ROWWISE: dict[Statistic, Callable[[np.ndarray], np.ndarray]] = {
+    STATISTICS["mean"]: lambda s: s.mean(axis=1),
+    STATISTICS["median"]: lambda s: np.median(s, axis=1),
+    iqm: iqm_rows,
+}
 
 
 def stratified_bootstrap_ci(values: np.ndarray, strata: np.ndarray | None = None, statistic: Statistic = iqm,
-                            reps: int = 2000, confidence: float = 0.95, seed: int = 0,
-                            method: str = "linear") -> tuple[float, float]:
+                            reps: int = 2000, confidence: float = 0.95, seed: int = 0, method: str = "linear",
+                            rowwise: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic``; runs are resampled with replacement within each stratum.
 
     ``values [R]`` are per-run scores, ``strata [R]`` their groups (e.g. tasks; one group if None);
     ``method``: numpy's quantile method for the interval's ends (``inverted_cdf`` keeps them resampled
     statistics, so that values of +inf, e.g. never reaching a threshold, stay +inf). The runs are put in
-    a canonical order first, so the interval does not depend on the order they were listed in.
+    a canonical order first, so the interval does not depend on the order they were listed in. The ``reps``
+    resamples are drawn at once and the statistic taken over each row by ``rowwise`` (``[reps, R] -> [reps]``;
+    by default :data:`ROWWISE`'s for the statistics there, else ``statistic`` row by row).
     """
     values = np.asarray(values, dtype=float)
     if values.size == 0:
@@ -50,10 +65,10 @@ def stratified_bootstrap_ci(values: np.ndarray, strata: np.ndarray | None = None
     values, strata = values[order], strata[order]
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
-    stats = np.empty(reps)
-    for r in range(reps):
-        picks = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups])
-        stats[r] = statistic(values[picks])
+    picks = np.concatenate([g[rng.integers(0, g.size, size=(reps, g.size))] for g in groups], axis=1)  # [reps, R]
+    rowwise = rowwise or ROWWISE.get(statistic)
+    samples = values[picks]
+    stats = rowwise(samples) if rowwise is not None else np.apply_along_axis(statistic, 1, samples)
     alpha = (1.0 - confidence) / 2
     lo, hi = np.quantile(stats, [alpha, 1.0 - alpha], method=method)
     return float(lo), float(hi)
@@ -173,7 +188,8 @@ def performance_profile(run_table: pd.DataFrame, taus: np.ndarray, reps: int = 2
         final, tasks = frame["final_return"].to_numpy(dtype=float), frame["task"].to_numpy()
         for tau in taus:
             above: Statistic = lambda s, tau=tau: float(np.mean(s >= tau))  # noqa: E731
-            lo, hi = stratified_bootstrap_ci(final, tasks, above, reps=reps, seed=seed)
+            lo, hi = stratified_bootstrap_ci(final, tasks, above, reps=reps, seed=seed,
+                                             rowwise=lambda s, tau=tau: (s >= tau).mean(axis=1))
             rows.append({"cell": cell, "tau": float(tau), "fraction": above(final), "ci_lo": lo, "ci_hi": hi})
     return pd.DataFrame(rows, columns=["cell", "tau", "fraction", "ci_lo", "ci_hi"])
 
