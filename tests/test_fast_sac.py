@@ -1,6 +1,7 @@
 """FastSAC (``algo=fast_sac``): its presets pinned to its code, its policy, independent targets and mean-over-critics
 objective against hand-computed values, the temperature the V-learner steps with every critic update and hands to
-the P-learner inside the critic, the normaliser fed by replay batches only, and runs in both modes that resume."""
+the P-learner inside the critic, the normaliser fed by replay batches only, and runs in both modes that resume and
+export."""
 
 import csv
 import json
@@ -14,8 +15,10 @@ from pql.algos.critic_heads import IndependentCategoricalHead
 from pql.algos.fast_sac import FastSACActor, MeanQObjective
 from pql.config.presets_yaml import presets
 from pql.nets import Temperature, TwinCritic
+from pql.normalizer import RunningNormalizer
 from pql.resolve import build_config
 from pql.store.run_dir import RunDir
+from pql.training.export import export_policy
 from pql.training.run import train
 from pql.training.sync import SyncTrainer
 from pql.workers.plan import plan_run
@@ -181,3 +184,10 @@ def test_fast_sac_trains_and_resumes_in_both_modes(mode, tiny, tmp_path):
     assert state["normalizer"]["count"] == 2 * 64 * int(float(rows[-1]["v_updates"]))
     resumed = train({"resume": str(run), "max_env_steps": "1920"}).path
     assert json.loads((resumed / "status.json").read_text())["env_steps"] == 1920
+    if mode == "sync":  # the exported policy: tanh of the mean, on the V-learner's normaliser, scaled to Pendulum's
+        state = RunDir(str(run)).load_checkpoint()
+        actor, norm = FastSACActor(3, 1, (16, 16)), RunningNormalizer(3)
+        actor.load_state_dict(state["policy"])
+        norm.load_state_dict(state["normalizer"])
+        obs = torch.randn(32, 3)
+        assert torch.allclose(torch.jit.load(str(export_policy(run)))(obs), 2.0 * actor(norm(obs)), atol=1e-5)
