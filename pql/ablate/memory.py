@@ -217,11 +217,16 @@ def _simulator(cfg: Config, d: int, a: int, per_env: int | None, noise_per_env: 
     return parts
 
 
+def layer_norm_floats(layer_norm: bool) -> dict[str, int]:
+    """:data:`LAYER_NORM_FLOATS` with ``algo.layer_norm``, else none kept by any kind of network."""
+    return LAYER_NORM_FLOATS if layer_norm else dict.fromkeys(LAYER_NORM_FLOATS, 0)
+
+
 def _off_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Component]:
     """The actor-critic trainer (PQL, PQL-D, DDPG(n), SAC(n)): the actor, V-learner and P-learner of
     :mod:`pql.workers.builders`, in either mode, with the algorithm's own policy, critic head and objective."""
     algo, n = cfg.algo, cfg.num_envs
-    ln = LAYER_NORM_FLOATS if algo.layer_norm else dict.fromkeys(LAYER_NORM_FLOATS, 0)
+    ln = layer_norm_floats(algo.layer_norm)
     envs = n if algo.per_env_sampling else 1  # a buffer sampled per env: whole steps, E x max(1, B // E) rows
     b, capacity = batch_rows(algo.batch_size, envs), algo.buffer_size - algo.buffer_size % envs
     run_async, evals = cfg.mode == "async", int(cfg.eval_envs > 0)
@@ -285,7 +290,7 @@ def _on_policy(cfg: Config, declared: Algorithm, d: int, a: int) -> list[Compone
     algo, ppo, n = cfg.algo, cfg.algo.ppo, cfg.num_envs
     rows, m = ppo.horizon * n, ppo.minibatch_size
     policy_sizes, value_sizes = [d, *algo.actor_hidden, a], [d, *algo.critic_hidden, 1]
-    ln = LAYER_NORM_FLOATS if algo.layer_norm else dict.fromkeys(LAYER_NORM_FLOATS, 0)
+    ln = layer_norm_floats(algo.layer_norm)
     params = mlp_params(policy_sizes, algo.layer_norm) + a + mlp_params(value_sizes, algo.layer_norm)  # + log std
     step = (d + 2 * a + 4) * FLOAT + 2  # per env and step: obs, action, mean, 4 scalars, 2 bools
     # stacked but not kept in the rollout: reward, final value, bootstrapped reward; terminated, truncated, done
