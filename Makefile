@@ -1,5 +1,5 @@
 # Entry points of the suite. `make install` once (or let any target do it), then:
-#   make test     ruff + the default test suite (what CI runs)
+#   make test     ruff + the default test suite (what CI runs), in TEST_JOBS parallel test processes (2)
 #   make bench    env-steps/s, the V-learner's overhead, sync vs async (ARGS="--help" for more)
 #   make train    one PQL run on classic/pendulum (ARGS="KEY=VALUE ..." to change it)
 #   make ablate-envs (noise, batch, ratios, buffer, gpus, preact), make compare: a study, PROFILE=quick LAUNCHER=local,
@@ -11,6 +11,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+TEST_JOBS ?= 2
+# each test file's tests in one test process (the SLURM tests share one local cluster and its fixed ports),
+# the longest files first (tests/conftest.py LONGEST_FIRST)
+PYTEST := $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 PROFILE ?= quick
 LAUNCHER ?= local
 STUDIES := envs noise batch ratios buffer gpus preact
@@ -29,10 +33,11 @@ lint: install
 	$(PY) -m ruff check .
 
 test: lint
-	$(PY) -m pytest
+	$(PYTEST)
 
 test-all: lint
-	$(PY) -m pytest -m ""
+	$(PYTEST)
+	$(PY) -m pytest -m "slow or gpu"
 
 bench: install
 	$(PY) -m pql.bench $(ARGS)

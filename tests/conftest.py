@@ -11,10 +11,34 @@ from pathlib import Path
 
 import pytest
 
-# JAX's compilation cache of this session (and the processes it starts), cold at its start: the Playground
-# tests share one compiled step without touching the user's ~/.cache/pql/jax, and time what CI would.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="pql-test-jax-")
-atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# One torch thread in every test process and what it starts (a run's workers, `pql ablate`'s cells): the
+# suite runs in parallel test processes (make test: pytest -n 2), and on a busy core torch's thread pool spins
+# against the others, slowing tiny updates by an order of magnitude. Set before anything imports torch.
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+# JAX's compilation cache of this session (its test processes and the processes they start), cold at its
+# start: the Playground tests share one compiled step without touching the user's ~/.cache/pql/jax, and
+# time what CI would. Made by the session's first process, which the parallel test processes inherit it
+# from (pytest-xdist sets PYTEST_XDIST_WORKER in them), and removed when that process ends.
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="pql-test-jax-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+# The test files that take longest, first: `make test` hands whole files to its test processes
+# (pytest -n 2 --dist loadfile --no-loadscope-reorder), so that both end about together. Measured with
+# `pytest --durations=0` on 2 cores (seconds): faults 88, slurm 83, parallel 57, trainer 41, ablate 33,
+# gpu_check 25, playground 20-30 (its first JAX compile).
+LONGEST_FIRST = ("test_slurm.py", "test_faults.py", "test_parallel.py", "test_trainer.py", "test_ablate.py",
+                 "test_gpu_check.py", "test_playground.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files of LONGEST_FIRST first, in its order, then the rest as collected."""
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
 
 TINY = {  # sync mode: deterministic, and no worker processes to start
     "task": "classic/pendulum", "mode": "sync", "num_envs": "32", "eval_envs": "4", "max_env_steps": "2560",

@@ -85,6 +85,18 @@ def test_core_plan_gives_the_v_learner_its_own_cores_and_the_budget_follows_omp_
     assert core_budget()[1] == len(core_budget()[0]) >= 1
 
 
+def test_local_jobs_split_the_cpus_this_process_may_use_not_the_machine_s(monkeypatch):
+    """``pql ablate --jobs J`` under taskset, a cgroup or SLURM's allocation: the affinity's CPUs are split,
+    and an OMP_NUM_THREADS the user set caps them."""
+    from pql.ablate.launchers import job_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6, 7, 8, 9})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [job_threads(jobs) for jobs in (1, 2, 4, 8)] == [6, 3, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert [job_threads(jobs) for jobs in (1, 2, 3)] == [4, 2, 1]
+
+
 @pytest.fixture
 def async_run(tiny):
     """The tiny run in async mode, with a critic big enough that the V-learner is the slowest worker."""

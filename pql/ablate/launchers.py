@@ -31,6 +31,7 @@ from pql.ablate.warm_start import WarmProcess, WarmStarter
 from pql.config import ConfigError
 from pql.store.locks import INHERITED_FD, FileLock
 from pql.training.interrupt import RunInterrupted, StopSignals
+from pql.training.placement import core_budget
 
 STOP_GRACE_S = 120.0  # how long an interrupted launcher waits for its runs to checkpoint before killing them
 # all that a job imports before its simulator (Isaac Gym must come before torch, JAX starts threads: see _warm)
@@ -85,11 +86,19 @@ class DebugLauncher(Launcher):
         return problems
 
 
+def job_threads(jobs: int) -> int:
+    """Torch threads for each of ``jobs`` runs at once: the CPUs this process may use (its affinity, or
+    ``OMP_NUM_THREADS`` where that says fewer) split between them, at least one."""
+    return max(1, core_budget()[1] // jobs)
+
+
 class LocalLauncher(Launcher):
     """At most ``jobs`` training processes at once on this machine; logs go to RUN_DIR/train.log.
 
-    Each process gets ``cpus // jobs`` torch threads: oversubscribed cores make torch's
-    thread pools spin against each other and slow every run by an order of magnitude.
+    Each process gets ``cpus // jobs`` torch threads, cpus being those this process may run on (its CPU
+    affinity: taskset, a cgroup, SLURM's allocation), or ``OMP_NUM_THREADS`` where it says fewer:
+    oversubscribed cores make torch's thread pools spin against each other and slow every run by an order
+    of magnitude.
     The cells after the first ``jobs`` fork from a warm-start server (their parent, which dies with
     this launcher) instead of importing torch again.
     """
@@ -108,7 +117,7 @@ class LocalLauncher(Launcher):
         them (they checkpoint) and raise RunInterrupted."""
         from tqdm import tqdm
 
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        threads = job_threads(self.jobs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         try:
             gpus = GpuShare(cells, self.jobs, env)
