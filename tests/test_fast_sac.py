@@ -69,6 +69,9 @@ def test_presets_are_fastSAC_s_code():
     cpu = build_config({"algo": "fast_sac", "task": "classic/pendulum"})
     assert (cpu.num_envs, cpu.algo.batch_size, cpu.algo.buffer_size) == (128, 256, 1_000_000)
     assert cpu.algo.v_min < -50 and cpu.algo.v_max >= 0  # from the reward bounds (-54 at reward scale 0.1)
+    dmc = build_config({"algo": "fast_sac", "task": "playground/CartpoleBalance"})
+    assert (dmc.num_envs, dmc.algo.batch_size, dmc.algo.gamma, dmc.algo.nstep) == (256, 512, 0.99, 3)
+    assert dmc.algo.v_min <= 0 and dmc.algo.v_max >= 99.9  # a return of up to 1 / (1 - 0.99) = 100
 
 
 def test_the_policy_starts_at_mean_zero_and_log_std_minus_2_5_and_its_log_prob_is_theirs():

@@ -93,9 +93,13 @@ def test_isaac_lab_and_cheetah_run_presets_are_fastTD3_s_code():
 
 def test_cpu_sized_tasks_derive_their_atoms_and_keep_their_buffer():
     """On CPU tasks the atoms come from the task's reward bounds (FastTD3's Playground -10/10 cannot hold a DM
-    Control return at gamma 0.97: up to 33.3, which the range check refuses) and the buffer is the task's."""
+    Control return: up to 100 at gamma 0.99, which the range check refuses) and the buffer is the task's; DM
+    Control tasks take the DM Control horizon (BaseArgs gamma 0.99, CheetahRunArgs n-step 3) and PQL-D's 8
+    critic updates per env step, the policy every 2nd (policy_frequency 2)."""
     cfg = build_config({"algo": "fast_td3", "task": "playground/CartpoleBalance", "max_time_s": "60"})
-    assert cfg.algo.gamma == 0.97 and cfg.algo.v_min < 0 < 33.3 < cfg.algo.v_max <= 35.0
+    assert (cfg.algo.gamma, cfg.algo.nstep, cfg.algo.critic_sample_ratio, cfg.algo.critic_actor_ratio) == (
+        0.99, 3, 8, 2)
+    assert cfg.algo.v_min < 0 < 99.9 < cfg.algo.v_max <= 105.0
     assert cfg.algo.buffer_size == 1_000_000 and cfg.algo.buffer_per_env is None
     with pytest.raises(ConfigError, match=r"cannot hold playground/CartpoleBalance's returns"):
         build_config({"algo": "fast_td3", "task": "playground/CartpoleBalance", "algo.v_min": "-10",
