@@ -25,9 +25,9 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 # The test files that take longest, first: `make test` hands whole files to its test processes
-# (pytest -n 2 --dist loadfile --no-loadscope-reorder), so that both end about together. Measured with
-# `pytest --durations=0` on 2 cores (seconds): faults 88, slurm 83, parallel 57, trainer 41, ablate 33,
-# gpu_check 25, playground 20-30 (its first JAX compile).
+# (pytest -n 2 --dist loadfile --no-loadscope-reorder), so that both end about together. Seconds per file in
+# a serial run on 2 cores (pytest --junitxml, at 3262c89): faults 88, slurm 83, parallel 57, trainer 41,
+# ablate 33, gpu_check 25, playground 17-32 (its first JAX compile).
 LONGEST_FIRST = ("test_slurm.py", "test_faults.py", "test_parallel.py", "test_trainer.py", "test_ablate.py",
                  "test_gpu_check.py", "test_playground.py")
 
