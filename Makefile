@@ -12,9 +12,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 TEST_JOBS ?= 2
-# each test file's tests in one test process (the SLURM tests share one local cluster and its fixed ports),
-# the longest files first (tests/conftest.py LONGEST_FIRST)
-PYTEST := $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
+# each test file's tests in one test process, the longest files first (pyproject.toml's addopts)
+PYTEST := $(PY) -m pytest -n $(TEST_JOBS)
 PROFILE ?= quick
 LAUNCHER ?= local
 STUDIES := envs noise batch ratios buffer gpus preact

@@ -24,10 +24,10 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="pql-test-jax-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
-# The test files that take longest, first: `make test` hands whole files to its test processes
-# (pytest -n 2 --dist loadfile --no-loadscope-reorder), so that both end about together. Seconds per file in
-# a serial run on 2 cores (pytest --junitxml, at 3262c89): faults 88, slurm 83, parallel 57, trainer 41,
-# ablate 33, gpu_check 25, playground 17-32 (its first JAX compile).
+# The test files that take longest, first: `make test` (pytest -n 2, with pyproject.toml's --dist loadfile
+# --no-loadscope-reorder) hands whole files to its test processes, so that both end about together. Seconds
+# per file in a serial run on 2 cores (pytest --junitxml, at 3262c89): faults 88, slurm 83, parallel 57,
+# trainer 41, ablate 33, gpu_check 25, playground 17-32 (its first JAX compile).
 LONGEST_FIRST = ("test_slurm.py", "test_faults.py", "test_parallel.py", "test_trainer.py", "test_ablate.py",
                  "test_gpu_check.py", "test_playground.py")
 
