@@ -170,6 +170,83 @@ def test_a_crash_in_the_actor_fails_the_run_naming_it_and_leaves_no_process(asyn
     assert all(wait_gone(pid, 10) for pid in status["workers"].values())
 
 
+def refuse_in_the_worker(reason: str) -> None:
+    """What unpickling a CUDA tensor does where a container refuses CUDA IPC: raise in the receiving process."""
+    raise RuntimeError(reason)
+
+
+class RefusedShare:
+    """Stands in for a shared tensor that the worker cannot map: it fails to unpickle there."""
+
+    def __reduce__(self):
+        return refuse_in_the_worker, ("cudaIpcOpenMemHandle failed: operation not supported (a stand-in)",)
+
+
+def test_a_worker_that_cannot_map_the_shared_tensors_reports_its_own_error(async_run, monkeypatch):
+    """The shared bundle is opened inside the worker's own error handling: the run fails naming the worker and
+    the cause (status.json's error), not "exited with code 1" with the traceback on stderr alone."""
+    from pql.training.parallel import ProcessTrainer
+
+    share = ProcessTrainer.share
+
+    def share_refused(self, ctx):
+        shared = share(self, ctx)
+        shared.env_factory = RefusedShare()  # travels with the ring and slots
+        return shared
+
+    monkeypatch.setattr(ProcessTrainer, "share", share_refused)
+    with pytest.raises(WorkerFailed, match=r"failed: SharedNotReceived: could not receive the shared ring, slots"
+                                           r" and board from the parent process: RuntimeError: cudaIpcOpenMemHandle"):
+        train(async_run)
+    status = json.loads(Path(async_run["out"], "status.json").read_text())
+    assert status["state"] == "failed" and "operation not supported" in status["error"]
+    assert "refuse_in_the_worker" in status["traceback"]
+
+
+def test_the_actor_receives_no_critic_and_each_worker_compiles_before_it_is_pinned(tmp_path, monkeypatch):
+    """start_worker in this process: the actor's bundle leaves out the critic's slot (a process maps every CUDA
+    tensor it receives) and still builds and steps; its warm-up (compilation) runs on every CPU of the process,
+    and afterwards every thread of the process, those started before too, is pinned to the worker's cores."""
+    import threading
+
+    from pql.resolve import build_config
+    from pql.store.run_dir import RunDir
+    from pql.training.board import Parcel
+    from pql.training.parallel import ProcessTrainer
+    from pql.training.processes import ActorRole, start_worker
+    from pql.workers.plan import plan_run
+
+    cfg = build_config({"task": "classic/pendulum", "mode": "async", "num_envs": "16", "algo.actor_hidden": "[8]",
+                        "algo.critic_hidden": "[8]", "device.sim": "cpu", "device.v_learner": "cpu",
+                        "device.p_learner": "cpu"})
+    parent = ProcessTrainer(plan_run(cfg), RunDir(tmp_path / "run"))
+    shared = parent.shared = parent.share(mp.get_context("spawn"))
+    shared.board.flags.update(pause=0, actor_limit=10**9, learn_from=10**9)
+    bundle = shared.for_role("actor")
+    assert bundle.critic is None and bundle.ring is shared.ring and shared.for_role("v") is shared
+    everywhere = os.sched_getaffinity(0)
+    seen_while_compiling = []
+    warm_up = ActorRole.warm_up
+    monkeypatch.setattr(ActorRole, "warm_up", lambda self: seen_while_compiling.append(os.sched_getaffinity(0))
+                        or warm_up(self))
+    stop = threading.Event()
+    earlier = threading.Thread(target=stop.wait)  # a thread started before the pinning
+    earlier.start()
+    core = {min(everywhere)}
+    try:
+        worker, _ = start_worker("actor", Parcel(bundle, "the actor's bundle"), torch.device("cpu"), 1, core, None)
+        pinned = {int(tid): os.sched_getaffinity(int(tid)) for tid in os.listdir("/proc/self/task")}
+        assert worker.work() == 0.0 and shared.board.flags["actor_steps"] == 1, "the actor steps without a critic"
+    finally:
+        stop.set()
+        earlier.join()
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(tid), everywhere)
+    assert seen_while_compiling == [everywhere], "compiled on every CPU the process had"
+    assert earlier.native_id in pinned and all(cpus == core for cpus in pinned.values()), "all pinned afterwards"
+
+
 def test_a_diverging_learner_fails_the_run_naming_it(async_run):
     with pytest.raises(NonFiniteLoss, match="in the V-learner"):
         train({**async_run, "task": "test/nan-pendulum-async", "eval_every_env_steps": "100000"})

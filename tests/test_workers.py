@@ -188,66 +188,35 @@ def test_per_episode_noise_is_redrawn_for_the_envs_whose_episode_ended_and_resum
     assert torch.equal(fixed.noise_std[:, 0], torch.full((2,), 0.2)) and "noise_std" not in fixed.state_dict()
 
 
+TINY_NETS = {"algo.actor_hidden": "[16,16]", "algo.critic_hidden": "[16,16]", "algo.batch_size": 64}
 CPU_ONLY_READ = "envs/classic.py"  # the classic env asks done.any() on a CPU only (a GPU always draws fresh states)
 
 
-def _sites(counter, allowed):
-    return {site: n for site, n in counter.sites.items() if not site.startswith(allowed)}
+def _sites(sites, allowed):
+    return {site: n for site, n in sites.items() if not site.startswith(allowed)}
 
 
 def test_the_sync_hot_loop_reads_nothing_back_from_its_device(tmp_path):
     """A host read added to the actor step, the V- or P-update or the sync schedule fails this test: over 20
     sync steps (8 V- and 4 P-updates each) only the classic env's CPU-only done check reads, once a step."""
-    from pql.bench.limits import build_trainer
-    from tests.host_reads import HostReads, bookkeeping
+    from pql.bench.host_reads import count_host_reads, sync_loop
 
-    t = build_trainer({"algo.actor_hidden": "[16,16]", "algo.critic_hidden": "[16,16]", "algo.batch_size": 64},
-                      torch.device("cpu"), 64, str(tmp_path))
-    while not t.learning():
-        t.actor_step()
-    t.step()  # the optimisers' states exist from here
-    tables = (t.controller.counts.tensor, t.controller.durations.tensor)
-    versions = (s._version for s in (t.policy_slot, t.critic_slot, t.norm_slot))
-    counter = HostReads(bookkeeping([t.v.optimizer, t.p.optimizer], *tables, *versions))
-    with counter:
-        for _ in range(20):
-            t.step()
-    assert _sites(counter, CPU_ONLY_READ) == {}, "host reads in the sync hot loop"
-    assert sum(counter.sites.values()) <= 20
+    loop = sync_loop(TINY_NETS, torch.device("cpu"), 64, str(tmp_path))
+    sites, steps, updates = count_host_reads(loop, torch.device("cpu"), 20)
+    assert steps == 20 and updates == 20 * 12
+    assert _sites(sites, CPU_ONLY_READ) == {}, "host reads in the sync hot loop"
+    assert sum(sites.values()) <= 20
 
 
 def test_the_async_workers_read_nothing_back_but_the_periodic_nan_check(tmp_path):
     """The actor's and both learners' work() in async mode (stepped here, in one process): no host read but
     the classic env's CPU-only done check and each learner's NaN check every NAN_CHECK_EVERY updates."""
-    import torch.multiprocessing as mp
+    from pql.bench.host_reads import async_loop, count_host_reads
+    from pql.training.processes import NAN_CHECK_EVERY
 
-    from pql.resolve import build_config
-    from pql.store.run_dir import RunDir
-    from pql.training.parallel import ProcessTrainer
-    from pql.training.processes import NAN_CHECK_EVERY, ActorRole, LearnerRole
-    from pql.workers.plan import plan_run
-    from tests.host_reads import HostReads, bookkeeping
-
-    cfg = build_config({"task": "classic/pendulum", "mode": "async", "num_envs": "64", "algo.batch_size": "64",
-                        "algo.actor_hidden": "[16,16]", "algo.critic_hidden": "[16,16]", "algo.warmup_steps": "2",
-                        "device.sim": "cpu", "device.v_learner": "cpu", "device.p_learner": "cpu"})
-    parent = ProcessTrainer(plan_run(cfg), RunDir(tmp_path / "run"))
-    shared = parent.shared = parent.share(mp.get_context("spawn"))
-    shared.board.flags.update(pause=0, actor_limit=10**9, learn_from=2)
-    actor = ActorRole(shared, torch.device("cpu"), None)
-    v, p = LearnerRole("v", shared, torch.device("cpu"), None), LearnerRole("p", shared, torch.device("cpu"), None)
-    roles = (actor, v, p)
-    for _ in range(20):  # past the warm-up, every optimiser stepped
-        for role in roles:
-            role.work()
-    counter = HostReads(bookkeeping([v.worker.optimizer, p.worker.optimizer]))
-    updates = v.loss_count + p.loss_count
-    with counter:
-        for _ in range(60):
-            for role in roles:
-                role.work()
-    updates = v.loss_count + p.loss_count - updates
-    assert updates > 0 and actor.actor_steps > 5
-    assert _sites(counter, (CPU_ONLY_READ, "training/processes.py")) == {}, "host reads in an async worker's loop"
-    nan_checks = sum(n for site, n in counter.sites.items() if site.startswith("training/processes.py"))
+    loop = async_loop(TINY_NETS, torch.device("cpu"), 64, str(tmp_path))
+    sites, steps, updates = count_host_reads(loop, torch.device("cpu"), 60)
+    assert updates > 0 and steps > 5
+    assert _sites(sites, (CPU_ONLY_READ, "training/processes.py")) == {}, "host reads in an async worker's loop"
+    nan_checks = sum(n for site, n in sites.items() if site.startswith("training/processes.py"))
     assert nan_checks <= updates // NAN_CHECK_EVERY + 2

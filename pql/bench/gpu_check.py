@@ -14,7 +14,8 @@ or a run stopped early still leaves the rows before it. The checks:
   P-losses of 20 updates against eager fp32's on the same batches;
 - **modes**: ``pql train`` sync against async at 4096 and 16384 envs: env-steps/s, V-updates/s, the
   ratios held, GPU memory per process against :mod:`pql.ablate.memory`'s estimate;
-- **host-reads**: host reads per actor step in sync mode (``torch.cuda.set_sync_debug_mode``);
+- **host-reads**: host reads per actor step in sync and in async mode (``torch.cuda.set_sync_debug_mode`` on a
+  GPU, a torch function mode on a CPU: :mod:`pql.bench.host_reads`);
 - **resume**: a run saved on the CPU resumed on the GPU; **pql-d**: a short PQL-D run on the device.
 
 ``--device cpu --quick`` runs every check that a CPU can at tiny sizes (the default suite runs it).
@@ -56,8 +57,6 @@ def skip_reason(name: str, device: torch.device, quick: bool) -> str | None:
             return problem.split(";")[0]
         if quick and mode != "off":
             return "not compiled in a quick check"
-    if name == "host-reads" and device.type != "cuda":
-        return "needs a GPU (CUDA's sync debug mode counts them)"
     if name == "resume" and device.type != "cuda":
         return "needs a GPU (a run saved on the CPU resumed there)"
     return None

@@ -3,8 +3,12 @@ in shared memory, and the bundle of shared objects (:class:`Shared`) the parent 
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import time
 from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
 
 import torch
 
@@ -57,7 +61,7 @@ class Board:
 
 @dataclass
 class Shared:
-    """What the parent hands to every worker process."""
+    """What the parent hands to the worker processes."""
 
     plan: RunPlan
     env_factory: EnvFactory
@@ -65,7 +69,48 @@ class Shared:
     act_dim: int
     ring: TransitionRing
     policy: ModuleSlot
-    critic: ModuleSlot
+    critic: ModuleSlot | None  # None in the actor's bundle (see for_role)
     normalizer: ModuleSlot
     controller: RatioController
     board: Board
+
+    def for_role(self, role: str) -> Shared:
+        """The part ``role``'s process uses: all of it for the learners, all but the critic's slot for the
+        actor. A process maps every CUDA tensor it receives (a CUDA context on that tensor's GPU, ~0.5 GiB),
+        so it receives only what it reads or writes."""
+        return dataclasses.replace(self, critic=None) if role == "actor" else self
+
+
+class SharedNotReceived(RuntimeError):
+    """A worker process could not map what the parent shared with it (e.g. a container that refuses CUDA IPC)."""
+
+
+class Parcel:
+    """An object sent to a process that starts, as bytes opened by the process's own code: a failure to
+    rebuild its shared tensors (CUDA IPC refused, shared memory exhausted) then raises where the worker reports
+    its errors to the parent, instead of killing the process before its code runs ("exited with code 1").
+    The bytes are made while the process starts (``__reduce__`` runs inside ``Process.start``), so file
+    descriptors, CUDA IPC handles and locks cross as they would as a plain argument."""
+
+    def __init__(self, content: Any, what: str) -> None:
+        self._content, self._data, self.what = content, b"", what
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes, str]]:
+        return Parcel._arrived, (bytes(ForkingPickler.dumps(self._content)), self.what)
+
+    @staticmethod
+    def _arrived(data: bytes, what: str) -> Parcel:
+        parcel = Parcel(None, what)
+        parcel._data = data
+        return parcel
+
+    def open(self) -> Any:
+        """The content, rebuilt in this process (the object itself in the process that made the parcel).
+        Raises :class:`SharedNotReceived` naming what it holds and why it could not be rebuilt."""
+        if not self._data:
+            return self._content
+        try:
+            return pickle.loads(self._data)
+        except Exception as err:
+            raise SharedNotReceived(f"could not receive {self.what} from the parent process: "
+                                    f"{type(err).__name__}: {err}") from err

@@ -43,7 +43,7 @@ import torch
 
 from pql.envs import env_factory, make_env
 from pql.store.run_dir import RunDir
-from pql.training.board import ROLE_NAMES, ROLES, Board, Shared
+from pql.training.board import ROLE_NAMES, ROLES, Board, Parcel, Shared
 from pql.training.loop import NonFiniteLoss, Progress, RunLoop, envs_compile_s
 from pql.training.placement import core_budget, core_plan, thread_plan
 from pql.training.processes import state_from_bytes, state_to_bytes, worker_context, worker_process
@@ -229,8 +229,8 @@ class ProcessTrainer(RunLoop):
         for role in ROLES:
             here, there = ctx.Pipe()
             proc = ctx.Process(target=worker_process, name=f"pql-{role}", daemon=True,
-                               args=(role, self.shared, devices[role], threads[role], pins.get(role), there,
-                                     self._checkpoint))
+                               args=(role, Parcel(self.shared.for_role(role), "the shared ring, slots and board"),
+                                     devices[role], threads[role], pins.get(role), there, self._checkpoint))
             proc.start()
             there.close()
             self.workers[role] = (proc, here)

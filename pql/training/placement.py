@@ -8,6 +8,8 @@ import torch
 
 from pql.training.board import ROLES
 
+TASKS = "/proc/self/task"  # one entry per thread of this process (Linux)
+
 
 def core_budget() -> tuple[list[int], int]:
     """(the CPUs this process may run on, how many of them this run may use): all of them, or fewer where
@@ -43,3 +45,15 @@ def core_plan(threads: dict[str, int], cores: list[int]) -> dict[str, set[int]]:
     else:
         plan["actor"], plan["p"] = set(rest[:threads["actor"]]), set(rest[threads["actor"]:])
     return plan
+
+
+def pin_process(cores: set[int]) -> None:
+    """Pin every thread of this process to ``cores`` (a thread's CPUs are its own: ``sched_setaffinity(0, ...)``
+    pins the calling thread and the threads it starts later, not torch's intra-op threads already running).
+    Threads that end meanwhile are skipped."""
+    tids = [int(t) for t in os.listdir(TASKS)] if os.path.isdir(TASKS) else [0]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cores)
+        except ProcessLookupError:
+            continue

@@ -20,7 +20,6 @@ import contextlib
 import ctypes
 import io
 import math
-import os
 import signal
 import sys
 import time
@@ -34,8 +33,9 @@ import torch.multiprocessing as mp
 
 from pql.devices import use_device
 from pql.speed import compilation_watched, set_matmul_precision
-from pql.training.board import ROLE_NAMES, ROLES, WORK, Shared
+from pql.training.board import ROLE_NAMES, ROLES, WORK, Parcel, Shared
 from pql.training.loop import NonFiniteLoss, PhaseClock, envs_compile_s
+from pql.training.placement import pin_process
 from pql.workers.builders import Networks, build_actor, build_p_learner, build_v_learner, initial_networks
 
 IDLE_S = 5e-4  # sleep of a worker with nothing to do
@@ -61,7 +61,8 @@ def _networks(shared: Shared) -> Networks:
     """The run's current networks, read from the slots (the architectures are built, then overwritten)."""
     nets = initial_networks(shared.plan, shared.obs_dim, shared.act_dim)
     shared.policy.pull(nets.policy, -1)
-    shared.critic.pull(nets.critic, -1)
+    if shared.critic is not None:  # the actor's bundle has none, and its worker no critic
+        shared.critic.pull(nets.critic, -1)
     shared.normalizer.pull(nets.normalizer, -1)
     return nets
 
@@ -136,6 +137,7 @@ class LearnerRole:
 
     def __init__(self, role: str, shared: Shared, device: torch.device, state: dict[str, Any] | None) -> None:
         self.role, self.shared, self.reader = role, shared, ROLES.index(role) - 1
+        assert shared.critic is not None, "a learner's bundle holds the critic's slot"
         nets = _networks(shared)
         if role == "v":
             self.worker: Any = build_v_learner(shared.plan, nets)
@@ -224,24 +226,35 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def worker_process(role: str, shared: Shared, device: torch.device, threads: int, cores: set[int] | None,
+def start_worker(role: str, parcel: Parcel, device: torch.device, threads: int, cores: set[int] | None,
+                 checkpoint: bytes | None) -> tuple[ActorRole | LearnerRole, Shared]:
+    """Build ``role``'s worker on ``device`` with ``threads`` torch threads from what the parent shared
+    (``parcel``, opened here) and its part of ``checkpoint``, compile it, and only then pin the process to
+    ``cores`` (unless None): compiling unpinned lets inductor's compile workers, which inherit this process's
+    CPUs, use all of them. Returns the worker and the shared bundle."""
+    use_device(device)  # first: what asks for the current device (events, bf16, allocations) gets ours
+    torch.set_num_threads(threads)
+    shared: Shared = parcel.open()
+    set_matmul_precision(shared.plan.cfg.matmul_precision, [device])
+    state = None if checkpoint is None else state_from_bytes(checkpoint)
+    worker = ActorRole(shared, device, state) if role == "actor" else LearnerRole(role, shared, device, state)
+    with compilation_watched(f"the {role} worker", shared.plan.cfg.compile):
+        shared.board.stats[f"compile_s_{role}"] = worker.warm_up()  # before the first park: off the clock
+    if cores:
+        pin_process(cores)
+    return worker, shared
+
+
+def worker_process(role: str, parcel: Parcel, device: torch.device, threads: int, cores: set[int] | None,
                    conn: Connection, checkpoint: bytes | None) -> None:
-    """The body of a worker process: build the worker on ``device`` with ``threads`` torch threads
-    (pinned to ``cores`` unless None), then step it until told to stop. While the parent pauses the run,
-    park at a step boundary and answer its requests for the worker's state."""
+    """The body of a worker process: start the worker (:func:`start_worker`), then step it until told to
+    stop. While the parent pauses the run, park at a step boundary and answer its requests for the worker's
+    state."""
     _die_with_parent()
     for sig in SIGNALS:  # inherited ignored from the fork server (see worker_context); also where another
         signal.signal(sig, signal.SIG_IGN)  # module started that server
     try:  # everything inside: a worker that fails while starting reports its own error to the parent
-        use_device(device)  # first: what asks for the current device (events, bf16, allocations) gets ours
-        torch.set_num_threads(threads)
-        set_matmul_precision(shared.plan.cfg.matmul_precision, [device])
-        if cores:
-            os.sched_setaffinity(0, cores)
-        state = None if checkpoint is None else state_from_bytes(checkpoint)
-        worker = ActorRole(shared, device, state) if role == "actor" else LearnerRole(role, shared, device, state)
-        with compilation_watched(f"the {role} worker", shared.plan.cfg.compile):
-            shared.board.stats[f"compile_s_{role}"] = worker.warm_up()  # before the first park: off the clock
+        worker, shared = start_worker(role, parcel, device, threads, cores, checkpoint)
         board = shared.board
         flags, parked = board.flags, f"parked_{role}"
         while not flags["stop"]:
