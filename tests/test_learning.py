@@ -49,3 +49,11 @@ def test_fast_sac_learns_pendulum_with_its_cpu_preset(tmp_path):
     the algorithms study first reached -250 between 27,008 and 29,952 env steps (issue 31's measurements)."""
     rows = _train(tmp_path, algo="fast_sac", max_env_steps=76_800, eval_every_env_steps=6_400)
     assert rows["eval_return"].max() >= -250, rows[["env_steps", "eval_return"]].to_string()
+
+
+@pytest.mark.slow
+def test_pql_solves_mountaincar_with_its_correlated_noise(tmp_path):
+    """classic/mountaincar's preset explores with AR(1) noise (noise.correlation 0.99): PQL gets the +100 at the
+    hill top, where with white noise it stays at the do-nothing policy (README, classic/mountaincar)."""
+    rows = _train(tmp_path, task="classic/mountaincar", max_env_steps=1_228_800, eval_every_env_steps=102_400)
+    assert rows["eval_return"].max() >= 90, rows[["env_steps", "eval_return"]].to_string()

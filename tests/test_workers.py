@@ -1,7 +1,9 @@
 """Each worker alone on a tiny deterministic env, against values computed by hand here."""
 
+import pytest
 import torch
 
+from pql.config import ConfigError
 from pql.envs.contract import VecEnv
 from pql.resolve import build_config
 from pql.workers.builders import build_actor, build_p_learner, build_v_learner, initial_networks
@@ -186,6 +188,39 @@ def test_per_episode_noise_is_redrawn_for_the_envs_whose_episode_ended_and_resum
     fixed = build_actor(plan_run(_cfg(**{"noise.kind": "fixed", "noise.sigma": "0.2"})), Counter(), nets)
     fixed.step(), fixed.step()
     assert torch.equal(fixed.noise_std[:, 0], torch.full((2,), 0.2)) and "noise_std" not in fixed.state_dict()
+
+
+def test_correlated_noise_is_an_ar1_process_per_env_restarted_with_each_episode():
+    """noise.correlation rho: the standard normal noise handed to the policy is rho n + sqrt(1 - rho^2) e with
+    e the actor's draws (repeated by hand from a copy of its generator), a new draw where an episode began
+    (Counter's end at step 2) and after a resume; rho 0 keeps the draws themselves (white noise)."""
+    rho = 0.9
+    cfg = _cfg(**{"noise.correlation": str(rho), "noise.sigma": "0.1"})
+    torch.manual_seed(0)
+    nets = initial_networks(plan_run(cfg), 1, 1)
+    actor = build_actor(plan_run(cfg), Counter(), nets)
+    handed: list[torch.Tensor] = []
+    actor._act = lambda obs, noise: handed.append(noise.clone()) or torch.zeros_like(noise)
+    hand = torch.Generator().manual_seed(cfg.seed + 1)  # the actor's seed (builders.ACTOR_SEED)
+    for _ in range(4):
+        actor.step()
+    e = [torch.randn(2, 1, generator=hand) for _ in range(4)]
+    keep = (1 - rho * rho) ** 0.5
+    assert torch.equal(handed[0], e[0])
+    assert torch.allclose(handed[1], rho * e[0] + keep * e[1])
+    assert torch.equal(handed[2], e[2]), "both episodes ended at step 2: a new process"
+    assert torch.allclose(handed[3], rho * e[2] + keep * e[3])
+    actor.load_state_dict(actor.state_dict())
+    actor.step()
+    assert torch.equal(handed[4], torch.randn(2, 1, generator=hand)), "a resumed actor restarts its envs' noise"
+    white = build_actor(plan_run(_cfg(**{"noise.sigma": "0.1"})), Counter(), nets)
+    white._act = actor._act
+    white.step(), white.step()
+    again = torch.Generator().manual_seed(cfg.seed + 1)
+    assert torch.equal(handed[5], torch.randn(2, 1, generator=again))
+    assert torch.equal(handed[6], torch.randn(2, 1, generator=again))
+    with pytest.raises(ConfigError, match=r"noise\.correlation"):
+        _cfg(**{"noise.correlation": "1.0"})
 
 
 TINY_NETS = {"algo.actor_hidden": "[16,16]", "algo.critic_hidden": "[16,16]", "algo.batch_size": 64}

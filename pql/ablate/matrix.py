@@ -26,7 +26,8 @@ RUN_ID_SCHEMA = 2
 # identity_defaults), each with the value (as text) at which a run computes exactly what it did before the key
 # existed: at that value the key is left out of the id, so earlier runs keep theirs.
 ADDED_SINCE_SCHEMA: dict[str, str] = {"algo.activation": "elu", "matmul_precision": "auto",
-                                      "algo.buffer_per_env": "null", "algo.layer_norm": "False"}
+                                      "algo.buffer_per_env": "null", "algo.layer_norm": "False",
+                                      "noise.correlation": "0.0"}
 
 
 @dataclass(frozen=True)

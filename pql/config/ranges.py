@@ -65,6 +65,7 @@ NUMBER_RANGES: dict[str, Range] = {
     "eval_max_share": Range(0, 1, high_open=True),
     "checkpoint_every_s": NON_NEGATIVE, "watchdog_s": NON_NEGATIVE,
     "noise.sigma_min": NON_NEGATIVE, "noise.sigma_max": NON_NEGATIVE, "noise.sigma": NON_NEGATIVE,
+    "noise.correlation": Range(0, 1, high_open=True),
     "algo.batch_size": AT_LEAST_1, "algo.buffer_size": AT_LEAST_1, "algo.buffer_per_env": AT_LEAST_1,
     "algo.nstep": AT_LEAST_1,
     "algo.gamma": Range(0, 1, low_open=True), "algo.tau": Range(0, 1, low_open=True),

@@ -32,6 +32,10 @@ class NoiseConfig:
     sigma_min: float = _opt(0.05, "smallest std of the mixed and per_episode schemes")
     sigma_max: float = _opt(0.8, "largest std of the mixed and per_episode schemes")
     sigma: float = _opt(0.8, "std of the fixed scheme")
+    correlation: float = _opt(0.0, "rho in [0, 1) of each env's noise as an AR(1) process, n_t = rho n_(t-1) + "
+                                   "sqrt(1 - rho^2) e_t (standard normal whatever rho; 0: white noise, a new draw "
+                                   "each step; 0.99: about 100 steps of persistence), drawn afresh when the env's "
+                                   "episode ends")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Actions inside the workers are in [-1, 1]; only the environments see their own u
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -74,12 +75,16 @@ class ActorWorker:
     def __init__(self, env: VecEnv, policy: OffPolicyActor, normalizer: RunningNormalizer, noise_std: torch.Tensor,
                  window: NStepWindow, reward_scale: float, generator: torch.Generator,
                  speed: Speed | None = None, eval_slice: int = 0,
-                 redraw_range: tuple[float, float] | None = None, fold_obs: bool = True) -> None:
+                 redraw_range: tuple[float, float] | None = None, fold_obs: bool = True,
+                 correlation: float = 0.0) -> None:
         self.env, self.policy, self.normalizer = env, policy, normalizer
         self.fold_obs = fold_obs  # False: the V-learner owns the normaliser (algo.obs_norm_replay) and folds them
         self.noise_std = noise_std[:, None]  # [N, 1]
         self.redraw_range = redraw_range  # (low, high): an env's std is redrawn from U[low, high] when its episode ends
         self.window, self.reward_scale, self.generator = window, reward_scale, generator
+        self.correlation = correlation  # rho of each env's AR(1) noise (0: white)
+        self.noise = torch.zeros(env.num_envs, env.act_dim, device=env.device)  # [N, A] the last step's draws
+        self.fresh = torch.ones(env.num_envs, 1, dtype=torch.bool, device=env.device)  # [N, 1] start a new process
         self.speed = speed or Speed(device=env.device)
         self._act = self.speed.compile(self._explore)
         self.obs = env.reset()
@@ -117,14 +122,17 @@ class ActorWorker:
         shape = (env.num_envs, env.act_dim)
         if random:
             action = torch.rand(shape, generator=self.generator, device=env.device) * 2 - 1
+            self.fresh.fill_(True)
         else:
-            noise = torch.randn(shape, generator=self.generator, device=env.device)
+            noise = self._noise(torch.randn(shape, generator=self.generator, device=env.device))
             if self.eval_slice:
                 noise[:self.eval_slice] = 0.0  # the deterministic action, for any policy's explore()
             self.speed.begin_step()
             action = self.speed.kept(self._act(self.obs, noise))  # the window keeps it past the next replay
         next_obs, reward, terminated, truncated, info = env.step(to_env_units(action, env.action_low, env.action_high))
         done, k = terminated | truncated, self.eval_slice
+        if self.correlation:
+            self.fresh.copy_(done[:, None])
         if self.redraw_range is not None:
             fresh = uniform_std(env.num_envs, *self.redraw_range, self.generator, env.device)
             self.noise_std.copy_(torch.where(done[:, None], fresh[:, None], self.noise_std))  # in place: no sync
@@ -134,6 +142,16 @@ class ActorWorker:
         out = self.window.push(self.obs, action, reward * self.reward_scale, info["final_obs"], terminated, truncated)
         self.obs = next_obs
         return out
+
+    def _noise(self, draws: torch.Tensor) -> torch.Tensor:
+        """This step's standard normal noise ``[N, A]`` from fresh ``draws [N, A]``: the draws themselves (white
+        noise), or with ``correlation`` rho each env's AR(1) step rho n + sqrt(1 - rho^2) draws, restarted from the
+        draws where the env's episode began."""
+        if not self.correlation:
+            return draws
+        rho = self.correlation
+        self.noise.copy_(torch.where(self.fresh, draws, rho * self.noise + math.sqrt(1.0 - rho * rho) * draws))
+        return self.noise.clone()
 
     def state_dict(self) -> dict[str, Any]:
         """The actor's part of a checkpoint: normaliser, the noise and reset generators, and the per-env noise
@@ -152,3 +170,4 @@ class ActorWorker:
         if "noise_std" in state:
             self.noise_std.copy_(state["noise_std"].to(self.noise_std.device)[:, None])
         self.obs = self.env.reset()
+        self.fresh.fill_(True)  # every env starts a new episode, and its noise process with it

@@ -55,7 +55,7 @@ def build_actor(plan: RunPlan, env: VecEnv, nets: Networks) -> ActorWorker:
     return ActorWorker(env, copy.deepcopy(nets.policy).to(sim), copy.deepcopy(nets.normalizer).to(sim), noise,
                        window, cfg.algo.reward_scale, generator, Speed(cfg.compile, "off", sim), plan.eval_slice,
                        (n.sigma_min, n.sigma_max) if n.kind == "per_episode" else None,
-                       fold_obs=not cfg.algo.obs_norm_replay)
+                       fold_obs=not cfg.algo.obs_norm_replay, correlation=n.correlation)
 
 
 def build_v_learner(plan: RunPlan, nets: Networks) -> VLearner:
