@@ -151,9 +151,10 @@ def _measure_async(cfg, tmp_path) -> Measured:
     return Measured(roles, counters, sum(roles.values()) + count(parent, actor, v, p), envs)
 
 
-@pytest.mark.parametrize(("algo", "mode"), [("pql", "sync"), ("pql", "async"), ("pql-d", "async"), ("sac", "sync")])
-def test_estimate_matches_what_the_workers_hold(algo, mode, tmp_path):
-    cfg = _config(algo, mode)
+@pytest.mark.parametrize(("algo", "mode", "more"), [("pql", "sync", {}), ("pql", "async", {}), ("pql-d", "async", {}),
+                                                   ("sac", "sync", {}), ("pql", "sync", {"noise.correlation": "0.9"})])
+def test_estimate_matches_what_the_workers_hold(algo, mode, more, tmp_path):
+    cfg = _config(algo, mode, **more)
     est = estimate(cfg, probe_task(cfg.task))
     got = (_measure_async if mode == "async" else _measure_sync)(cfg, tmp_path)
     estimated = sum(_persistent(est, role) for role in got.roles)

@@ -271,3 +271,8 @@ def test_legend_names_the_axis_values():
     texts = {legend_label(c.axis_values, None, []) for c in cells}
     assert "PQL, mixed sigma in [0.05, 0.8]" in texts and "PQL-D, fixed sigma = 0.3" in texts
     assert legend_label(cells[0].axis_values, "{algo} with noise", []) == "pql with noise"
+    schemes = [{"kind": "per_episode", "sigma_min": 0.001, "sigma_max": 0.4},
+               {"kind": "mixed", "sigma_min": 0.05, "sigma_max": 0.8, "correlation": 0.0},
+               {"kind": "fixed", "sigma": 0.8, "correlation": 0.9}]
+    assert [legend_label({"noise": n}, None, []) for n in schemes] == [
+        "sigma per episode from U[0.001, 0.4]", "mixed sigma in [0.05, 0.8], white", "fixed sigma = 0.8, rho = 0.9"]

@@ -211,9 +211,11 @@ def _simulator(cfg: Config, d: int, a: int, per_env: int | None, noise_per_env: 
         parts.append(Component("sim", "simulator state", (n + evals) * per_env + envs * 2 * a * FLOAT,
                                "lower num_envs"))
     # observations to act on [N, D], the exploration std [N] where the actor keeps one, and the running returns
-    # [N], split between the exploring envs and the evaluation slice, each part with a float64 and an int64 tally
+    # [N], split between the exploring envs and the evaluation slice, each part with a float64 and an int64 tally;
+    # with noise.correlation, each env's last noise [N, A] and whether its noise restarts [N, 1] (bool)
+    correlated = n * (a * FLOAT + 1) if noise_per_env and cfg.noise.correlation else 0
     parts.append(Component("sim", "actor state (obs, noise std, returns)",
-                           n * (d + 1) * FLOAT + n * noise_per_env + 32, "lower num_envs"))
+                           n * (d + 1) * FLOAT + n * noise_per_env + 32 + correlated, "lower num_envs"))
     return parts
 
 

@@ -63,11 +63,19 @@ def algo_label(name: str) -> str:
     return ALGORITHMS[name].label if name in ALGORITHMS else name
 
 
+def _noise_text(value: dict[str, Any]) -> str:
+    """A noise cell's scheme in words, with its correlation where the cell sets one (0: white noise)."""
+    kind, low, high = value.get("kind"), value.get("sigma_min"), value.get("sigma_max")
+    schemes = {"mixed": f"mixed sigma in [{low}, {high}]", "per_episode": f"sigma per episode from U[{low}, {high}]"}
+    text = schemes.get(str(kind), f"fixed sigma = {value.get('sigma')}")
+    if "correlation" in value:
+        text += ", white" if not value["correlation"] else f", rho = {value['correlation']}"
+    return text
+
+
 def _value_text(key: str, value: Any) -> str:
     if key == "noise" and isinstance(value, dict):
-        if value.get("kind") == "mixed":
-            return f"mixed sigma in [{value.get('sigma_min')}, {value.get('sigma_max')}]"
-        return f"fixed sigma = {value.get('sigma')}"
+        return _noise_text(value)
     if key == "algo":
         return algo_label(str(value))
     if key == "mode":

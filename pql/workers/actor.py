@@ -82,9 +82,9 @@ class ActorWorker:
         self.noise_std = noise_std[:, None]  # [N, 1]
         self.redraw_range = redraw_range  # (low, high): an env's std is redrawn from U[low, high] when its episode ends
         self.window, self.reward_scale, self.generator = window, reward_scale, generator
-        self.correlation = correlation  # rho of each env's AR(1) noise (0: white)
-        self.noise = torch.zeros(env.num_envs, env.act_dim, device=env.device)  # [N, A] the last step's draws
-        self.fresh = torch.ones(env.num_envs, 1, dtype=torch.bool, device=env.device)  # [N, 1] start a new process
+        self.correlation = correlation  # rho of each env's AR(1) noise (0: white, and no state kept)
+        self.noise = torch.zeros(env.num_envs, env.act_dim, device=env.device) if correlation else None  # [N, A]
+        self.fresh = torch.ones(env.num_envs, 1, dtype=torch.bool, device=env.device) if correlation else None
         self.speed = speed or Speed(device=env.device)
         self._act = self.speed.compile(self._explore)
         self.obs = env.reset()
@@ -122,7 +122,8 @@ class ActorWorker:
         shape = (env.num_envs, env.act_dim)
         if random:
             action = torch.rand(shape, generator=self.generator, device=env.device) * 2 - 1
-            self.fresh.fill_(True)
+            if self.fresh is not None:
+                self.fresh.fill_(True)
         else:
             noise = self._noise(torch.randn(shape, generator=self.generator, device=env.device))
             if self.eval_slice:
@@ -131,7 +132,7 @@ class ActorWorker:
             action = self.speed.kept(self._act(self.obs, noise))  # the window keeps it past the next replay
         next_obs, reward, terminated, truncated, info = env.step(to_env_units(action, env.action_low, env.action_high))
         done, k = terminated | truncated, self.eval_slice
-        if self.correlation:
+        if self.fresh is not None:
             self.fresh.copy_(done[:, None])
         if self.redraw_range is not None:
             fresh = uniform_std(env.num_envs, *self.redraw_range, self.generator, env.device)
@@ -147,7 +148,7 @@ class ActorWorker:
         """This step's standard normal noise ``[N, A]`` from fresh ``draws [N, A]``: the draws themselves (white
         noise), or with ``correlation`` rho each env's AR(1) step rho n + sqrt(1 - rho^2) draws, restarted from the
         draws where the env's episode began."""
-        if not self.correlation:
+        if self.noise is None or self.fresh is None:
             return draws
         rho = self.correlation
         self.noise.copy_(torch.where(self.fresh, draws, rho * self.noise + math.sqrt(1.0 - rho * rho) * draws))
@@ -170,4 +171,5 @@ class ActorWorker:
         if "noise_std" in state:
             self.noise_std.copy_(state["noise_std"].to(self.noise_std.device)[:, None])
         self.obs = self.env.reset()
-        self.fresh.fill_(True)  # every env starts a new episode, and its noise process with it
+        if self.fresh is not None:
+            self.fresh.fill_(True)  # every env starts a new episode, and its noise process with it
