@@ -15,7 +15,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 
@@ -77,15 +76,9 @@ def _sim(c: Check) -> None:
               env_steps_per_s=n / per_call)
 
 
-def _fill(trainer: Any) -> None:
-    """Step a SyncTrainer's actor until its learners learn and hold a whole batch."""
-    while not trainer.learning() or trainer.v.buffer.size < trainer.cfg.algo.batch_size:
-        trainer.actor_step()
-
-
 # -- V-updates --------------------------------------------------------------------------------------
 def _v_variant(c: Check, name: str) -> None:
-    from pql.bench.limits import build_trainer, calibrate, timed
+    from pql.bench.limits import build_trainer, calibrate, fill_until_learning, timed
     from pql.speed import compilation_summary, compilation_watched
 
     amp, mode, precision, tolerance = V_VARIANTS[name]
@@ -95,7 +88,7 @@ def _v_variant(c: Check, name: str) -> None:
     with tempfile.TemporaryDirectory(prefix="pql-gpu-check-") as out:
         trainer = build_trainer(overrides, c.device, c.envs(4096), out)
         torch.set_float32_matmul_precision(precision)
-        _fill(trainer)
+        fill_until_learning(trainer)
         started = time.perf_counter()
         with compilation_watched(check, mode):
             trainer.v.warm_up(), trainer.p.warm_up()

@@ -74,11 +74,10 @@ class HotLoop:
 
 def sync_loop(overrides: dict[str, Any], device: torch.device, num_envs: int, out: str) -> HotLoop:
     """``mode=sync``: a round is one sync step (an actor step and the updates it makes due)."""
-    from pql.bench.limits import build_trainer
+    from pql.bench.limits import build_trainer, fill_until_learning
 
     t = build_trainer(overrides, device, num_envs, out)
-    while not t.learning() or t.v.buffer.size < t.cfg.algo.batch_size:
-        t.actor_step()
+    fill_until_learning(t)
     t.step()  # the optimisers' states exist from here
     tables = (t.controller.counts.tensor, t.controller.durations.tensor)
     versions = [s._version for s in (t.policy_slot, t.critic_slot, t.norm_slot)]

@@ -86,6 +86,12 @@ def build_trainer(overrides: dict[str, Any], device: torch.device, num_envs: int
     return SyncTrainer(plan_run(cfg), RunDir(out))
 
 
+def fill_until_learning(trainer: SyncTrainer) -> None:
+    """Step a SyncTrainer's actor until its learners learn and its V-learner's buffer holds a whole batch."""
+    while not trainer.learning() or trainer.v.buffer.size < trainer.cfg.algo.batch_size:
+        trainer.actor_step()
+
+
 # -- simulator ------------------------------------------------------------------------------
 def sim_vs_kernel(task: str, device: torch.device, seconds: float, blocks: int,
                   num_envs: int = SIM_ENVS) -> dict[str, float]:
