@@ -115,6 +115,15 @@ class Speed:
         mode = self.compile_mode if graphs or not self.cuda_graphs else "default"
         return torch.compile(fn, mode=mode)  # type: ignore[return-value]
 
+    def fused_optimizer(self, step_compiled: bool) -> bool | None:
+        """The ``fused`` argument of this worker's Adam(W): True (torch's fused kernel, one pass over every
+        parameter where the default runs a dozen tensor ops per parameter, several times faster per step on a
+        CPU) on a CPU when the step runs eagerly, i.e. it is not compiled (``step_compiled`` false, or compile
+        off); else None, torch's default, which torch.compile fuses itself and CUDA runs as foreach (left as it
+        was where no CPU could measure it)."""
+        eager = not (step_compiled and self.compiling)
+        return True if eager and self.device.type == "cpu" else None
+
     def begin_step(self) -> None:
         """Mark a new step for CUDA graphs (reduce-overhead): the outputs of the last step's graphs may be
         overwritten from here on. Call first in each step of a worker; nothing happens in other modes."""
@@ -167,6 +176,15 @@ def state_kept(modules: Iterable[nn.Module], optimizers: Iterable[torch.optim.Op
                 for group in opt.param_groups:
                     for p in group["params"]:
                         p.grad = None
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Restore ``state`` into ``optimizer``, keeping the implementation it was built with (``fused``,
+    ``foreach``): torch would take the saved run's, which may have computed on another device or compiled."""
+    built = [{key: group.get(key) for key in ("fused", "foreach")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, built, strict=True):
+        group.update(flags)
 
 
 def compilation_summary() -> dict[str, Any]:

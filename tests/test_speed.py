@@ -13,7 +13,7 @@ import torch
 from pql.algos import algorithm
 from pql.config import ConfigError, load_config, parse_overrides
 from pql.resolve import build_config
-from pql.speed import matmul_precision, speed_problem, state_kept
+from pql.speed import Speed, load_optimizer_state, matmul_precision, speed_problem, state_kept
 from pql.store.run_dir import RunDir
 from pql.training.run import resolve, run_training
 from pql.training.sync import SyncTrainer
@@ -74,6 +74,49 @@ def test_state_kept_restores_modules_and_optimiser_state_in_place():
     assert fresh == [0.0] * len(fresh), "state made inside is zeroed: a fresh AdamW state"
 
 
+@pytest.mark.parametrize("algo", ["pql", "fast_sac"])
+def test_eager_cpu_learners_step_the_fused_adamw_which_matches_torchs_reference_adamw(algo):
+    """On a CPU an eager learner's AdamW is torch's fused kernel (a compiled step keeps torch's default, which
+    the compiler fuses): the same parameters after each update as the single-tensor AdamW, with the
+    algorithm's weight decay, betas and, for FastSAC, the temperature's own group."""
+    cfg = _config(algo)
+    torch.manual_seed(0)
+    nets = initial_networks(plan_run(cfg), 3, 1)
+    for build in (build_v_learner, build_p_learner):
+        fused, compiled = _learner_pair(build, cfg, nets, "default")
+        reference = _learner_pair(build, cfg, nets, "off")[0]
+        assert [g["fused"] for g in fused.optimizer.param_groups] == [True] * len(fused.optimizer.param_groups)
+        assert {g["fused"] for g in compiled.optimizer.param_groups} == {None}
+        for group in reference.optimizer.param_groups:
+            group.update(fused=None, foreach=False)  # torch's one-tensor-at-a-time AdamW
+        net = "critic" if build is build_v_learner else "policy"
+        for _ in range(3):
+            fused.update(), reference.update()
+            for a, b in zip(getattr(fused, net).parameters(), getattr(reference, net).parameters(), strict=True):
+                assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+        assert not torch.equal(next(getattr(fused, net).parameters()), next(getattr(nets, net).parameters()))
+
+
+def test_a_restored_optimiser_keeps_the_kernel_it_was_built_with():
+    """A checkpoint's AdamW state (saved eagerly on a CPU, fused) restored into an optimiser built for a compiled
+    or CUDA step keeps the latter's implementation, and the reverse; the state itself is restored."""
+    net = torch.nn.Linear(3, 2)
+    saved = torch.optim.AdamW(net.parameters(), lr=0.1, fused=Speed(device=CPU).fused_optimizer(step_compiled=True))
+    net(torch.ones(4, 3)).sum().backward()
+    saved.step()
+    compiled = torch.optim.AdamW(net.parameters(), lr=0.1,
+                                 fused=Speed("default", device=CPU).fused_optimizer(step_compiled=True))
+    assert (saved.param_groups[0]["fused"], compiled.param_groups[0]["fused"]) == (True, None)
+    load_optimizer_state(compiled, saved.state_dict())
+    assert compiled.param_groups[0]["fused"] is None and float(compiled.state[net.weight]["step"]) == 1.0
+    load_optimizer_state(saved, compiled.state_dict())
+    assert saved.param_groups[0]["fused"] is True and torch.equal(saved.state[net.weight]["exp_avg"],
+                                                                  compiled.state[net.weight]["exp_avg"])
+    assert Speed(device=CPU).fused_optimizer(step_compiled=False) is True, "a step never compiled: fused"
+    assert Speed("default", device=CPU).fused_optimizer(step_compiled=False) is True
+    assert Speed(device="meta").fused_optimizer(step_compiled=True) is None, "only where a CPU measured it"
+
+
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("compile", "fast", "compile must be one of off, default, reduce-overhead, max-autotune, got 'fast'"),
     ("amp", "fp16", "amp must be one of off, bf16, got 'fp16'"),
@@ -104,7 +147,9 @@ def test_combinations_that_cannot_apply_stop_before_training(monkeypatch, tiny, 
     assert "amp=bf16: cpu has no native bfloat16" in speed_problem("off", "bf16", [CPU])
 
 
-def test_flags_round_trip_through_config_checkpoint_and_resume(tiny, tmp_path):
+def test_flags_round_trip_through_config_checkpoint_and_resume(monkeypatch, tiny, tmp_path):
+    # what amp=bf16 computes is the tests below; here the flag's path, also on a CPU without native bf16
+    monkeypatch.setattr("pql.speed.bf16_supported", lambda device: True)
     run = run_training(resolve({**tiny, "amp": "bf16", "max_env_steps": "1280"})).path
     cfg = load_config(str(run / "config.yaml"))
     assert (cfg.compile, cfg.amp) == ("off", "bf16")

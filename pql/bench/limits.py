@@ -28,6 +28,7 @@ from pql.envs import make_env
 from pql.envs.classic import TorchClassicEnv
 from pql.nets import Actor, TwinCritic
 from pql.resolve import build_config
+from pql.speed import Speed
 from pql.store.run_dir import RunDir
 from pql.training.sync import SyncTrainer
 from pql.workers.actor import ActorWorker, to_env_units
@@ -124,8 +125,9 @@ class BareCriticStep:
         self.critic = copy.deepcopy(v.critic)
         self.target = copy.deepcopy(v.target)
         self.policy = copy.deepcopy(v.policy)
-        self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=v.cfg.critic_lr)
         device = next(self.critic.parameters()).device
+        fused = Speed(compile_mode, device=device).fused_optimizer(step_compiled=True)  # the V-learner's AdamW
+        self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=v.cfg.critic_lr, fused=fused)
         with torch.no_grad():
             batch = v.buffer.sample(v.cfg.batch_size, torch.Generator(device=device).manual_seed(seed))
             self.obs, self.next_obs = v.normalizer(batch["obs"]), v.normalizer(batch["next_obs"])

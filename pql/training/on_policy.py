@@ -21,7 +21,7 @@ from pql.devices import seeded_generator, set_generator_state
 from pql.envs import make_env
 from pql.nets import mlp
 from pql.normalizer import RunningNormalizer
-from pql.speed import Speed, state_kept, timed_warm_up
+from pql.speed import Speed, load_optimizer_state, state_kept, timed_warm_up
 from pql.store.run_dir import RunDir
 from pql.training.loop import Progress, RunLoop, envs_compile_s, generator_state, restore_generator
 from pql.workers.actor import EpisodeReturns, to_env_units
@@ -63,7 +63,6 @@ class PPOTrainer(RunLoop):
         self.normalizer = RunningNormalizer(d, algo.obs_clip, enabled=algo.normalize_obs).to(sim)
         self.value_normalizer = RunningNormalizer(1, clip=float("inf"), enabled=self.ppo.normalize_value).to(sim)
         self.params = [*self.policy.parameters(), *self.value.parameters()]
-        self.optimizer = torch.optim.Adam(self.params, lr=self.ppo.lr)
         self.generator = seeded_generator(sim, cfg.seed + 1)
         self.evaluator = None if self.eval_env is None else Evaluator(self.eval_env, self.policy, self.normalizer)
         # The first k envs act with the mean action; their episodes are the evaluation and their rows stay
@@ -75,6 +74,9 @@ class PPOTrainer(RunLoop):
         self.stagger_episodes()
         self.updates = 0
         self.speed = Speed(cfg.compile, cfg.amp, sim)
+        # the optimiser step is never compiled here (only the minibatch losses are)
+        self.optimizer = torch.optim.Adam(self.params, lr=self.ppo.lr,
+                                          fused=self.speed.fused_optimizer(step_compiled=False))
         self._losses = self.speed.compile(self.minibatch_losses)
 
     def minibatch_losses(self, obs: torch.Tensor, old_mean: torch.Tensor, old_std: torch.Tensor,
@@ -238,7 +240,7 @@ class PPOTrainer(RunLoop):
         """Restore :meth:`model_state`."""
         self.policy.load_state_dict(state["policy"])
         self.value.load_state_dict(state["value"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.normalizer.load_state_dict(state["normalizer"])
         self.value_normalizer.load_state_dict(state["value_normalizer"])
         self.updates = state["updates"]

@@ -18,7 +18,7 @@ from pql.config import AlgoConfig
 from pql.devices import set_generator_state
 from pql.nets import OffPolicyActor, SampledActor, Temperature
 from pql.normalizer import RunningNormalizer
-from pql.speed import Speed, state_kept, timed_warm_up
+from pql.speed import Speed, load_optimizer_state, state_kept, timed_warm_up
 
 Bonus = torch.Tensor | float  # what a target adds to each next value: [B], or 0.0
 
@@ -40,10 +40,11 @@ class VLearner:
             assert isinstance(policy, SampledActor), "a learned temperature weighs a sampled policy's entropy"
             groups.append({"params": [self.temperature.log_alpha], "lr": cfg.alpha_lr,
                            "weight_decay": self.temperature.weight_decay})
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.critic_lr, weight_decay=cfg.weight_decay,
-                                           betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.device = buffer.storage.device
         self.speed = speed or Speed(device=self.device)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.critic_lr, weight_decay=cfg.weight_decay,
+                                           betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                           fused=self.speed.fused_optimizer(step_compiled=True))
         self._loss = self.speed.compile(self.td_loss)
         self._apply = self.speed.compile(self.apply_gradients, graphs=False)
 
@@ -74,7 +75,7 @@ class VLearner:
             self.normalizer.load_state_dict(state["normalizer"])
         self.critic.load_state_dict(state["critic"])
         self.target.load_state_dict(state["critic_target"])
-        self.optimizer.load_state_dict(state["critic_optimizer"])
+        load_optimizer_state(self.optimizer, state["critic_optimizer"])
         set_generator_state(self.generator, state["rng"]["v"])
 
     def update(self) -> torch.Tensor:
@@ -181,12 +182,13 @@ class PLearner:
         self.critic = critic.requires_grad_(False)
         self.buffer, self.cfg, self.generator = buffer, cfg, generator
         self._policy_params = objective.parameters()
-        self.optimizer = torch.optim.AdamW(self._policy_params, lr=cfg.actor_lr, weight_decay=cfg.weight_decay,
-                                           betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.device = buffer.storage.device
+        self.speed = speed or Speed(device=self.device)
+        self.optimizer = torch.optim.AdamW(self._policy_params, lr=cfg.actor_lr, weight_decay=cfg.weight_decay,
+                                           betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                           fused=self.speed.fused_optimizer(step_compiled=True))
         with torch.no_grad():
             self.act_dim = int(policy(torch.zeros(1, buffer.width, device=self.device)).shape[-1])
-        self.speed = speed or Speed(device=self.device)
         self._loss = self.speed.compile(self.policy_loss)
         self._apply = self.speed.compile(self.apply_gradients, graphs=False)
 
@@ -207,7 +209,7 @@ class PLearner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["policy_optimizer"])
+        load_optimizer_state(self.optimizer, state["policy_optimizer"])
         self.objective.load_state_dict(state["objective"])
         set_generator_state(self.generator, state["rng"]["p"])
 
