@@ -8,6 +8,7 @@ The results are small but real run directories: the cells of a real expansion, t
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from pql.cli import main
 from pql.config import ConfigError, presets, thresholds
 from pql.report import study as report_module
 from pql.report.aggregate import per_run, summarize
-from pql.report.figures import FIGURES, FigureData, Series, threshold_bars_figure
+from pql.report.figures import FIGURES, HATCHES, FigureData, Series, series_styles, threshold_bars_figure
 from pql.report.provenance import MANIFEST_FIELDS, PROVENANCE_COLUMNS, field_text, lookup
 from pql.report.study import report_study
 from pql.resolve import build_config
@@ -204,6 +205,17 @@ def test_summary_intervals_of_the_threshold_medians_keep_never_as_never():
     assert out["time_to_stay_median"] == 5.0 and out["time_to_stay_ci_lo"] == 4.0
     assert math.isinf(out["time_to_stay_ci_hi"]), "a run that ended below the threshold counts as never"
     assert out["steps_to_stay_ci_lo"] == 40.0 and math.isinf(out["steps_to_stay_ci_hi"])
+
+
+def test_an_extra_cell_with_a_style_value_is_drawn_unlike_the_cells_without_one():
+    """The algorithms study's FastTD3 sync cell (no mode in its cell) and its async extra cell share a colour:
+    their line styles and hatches must differ."""
+    series = [Series("a", "PQL", "pql", None, "pql"), Series("b", "FastTD3", "fast_td3", None, "fast_td3"),
+              Series("c", "FastTD3, async", "fast_td3", "async", "fast_td3")]
+    assert series_styles(series) == {"a": "-", "b": "-", "c": "--"}
+    assert series_styles(series, HATCHES) == {"a": "", "b": "", "c": "//"}
+    grouped = [replace(s, style_group=g) for s, g in zip(series, ["16", "32", "16"], strict=True)]
+    assert series_styles(grouped) == {"a": "-", "b": "--", "c": "-"}, "every series in a group: from the first"
 
 
 def test_report_draws_the_kinds_and_settings_the_spec_asks_for(tmp_path, drawn):

@@ -92,10 +92,13 @@ def series_colors(series: list[Series]) -> dict[str, str]:
 
 
 def series_styles(series: list[Series], styles: tuple[str, ...] = LINE_STYLES) -> dict[str, str]:
-    """Line style (or hatch) of each series (by key): ``styles[0]`` without a style group, else one per group."""
+    """Line style (or hatch) of each series (by key): one per style group, in series order; ``styles[0]`` for
+    series without one (cells that do not set the style key, e.g. beside an extra cell that does), and then
+    the groups start at ``styles[1]``, so a group never looks like no group."""
     groups = list(dict.fromkeys(s.style_group for s in series if s.style_group is not None))
-    return {s.key: styles[groups.index(s.style_group) % len(styles)] if s.style_group is not None else styles[0]
-            for s in series}
+    first = 1 if any(s.style_group is None for s in series) else 0
+    return {s.key: styles[(first + groups.index(s.style_group)) % len(styles)] if s.style_group is not None
+            else styles[0] for s in series}
 
 
 def curves_figure(data: FigureData) -> Figure:
