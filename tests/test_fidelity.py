@@ -106,4 +106,6 @@ def test_a_time_budget_sets_the_evaluation_cadence(tiny):
     rows = pd.read_csv(run_training(resolve(tiny)).path / "metrics.csv")
     gaps = rows["wall_s"].diff().dropna()
     rounding = 1e-4  # wall_s is written to 4 decimals, so a gap of exactly 0.2 s may read 0.19999...
-    assert len(rows) >= 7 and (gaps.iloc[:-1] >= 0.2 - rounding).all() and (gaps < 0.2 + 0.1).all(), rows["wall_s"]
+    # a row at the first step past each mark, so no gap is shorter than the cadence and none spans two marks
+    # (how far past a mark the row comes is one step's time, 0.1 s or more on a busy 2-core machine)
+    assert len(rows) >= 7 and (gaps.iloc[:-1] >= 0.2 - rounding).all() and (gaps < 2 * 0.2).all(), rows["wall_s"]
