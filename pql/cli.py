@@ -141,6 +141,11 @@ def _add_report(sub: Any) -> None:
                              "classic/pendulum)")
     _by_arg(report, "split each cell's line (and its summary row) by the value of FIELD its runs recorded, "
                     "labelled ' [value]'; every output file name gets -by-FIELD")
+    report.add_argument("--published", action="append", default=[], metavar="LABEL=CSV",
+                        help="draw a published curve beside the runs on the wall-clock panel of the curves figure "
+                             "and list what it reaches in the report (repeatable; every task of the study). CSV: "
+                             "first column the x in seconds of training, one column per run, empty cells where a "
+                             "run has no value, e.g. cvoelcker/reppo's results/time/CartpoleSwingup_sac_brax_full.csv")
 
 
 def _by_arg(parser: argparse.ArgumentParser, what: str) -> None:
@@ -237,10 +242,12 @@ def command() -> None:
 
 
 def _report_command(args: argparse.Namespace) -> int:
+    from pql.report.published import parse_published
     from pql.report.study import report_study
 
+    published = [parse_published(arg) for arg in args.published]
     report = report_study(args.spec, args.profile, args.results, args.plots, parse_overrides(args.overrides),
-                          args.threshold, by=args.by)
+                          args.threshold, by=args.by, published=published)
     for path in [*report.figures, report.markdown, *report.tables]:
         print(f"wrote {path}")
     if report.missing:

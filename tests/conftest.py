@@ -97,3 +97,19 @@ def wait_gone(pid: int, timeout_s: float = 60) -> bool:
             return True
         time.sleep(0.05)
     return not Path(f"/proc/{pid}").exists()
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures ``pql report`` draws, by file name, kept open for the test to read."""
+    from pql.report import study as report_module
+
+    figures = {}
+    save = report_module.save_figure
+
+    def keep(fig, out_dir, name):
+        figures[name] = fig
+        return save(fig, out_dir, name)
+
+    monkeypatch.setattr(report_module, "save_figure", keep)
+    return figures

@@ -106,20 +106,6 @@ def test_two_profiles_on_the_same_task_keep_their_own_figures(tmp_path):
     assert all((tmp_path / "plots" / "fake" / name).exists() for profile in names for name in names[profile])
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """The figures report_study draws, by file name, kept open for the test to read."""
-    figures = {}
-    save = report_module.save_figure
-
-    def keep(fig, out_dir, name):
-        figures[name] = fig
-        return save(fig, out_dir, name)
-
-    monkeypatch.setattr(report_module, "save_figure", keep)
-    return figures
-
-
 # -- thresholds: presets < the spec's figure.threshold < --threshold --------------------------------------
 def test_thresholds_come_from_the_presets_and_no_config_reads_them():
     assert thresholds()["classic/pendulum"] == -250.0 and thresholds()["classic/mountaincar"] == 90.0

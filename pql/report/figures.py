@@ -20,10 +20,13 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from pql.report.published import PublishedCurve
+
 AXIS_TITLES = {"wall_s": "wall-clock time (s)", "env_steps": "environment steps"}
 # Per value of a spec's figure.style axis, in the order of its values: a line style (curves), a hatch (bars).
 LINE_STYLES = ("-", "--", ":", "-.")
 HATCHES = ("", "//", "..", "xx")
+PUBLISHED_GREYS = ("0.15", "0.45", "0.65")  # published curves: grey, dotted, with markers on their grid
 THRESHOLD_METRICS = {"time_to_threshold": "time to threshold (s)", "steps_to_threshold": "env steps to threshold"}
 
 
@@ -66,6 +69,7 @@ class FigureData:
     y_label: str = "evaluation return"
     profile: pd.DataFrame | None = None  # pql.report.aggregate.performance_profile of the final returns
     improvement: pd.DataFrame | None = None  # pql.report.aggregate.improvement_table: the first series vs the rest
+    published: tuple[PublishedCurve, ...] = ()  # drawn on the wall-clock panel of the curves figure
 
 
 def cell_colors(cells: list[str], algos: dict[str, str] | None) -> dict[str, str]:
@@ -101,8 +105,19 @@ def series_styles(series: list[Series], styles: tuple[str, ...] = LINE_STYLES) -
             else styles[0] for s in series}
 
 
+def _draw_published(ax: Axes, published: tuple[PublishedCurve, ...]) -> None:
+    """Each published curve: the median of its runs, dotted with a marker per point of its grid, and the
+    runs' range as a band."""
+    for i, pub in enumerate(published):
+        grey, line = PUBLISHED_GREYS[i % len(PUBLISHED_GREYS)], pub.curve
+        ax.plot(line["x"], line["median"], color=grey, linestyle=":", marker="o", markersize=3, linewidth=1.5,
+                label=f"{pub.label} (published, median of {pub.trials.shape[1]})")
+        ax.fill_between(line["x"], line["lo"], line["hi"], color=grey, alpha=0.12, linewidth=0)
+
+
 def curves_figure(data: FigureData) -> Figure:
-    """Return vs each x axis side by side, one line per series (its mean) with its interval band."""
+    """Return vs each x axis side by side, one line per series (its mean) with its interval band; published
+    curves beside them on the wall-clock panel."""
     plt = _pyplot()
     _seaborn().set_theme(style="whitegrid", context="notebook")
     colors, styles = series_colors(data.series), series_styles(data.series)
@@ -114,9 +129,15 @@ def curves_figure(data: FigureData) -> Figure:
                 continue
             ax.plot(line["x"], line["mean"], color=colors[s.key], linestyle=styles[s.key], label=s.label, linewidth=2)
             ax.fill_between(line["x"], line["ci_lo"], line["ci_hi"], color=colors[s.key], alpha=0.2, linewidth=0)
+        if x == "wall_s":
+            _draw_published(ax, data.published)
         ax.set_xlabel(AXIS_TITLES.get(x, x))
         ax.set_ylabel(data.y_label)
-    axes[0][-1].legend(loc="lower right", fontsize="small")
+    entries: dict[str, object] = {}  # every panel's lines, once each (published ones are on one panel only)
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    axes[0][-1].legend(list(entries.values()), list(entries), loc="lower right", fontsize="small")
     fig.suptitle(data.title)
     fig.tight_layout()
     return fig

@@ -40,6 +40,7 @@ from pql.report.aggregate import (
 from pql.report.figures import FIGURES, FigureData, Series, save_figure
 from pql.report.markdown import markdown_table, write_markdown
 from pql.report.provenance import check_field
+from pql.report.published import PublishedCurve, published_summary
 from pql.report.runs import FoundRuns, RunRecord, index_path, index_records, load_runs, lost_from_index
 
 
@@ -134,10 +135,10 @@ def figure_series(found: FoundRuns, keys: list[str], study: Study) -> list[Serie
 
 def report_study(spec_path: str | Path, profile: str, results: str | Path = "results", plots: str | Path = "plots",
                  overrides: dict[str, str] | None = None, threshold: float | None = None, reps: int = 1000,
-                 by: str | None = None) -> Report:
+                 by: str | None = None, published: list[PublishedCurve] | None = None) -> Report:
     """Aggregate the study's finished runs, draw the spec's figure kinds per task, write the tables and the
     report. ``threshold`` wins over the spec's ``figure.threshold``, which wins over the task's preset;
-    ``by``: split each cell by this manifest field's value."""
+    ``by``: split each cell by this manifest field's value; ``published``: curves drawn beside every task's."""
     if by:
         check_field(by)
     spec = load_spec(spec_path)
@@ -157,7 +158,7 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
         thr = threshold if threshold is not None else study.figure.get("threshold", preset_thresholds.get(task))
         table, runs_of_task, task_figures, improvement = _report_task(
             study, profile, str(task), task_runs, found, math.nan if thr is None else float(thr), reps,
-            out_dir, suffix, notes)
+            out_dir, suffix, notes, tuple(published or ()))
         tables.append(table)
         run_tables.append(runs_of_task)
         figures += task_figures
@@ -180,10 +181,11 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
 
 
 def _report_task(study: Study, profile: str, task: str, task_runs: pd.DataFrame, found: FoundRuns, thr: float,
-                 reps: int, out_dir: Path, suffix: str, notes: list[str],
+                 reps: int, out_dir: Path, suffix: str, notes: list[str], published: tuple[PublishedCurve, ...],
                  ) -> tuple[pd.DataFrame, pd.DataFrame, list[Path], pd.DataFrame | None]:
     """One task of the report: its per-run and summary tables, the figures the spec asks for (NaN ``thr``: no
-    threshold known) and, for the profile figure, the probability of improvement; adds its notes to ``notes``."""
+    threshold known) with the ``published`` curves, and, for the profile figure, the probability of
+    improvement; adds its notes to ``notes``."""
     xs = study.figure.get("x", list(FIGURE_X))
     figures: list[Path] = []
     y = return_column(task_runs)
@@ -209,7 +211,9 @@ def _report_task(study: Study, profile: str, task: str, task_runs: pd.DataFrame,
         improvement.insert(0, "task", task)
         improvement.insert(1, "reference", series[0].key)
     data = FigureData(f"{study.name}: {task}, {algo_names}", series, curve_frames, table, Y_LABELS[y],
-                      scores, improvement)
+                      scores, improvement, published)
+    if published:
+        notes.extend(_published_notes(task, published, thr, "wall_s" in curve_frames))
     for kind in study.figures:
         if kind == "profile" and scores is None:
             notes.append(f"No profile figure of {task}: it needs two cells or more.")
@@ -223,6 +227,18 @@ def _report_task(study: Study, profile: str, task: str, task_runs: pd.DataFrame,
                 + suffix)
         figures += save_figure(FIGURES[kind](data), out_dir, name)
     return table, runs_of_task, figures, improvement
+
+
+def _published_notes(task: str, published: tuple[PublishedCurve, ...], thr: float, drawn: bool) -> list[str]:
+    """The report's section on the published curves of ``task``: what each reaches, on its own clock."""
+    where = ("drawn on the wall-clock panel (median of their runs, dotted, a marker per point of their grid; "
+             "band: the runs' range)" if drawn else "not drawn: this study draws no wall-clock curves")
+    return ["", f"## Published curves beside {task}", "",
+            f"Read from the files named, {where}. Their x is their own clock, read as seconds of training: "
+            "their hardware, and what their clock counts (compilation, evaluation), may differ from these runs'. "
+            "`first_x_median`: the median over their runs of the first point at or above the threshold (never "
+            "where half or more never got there); `last_value_median`: of each run's last value.", "",
+            markdown_table(published_summary(list(published), thr))]
 
 
 def _find_runs(study: Study, store: ResultsStore, profile: str, by: str | None, overrides: dict[str, str] | None,
