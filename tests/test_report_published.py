@@ -11,8 +11,9 @@ from pql.config import ConfigError
 from pql.report.published import parse_published, published_summary
 from tests.test_report_spec import fake_study, report
 
-# As cvoelcker/reppo's results/time/*.csv: x first, one column per run, an empty first row, gaps.
-CURVE = "steps,trial_0,trial_1,trial_2\n0.0,,,\n1.0,-900,-300,\n2.0,-200,-100,-800\n3.0,-150,,-700\n"
+# As cvoelcker/reppo's results/time/*.csv: x first, one column per run, an empty first row, gaps; longer than
+# the fake study's runs (3 s).
+CURVE = "steps,trial_0,trial_1,trial_2\n0.0,,,\n1.0,-900,-300,\n2.0,-200,-100,-800\n3.0,-150,,-700\n9.0,-120,,\n"
 
 
 def write_curve(folder, text: str = CURVE, name: str = "published.csv"):
@@ -23,12 +24,12 @@ def write_curve(folder, text: str = CURVE, name: str = "published.csv"):
 
 def test_a_published_curve_is_its_runs_median_and_range_per_point(tmp_path):
     curve = parse_published(f"brax SAC={write_curve(tmp_path)}")
-    assert curve.label == "brax SAC" and curve.trials.shape == (3, 3), "the empty row is dropped"
-    assert curve.curve["x"].tolist() == [1.0, 2.0, 3.0]
-    assert curve.curve["median"].tolist() == [-600.0, -200.0, -425.0]
-    assert curve.curve["lo"].tolist() == [-900.0, -800.0, -700.0]
-    assert curve.curve["hi"].tolist() == [-300.0, -100.0, -150.0]
-    assert curve.curve["runs"].tolist() == [2, 3, 2]
+    assert curve.label == "brax SAC" and curve.trials.shape == (4, 3), "the empty row is dropped"
+    assert curve.curve["x"].tolist() == [1.0, 2.0, 3.0, 9.0]
+    assert curve.curve["median"].tolist() == [-600.0, -200.0, -425.0, -120.0]
+    assert curve.curve["lo"].tolist() == [-900.0, -800.0, -700.0, -120.0]
+    assert curve.curve["hi"].tolist() == [-300.0, -100.0, -150.0, -120.0]
+    assert curve.curve["runs"].tolist() == [2, 3, 2, 1]
 
 
 def test_published_summary_by_hand(tmp_path):
@@ -36,9 +37,9 @@ def test_published_summary_by_hand(tmp_path):
     row = published_summary([curve], -250.0).iloc[0]
     # trial_0 first at or above -250 at x = 2 (-200), trial_1 at 2 (-100), trial_2 never (-800, -700).
     assert (row["runs"], row["reached"], row["first_x_median"]) == (3, 2, 2.0)
-    assert row["last_value_median"] == -150.0, "last values -150, -100, -700"
-    assert (row["x_from"], row["x_to"]) == (1.0, 3.0)
-    assert math.isinf(published_summary([curve], -120.0).iloc[0]["first_x_median"]), "1 of 3 reach -120: never"
+    assert row["last_value_median"] == -120.0, "last values -120, -100, -700"
+    assert (row["x_from"], row["x_to"]) == (1.0, 9.0)
+    assert math.isinf(published_summary([curve], -110.0).iloc[0]["first_x_median"]), "1 of 3 reach -110: never"
 
 
 def test_report_draws_the_published_curve_on_the_wall_clock_panel_only(tmp_path, drawn):
@@ -50,14 +51,15 @@ def test_report_draws_the_published_curve_on_the_wall_clock_panel_only(tmp_path,
     label = "brax SAC (published, median of 3)"
     published = [line for line in wall.get_lines() if line.get_label() == label]
     assert len(published) == 1
-    np.testing.assert_array_equal(published[0].get_xdata(), [1.0, 2.0, 3.0])
-    np.testing.assert_array_equal(published[0].get_ydata(), [-600.0, -200.0, -425.0])
+    np.testing.assert_array_equal(published[0].get_xdata(), [1.0, 2.0, 3.0, 9.0])
+    np.testing.assert_array_equal(published[0].get_ydata(), [-600.0, -200.0, -425.0, -120.0])
     assert label not in [line.get_label() for line in steps.get_lines()]
+    assert wall.get_xlim()[1] == pytest.approx(1.02 * 3.0), "the runs' time range (the fake runs end at 3 s)"
     legend = [text.get_text() for text in figure.axes[-1].get_legend().get_texts()]
     assert label in legend and len(legend) == 5, "the four cells once each, and the published curve"
     text = result.markdown.read_text()
     assert "## Published curves beside classic/pendulum" in text
-    assert "| brax SAC | " + str(tmp_path / "published.csv") + " | 3 | 1 | 3 | -250 | 2 | 2 | -150 |" in text
+    assert "| brax SAC | " + str(tmp_path / "published.csv") + " | 3 | 1 | 9 | -250 | 2 | 2 | -120 |" in text
 
 
 @pytest.mark.parametrize("arg, named", [

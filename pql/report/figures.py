@@ -107,7 +107,7 @@ def series_styles(series: list[Series], styles: tuple[str, ...] = LINE_STYLES) -
 
 def _draw_published(ax: Axes, published: tuple[PublishedCurve, ...]) -> None:
     """Each published curve: the median of its runs, dotted with a marker per point of its grid, and the
-    runs' range as a band."""
+    runs' range as a band (the panel keeps the study's own time range: points beyond it are not shown)."""
     for i, pub in enumerate(published):
         grey, line = PUBLISHED_GREYS[i % len(PUBLISHED_GREYS)], pub.curve
         ax.plot(line["x"], line["median"], color=grey, linestyle=":", marker="o", markersize=3, linewidth=1.5,
@@ -129,8 +129,10 @@ def curves_figure(data: FigureData) -> Figure:
                 continue
             ax.plot(line["x"], line["mean"], color=colors[s.key], linestyle=styles[s.key], label=s.label, linewidth=2)
             ax.fill_between(line["x"], line["ci_lo"], line["ci_hi"], color=colors[s.key], alpha=0.2, linewidth=0)
-        if x == "wall_s":
+        if x == "wall_s" and data.published:
             _draw_published(ax, data.published)
+            if not frame.empty:  # the runs' budget, not the published curves' longer one
+                ax.set_xlim(0.0, 1.02 * float(frame["x"].max()))
         ax.set_xlabel(AXIS_TITLES.get(x, x))
         ax.set_ylabel(data.y_label)
     entries: dict[str, object] = {}  # every panel's lines, once each (published ones are on one panel only)
