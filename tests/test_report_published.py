@@ -40,6 +40,9 @@ def test_published_summary_by_hand(tmp_path):
     assert row["last_value_median"] == -120.0, "last values -120, -100, -700"
     assert (row["x_from"], row["x_to"]) == (1.0, 9.0)
     assert math.isinf(published_summary([curve], -110.0).iloc[0]["first_x_median"]), "1 of 3 reach -110: never"
+    unknown = published_summary([curve], math.nan).iloc[0]
+    assert math.isnan(unknown["reached"]) and math.isnan(unknown["first_x_median"]), "no threshold, no claim"
+    assert unknown["last_value_median"] == -120.0
 
 
 def test_report_draws_the_published_curve_on_the_wall_clock_panel_only(tmp_path, drawn):
@@ -68,9 +71,11 @@ def test_report_draws_the_published_curve_on_the_wall_clock_panel_only(tmp_path,
     ("x={bad}", "non-numeric values in column(s) trial_1"),
     ("x={one}", "needs an x column and one column per run"),
     ("x={empty}", "no value in any run column"),
+    ("x={blank}", "not a CSV file pandas can read"),
 ])
 def test_a_bad_published_argument_is_refused_naming_it(tmp_path, capsys, arg, named):
-    files = {"bad": "steps,trial_0,trial_1\n1,2,three\n", "one": "steps\n1\n", "empty": "steps,trial_0\n1,\n"}
+    files = {"bad": "steps,trial_0,trial_1\n1,2,three\n", "one": "steps\n1\n", "empty": "steps,trial_0\n1,\n",
+             "blank": ""}
     paths = {name: write_curve(tmp_path, text, f"{name}.csv") for name, text in files.items()}
     arg = arg.format(missing=tmp_path / "nope.csv", **paths)
     with pytest.raises(ConfigError, match=named.replace("(", r"\(").replace(")", r"\)")):

@@ -40,7 +40,10 @@ def parse_published(arg: str) -> PublishedCurve:
         raise ConfigError(f"--published {arg!r}: {USAGE}")
     if not Path(path).is_file():
         raise ConfigError(f"--published {label}: no file {path}")
-    frame = pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--published {label}: {path} is not a CSV file pandas can read: {err}") from err
     if frame.shape[1] < 2:
         raise ConfigError(f"--published {label}: {path} needs an x column and one column per run, has "
                           f"{list(frame.columns)}")
@@ -59,14 +62,16 @@ def parse_published(arg: str) -> PublishedCurve:
 
 def published_summary(curves: list[PublishedCurve], threshold: float) -> pd.DataFrame:
     """Per curve: its runs, the x range with values, the runs with a point at or above ``threshold``, the
-    median over runs of the first such x (inf: never, as for the study's own runs) and of each run's last value."""
+    median over runs of the first such x (inf: never, as for the study's own runs) and of each run's last value.
+    A NaN ``threshold`` (none known for the task) leaves the two threshold columns NaN."""
     rows = []
     for c in curves:
         firsts = [float(run.index[run.to_numpy() >= threshold][0]) if (run >= threshold).any() else math.inf
-                  for _, run in c.trials.items()]
+                  for _, run in c.trials.items()] if not math.isnan(threshold) else [math.nan]
         lasts = [float(run.dropna().iloc[-1]) for _, run in c.trials.items() if run.notna().any()]
         rows.append({"published": c.label, "file": c.source, "runs": c.trials.shape[1],
                      "x_from": float(c.curve["x"].min()), "x_to": float(c.curve["x"].max()),
-                     "threshold": threshold, "reached": int(np.isfinite(firsts).sum()),
+                     "threshold": threshold,
+                     "reached": math.nan if math.isnan(threshold) else int(np.isfinite(firsts).sum()),
                      "first_x_median": float(np.median(firsts)), "last_value_median": float(np.median(lasts))})
     return pd.DataFrame(rows)
