@@ -245,7 +245,7 @@ def _report_command(args: argparse.Namespace) -> int:
     from pql.report.published import parse_published
     from pql.report.study import report_study
 
-    published = [parse_published(arg) for arg in args.published]
+    published = tuple(parse_published(arg) for arg in args.published)
     report = report_study(args.spec, args.profile, args.results, args.plots, parse_overrides(args.overrides),
                           args.threshold, by=args.by, published=published)
     for path in [*report.figures, report.markdown, *report.tables]:

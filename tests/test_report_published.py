@@ -47,7 +47,7 @@ def test_published_summary_by_hand(tmp_path):
 
 def test_report_draws_the_published_curve_on_the_wall_clock_panel_only(tmp_path, drawn):
     spec, *_ = fake_study(tmp_path)
-    result = report(spec, tmp_path, published=[parse_published(f"brax SAC={write_curve(tmp_path)}")])
+    result = report(spec, tmp_path, published=(parse_published(f"brax SAC={write_curve(tmp_path)}"),))
     figure = drawn["fake-quick-classic-pendulum"]
     wall, steps = figure.axes[:2]
     assert (wall.get_xlabel(), steps.get_xlabel()) == ("wall-clock time (s)", "environment steps")

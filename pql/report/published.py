@@ -11,6 +11,7 @@ report names it, the suite ships none.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def parse_published(arg: str) -> PublishedCurve:
     return PublishedCurve(label, path, trials, curve)
 
 
-def published_summary(curves: list[PublishedCurve], threshold: float) -> pd.DataFrame:
+def published_summary(curves: Sequence[PublishedCurve], threshold: float) -> pd.DataFrame:
     """Per curve: its runs, the x range with values, the runs with a point at or above ``threshold``, the
     median over runs of the first such x (inf: never, as for the study's own runs) and of each run's last value.
     A NaN ``threshold`` (none known for the task) leaves the two threshold columns NaN."""

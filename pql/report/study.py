@@ -135,7 +135,7 @@ def figure_series(found: FoundRuns, keys: list[str], study: Study) -> list[Serie
 
 def report_study(spec_path: str | Path, profile: str, results: str | Path = "results", plots: str | Path = "plots",
                  overrides: dict[str, str] | None = None, threshold: float | None = None, reps: int = 1000,
-                 by: str | None = None, published: list[PublishedCurve] | None = None) -> Report:
+                 by: str | None = None, published: tuple[PublishedCurve, ...] = ()) -> Report:
     """Aggregate the study's finished runs, draw the spec's figure kinds per task, write the tables and the
     report. ``threshold`` wins over the spec's ``figure.threshold``, which wins over the task's preset;
     ``by``: split each cell by this manifest field's value; ``published``: curves drawn beside every task's."""
@@ -158,7 +158,7 @@ def report_study(spec_path: str | Path, profile: str, results: str | Path = "res
         thr = threshold if threshold is not None else study.figure.get("threshold", preset_thresholds.get(task))
         table, runs_of_task, task_figures, improvement = _report_task(
             study, profile, str(task), task_runs, found, math.nan if thr is None else float(thr), reps,
-            out_dir, suffix, notes, tuple(published or ()))
+            out_dir, suffix, notes, published)
         tables.append(table)
         run_tables.append(runs_of_task)
         figures += task_figures
@@ -238,7 +238,7 @@ def _published_notes(task: str, published: tuple[PublishedCurve, ...], thr: floa
             "their hardware, and what their clock counts (compilation, evaluation), may differ from these runs'. "
             "`first_x_median`: the median over their runs of the first point at or above the threshold (never "
             "where half or more never got there); `last_value_median`: of each run's last value.", "",
-            markdown_table(published_summary(list(published), thr))]
+            markdown_table(published_summary(published, thr))]
 
 
 def _find_runs(study: Study, store: ResultsStore, profile: str, by: str | None, overrides: dict[str, str] | None,
