@@ -23,6 +23,22 @@ def test_defaults_then_task_preset_then_user():
     assert cfg.algo.batch_size == 8192 and cfg.algo.buffer_size == 10000
 
 
+def test_swingup_gives_pql_fixed_noise_and_every_algorithm_else_its_cartpole_balance_preset():
+    """CartpoleSwingup merges the Playground CPU preset and adds one entry to its by_algo table: PQL explores
+    with fixed sigma 0.8 (the noise study's best cell there); nothing else differs from CartpoleBalance."""
+    for algo in ("pql", "pql-d", "ppo", "fast_td3", "fast_sac", "ddpg", "sac"):
+        swingup = build_config({"task": "playground/CartpoleSwingup", "algo": algo})
+        balance = build_config({"task": "playground/CartpoleBalance", "algo": algo})
+        if algo == "pql":
+            assert (swingup.noise.kind, swingup.noise.sigma) == ("fixed", 0.8)
+            assert balance.noise.kind == "mixed"
+        else:
+            assert swingup.noise == balance.noise
+        assert {k: v for k, v in vars(swingup).items() if k not in ("task", "noise")} == \
+            {k: v for k, v in vars(balance).items() if k not in ("task", "noise")}, algo
+    assert build_config({"task": "playground/CartpoleSwingup", "algo": "fast_td3"}).noise.kind == "per_episode"
+
+
 def test_algo_shorthand_and_types():
     keys = parse_overrides(["algo=pql-d", "num_envs=64", "algo.actor_hidden=[32,32]"])
     cfg = build_config({**keys, "max_env_steps": "10"})
