@@ -59,7 +59,8 @@ def test_report_draws_the_published_curve_on_the_wall_clock_panel_only(tmp_path,
     assert label not in [line.get_label() for line in steps.get_lines()]
     assert wall.get_xlim()[1] == pytest.approx(1.02 * 3.0), "the runs' time range (the fake runs end at 3 s)"
     legend = [text.get_text() for text in figure.axes[-1].get_legend().get_texts()]
-    assert label in legend and len(legend) == 5, "the four cells once each, and the published curve"
+    assert label in legend and len(legend) == 6, "the four cells, the threshold once each, the published curve"
+    assert legend.count("threshold -250") == 1
     text = result.markdown.read_text()
     assert "## Published curves beside classic/pendulum" in text
     assert "| brax SAC | " + str(tmp_path / "published.csv") + " | 3 | 1 | 9 | -250 | 2 | 2 | -120 |" in text

@@ -221,7 +221,8 @@ def test_report_draws_the_kinds_and_settings_the_spec_asks_for(tmp_path, drawn):
     curves_fig = drawn["fake-quick-classic-pendulum"]
     assert [ax.get_xlabel() for ax in curves_fig.axes] == ["environment steps"], "figure.x"
     lines = {ln.get_label(): ln for ln in curves_fig.axes[0].get_lines()}
-    assert set(lines) == {"PQL, N = 16", "PQL, N = 32", "DDPG(n), N = 16", "DDPG(n), N = 32"}
+    assert set(lines) == {"PQL, N = 16", "PQL, N = 32", "DDPG(n), N = 16", "DDPG(n), N = 32", "threshold -250"}
+    np.testing.assert_array_equal(lines.pop("threshold -250").get_ydata(), [-250, -250])  # the preset's, across
     color = {label: line.get_color() for label, line in lines.items()}
     style = {label: line.get_linestyle() for label, line in lines.items()}
     assert color["PQL, N = 16"] == color["PQL, N = 32"] != color["DDPG(n), N = 16"] == color["DDPG(n), N = 32"]
@@ -236,6 +237,16 @@ def test_report_draws_the_kinds_and_settings_the_spec_asks_for(tmp_path, drawn):
     assert summary.loc["algo=pql, num_envs=16", "steps_to_threshold_median"] == 200
     assert "never\n(0/2)" in [t.get_text() for t in bars.axes[1].texts], "ddpg with 16 envs never got there"
 
+
+
+def test_a_task_with_no_threshold_known_has_no_threshold_line_and_no_bars(tmp_path, drawn, monkeypatch):
+    monkeypatch.setattr(report_module, "thresholds", lambda: {})  # a task the presets give no threshold
+    spec, *_ = fake_study(tmp_path, "figures: [curves, threshold_bars]\n")
+    result = report(spec, tmp_path)
+    assert list(drawn) == ["fake-quick-classic-pendulum"], "no threshold bars"
+    labels = [line.get_label() for ax in drawn["fake-quick-classic-pendulum"].axes for line in ax.get_lines()]
+    assert labels and not [label for label in labels if label.startswith("threshold")]
+    assert "No threshold_bars figure of classic/pendulum: no threshold is known" in result.markdown.read_text()
 
 # -- runs from the store's index -------------------------------------------------------------------------
 def test_report_finds_the_runs_through_the_index(tmp_path):
@@ -298,7 +309,8 @@ def test_report_by_a_manifest_field_splits_the_cells(tmp_path, drawn):
         RunDir(store.run_path(cell)).record_session(manifest(v_learner="NVIDIA A100"), resumed=False)
     result = report(spec, tmp_path, by="devices.v_learner")
     labels = [ln.get_label() for ln in drawn["fake-quick-classic-pendulum-by-devices.v_learner"].axes[0].get_lines()]
-    assert "PQL, N = 16 [NVIDIA H100]" in labels and "PQL, N = 16 [NVIDIA A100]" in labels and len(labels) == 8
+    assert "PQL, N = 16 [NVIDIA H100]" in labels and "PQL, N = 16 [NVIDIA A100]" in labels and len(labels) == 9
+    assert labels[-1] == "threshold -250"
     assert "algo=pql, num_envs=16 [NVIDIA A100]" in set(result.summary["cell"]) and (result.summary["runs"] == 1).all()
     assert [p.name for p in result.tables] == ["summary-quick-by-devices.v_learner.csv",
                                                "per_run-quick-by-devices.v_learner.csv"]

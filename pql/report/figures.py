@@ -27,6 +27,7 @@ AXIS_TITLES = {"wall_s": "wall-clock time (s)", "env_steps": "environment steps"
 LINE_STYLES = ("-", "--", ":", "-.")
 HATCHES = ("", "//", "..", "xx")
 PUBLISHED_GREYS = ("0.15", "0.45", "0.65")  # published curves: grey, dotted, with markers on their grid
+THRESHOLD_LINE = {"color": "0.3", "linestyle": "-.", "linewidth": 1.0, "zorder": 1}  # the task's threshold
 THRESHOLD_METRICS = {"time_to_threshold": "time to threshold (s)", "steps_to_threshold": "env steps to threshold"}
 
 
@@ -115,9 +116,16 @@ def _draw_published(ax: Axes, published: tuple[PublishedCurve, ...]) -> None:
         ax.fill_between(line["x"], line["lo"], line["hi"], color=grey, alpha=0.12, linewidth=0)
 
 
+def figure_threshold(data: FigureData) -> float:
+    """The return the task's time- and steps-to-threshold count from (NaN where none is known)."""
+    column = data.thresholds["threshold"] if "threshold" in data.thresholds else ()
+    return float(column.iloc[0]) if len(column) else math.nan
+
+
 def curves_figure(data: FigureData) -> Figure:
-    """Return vs each x axis side by side, one line per series (its mean) with its interval band; published
-    curves beside them on the wall-clock panel."""
+    """Return vs each x axis side by side, one line per series (its mean) with its interval band; the task's
+    threshold as a grey dash-dot line across each panel; published curves beside them on the wall-clock
+    panel."""
     plt = _pyplot()
     _seaborn().set_theme(style="whitegrid", context="notebook")
     colors, styles = series_colors(data.series), series_styles(data.series)
@@ -129,6 +137,8 @@ def curves_figure(data: FigureData) -> Figure:
                 continue
             ax.plot(line["x"], line["mean"], color=colors[s.key], linestyle=styles[s.key], label=s.label, linewidth=2)
             ax.fill_between(line["x"], line["ci_lo"], line["ci_hi"], color=colors[s.key], alpha=0.2, linewidth=0)
+        if math.isfinite(threshold := figure_threshold(data)):
+            ax.axhline(threshold, label=f"threshold {threshold:g}", **THRESHOLD_LINE)
         if x == "wall_s" and data.published:
             _draw_published(ax, data.published)
             if not frame.empty:  # the runs' budget, not the published curves' longer one
@@ -181,8 +191,7 @@ def threshold_bars_figure(data: FigureData) -> Figure:
     fig, axes = plt.subplots(1, len(THRESHOLD_METRICS), figsize=(6.0 * len(THRESHOLD_METRICS), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], THRESHOLD_METRICS, strict=True):
         _threshold_panel(ax, data, metric, colors, hatches)
-    threshold = float(data.thresholds["threshold"].iloc[0])
-    fig.suptitle(f"{data.title}: return {threshold:g} reached")
+    fig.suptitle(f"{data.title}: return {figure_threshold(data):g} reached")
     fig.tight_layout()
     return fig
 

@@ -43,7 +43,8 @@ def write_markdown(study: Study, summary: pd.DataFrame, figures: list[Path], mis
              study.description, ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
     lines += ["", "Lines: mean evaluation return over seeds (the training episodes' return where the runs had no "
-              "evaluation environments, eval_envs=0); bands: 95% bootstrap interval of the mean. "
+              "evaluation environments, eval_envs=0); bands: 95% bootstrap interval of the mean; grey dash-dot: "
+              "the threshold. "
               "Final return: last evaluation of each run. Time/steps to threshold (`*_to_threshold`, the bars): "
               "the first evaluation at or above it, median over runs, a run that never reached it counting as "
               "never. Time/steps to stay (`*_to_stay`): the evaluation from which a run stays at or above the "
