@@ -17,6 +17,7 @@ from pql.report.aggregate import (
     first_crossing,
     improvement_table,
     iqm,
+    late_mean,
     per_run,
     performance_profile,
     probability_of_improvement,
@@ -154,6 +155,22 @@ def test_time_to_threshold_counts_runs_that_never_reached_it():
     assert summary.loc["A", "final_mean"] == pytest.approx((-200 - 100 - 800) / 3)
     assert summary.loc["A", "final_iqm"] == pytest.approx((-200 - 100 - 800) / 3)  # 3 runs: nothing trimmed
     assert summary.loc["A", "final_iqm_ci_lo"] <= summary.loc["A", "final_iqm"] <= summary.loc["A", "final_iqm_ci_hi"]
+
+
+def test_late_return_is_the_mean_over_the_last_third_of_training_time_by_hand():
+    # wall 0..9 s: the last third is wall >= 6 (6 and 9; the NaN at 7.5 is skipped): (-300 + -100) / 2
+    assert late_mean([0, 3, 6, 7.5, 9], [-900, -200, -300, math.nan, -100]) == -200
+    assert late_mean([0, 30], [-900, -150]) == -150, "only the last of two rows 30 s apart"
+    assert math.isnan(late_mean([0, 5], [math.nan, math.nan]))
+    frame = runs_frame({"A:1": [(0, 0, -900), (50, 3, -200), (100, 6, -300), (150, 9, -100)],
+                        "A:2": [(0, 0, -900), (50, 3, -700), (100, 6, -500), (150, 9, -500)],
+                        "A:3": [(0, 0, -900), (50, 3, -100), (100, 6, -150), (150, 9, -250)]})
+    table = per_run(frame, -250).set_index("run_id")
+    assert list(table["late_return"]) == [-200, -500, -200]
+    summary = summarize(table.reset_index(), -250, reps=200).set_index("cell")
+    assert summary.loc["A", "late_iqm"] == pytest.approx(-300), "3 runs: nothing trimmed"
+    assert summary.loc["A", "late_iqm_ci_lo"] <= -300 <= summary.loc["A", "late_iqm_ci_hi"]
+    assert summary.loc["A", "final_iqm"] == pytest.approx((-100 - 500 - 250) / 3), "the last evaluations"
 
 
 def test_figure_draws_exactly_the_aggregated_table():

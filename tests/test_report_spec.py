@@ -181,7 +181,7 @@ def test_threshold_bars_draw_the_summary_medians():
 
 
 def test_summary_intervals_of_the_threshold_medians_keep_never_as_never():
-    runs = pd.DataFrame({"cell": "A", "task": "t", "final_return": [0.0, -1.0, -2.0],
+    runs = pd.DataFrame({"cell": "A", "task": "t", "final_return": [0.0, -1.0, -2.0], "late_return": [0.0, -1.0, -2.0],
                          "time_to_threshold": [1.0, math.inf, math.inf], "steps_to_threshold": [10.0, 20.0, 30.0],
                          "time_to_stay": [4.0, 5.0, math.inf], "steps_to_stay": [40.0, 50.0, math.inf]})
     out = summarize(runs, -250, reps=200).iloc[0]

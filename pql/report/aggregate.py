@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 Statistic = Callable[[np.ndarray], float]
+LATE_SHARE = 1 / 3  # a run's late return: the mean of its evaluations over this last share of its training time
 
 
 def iqm(values: Sequence[float] | np.ndarray) -> float:
@@ -136,15 +137,29 @@ def settled_crossing(x: np.ndarray, y: np.ndarray, threshold: float) -> float:
     return float(x[below[-1] + 1]) if below.size else float(x[0])
 
 
+def late_mean(x: np.ndarray, y: np.ndarray, share: float = LATE_SHARE) -> float:
+    """The mean of the logged ``y`` (NaNs skipped) at ``x >= (1 - share) * max(x)``: with ``x`` the training
+    time, a run's return over the last ``share`` of it, which a single bad or lucky last evaluation moves
+    less than the final return (NaN without any ``y``)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = ~np.isnan(y)
+    x, y = x[keep], y[keep]
+    if not y.size:
+        return math.nan
+    start = (1 - share) * x.max()  # a point on the window's edge counts, whatever the float rounding
+    return float(y[(x >= start) | np.isclose(x, start)].mean())
+
+
 def per_run(runs: pd.DataFrame, threshold: float, y: str = "eval_return") -> pd.DataFrame:
-    """One row per run: cell, task, final return, and the time and env steps to ``threshold`` (inf: never):
-    the first crossing (``*_to_threshold``) and the crossing for good (``*_to_stay``, see
-    :func:`settled_crossing`)."""
+    """One row per run: cell, task, final return, late return (:func:`late_mean` over the training time), and
+    the time and env steps to ``threshold`` (inf: never): the first crossing (``*_to_threshold``) and the
+    crossing for good (``*_to_stay``, see :func:`settled_crossing`)."""
     rows = []
     for run_id, r in runs.sort_values("env_steps", kind="stable").groupby("run_id", sort=False):
         ys = r[y].to_numpy()
         rows.append({"run_id": run_id, "cell": r["cell"].iloc[0], "task": r["task"].iloc[0],
                      "final_return": float(r[y].dropna().iloc[-1]) if r[y].notna().any() else math.nan,
+                     "late_return": late_mean(r["wall_s"].to_numpy(), ys),
                      "time_to_threshold": first_crossing(r["wall_s"].to_numpy(), ys, threshold),
                      "steps_to_threshold": first_crossing(r["env_steps"].to_numpy(), ys, threshold),
                      "time_to_stay": settled_crossing(r["wall_s"].to_numpy(), ys, threshold),
@@ -153,12 +168,12 @@ def per_run(runs: pd.DataFrame, threshold: float, y: str = "eval_return") -> pd.
 
 
 def summarize(run_table: pd.DataFrame, threshold: float, reps: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per cell: final-return mean / median / IQM with a 95% stratified-bootstrap interval of the IQM,
-    and time / steps to ``threshold``, first crossing (``*_to_threshold``) and crossing for good
-    (``*_to_stay``): the median over all runs, a run that never got there counting as +inf (so the
-    median is inf when half or more never did), with its 95% stratified-bootstrap interval
-    (``*_ci_lo``/``*_ci_hi``, ends are resampled medians, so an end is inf where half or more of the
-    resampled runs never did), and how many runs reached it (``reached``) or stayed (``stayed``)."""
+    """Per cell: final-return mean / median / IQM with a 95% stratified-bootstrap interval of the IQM, the
+    late return's IQM with its interval (``late_iqm``), and time / steps to ``threshold``, first crossing
+    (``*_to_threshold``) and crossing for good (``*_to_stay``): the median over all runs, a run that never
+    got there counting as +inf (so the median is inf when half or more never did), with its 95%
+    stratified-bootstrap interval (``*_ci_lo``/``*_ci_hi``, ends are resampled medians, so an end is inf where
+    half or more of the resampled runs never did), and how many runs reached it (``reached``) or stayed (``stayed``)."""
     rows = []
     for cell, frame in run_table.groupby("cell", sort=False):
         final, tasks = frame["final_return"].to_numpy(), frame["task"].to_numpy()
@@ -166,7 +181,11 @@ def summarize(run_table: pd.DataFrame, threshold: float, reps: int = 2000, seed:
         row: dict[str, object] = {
             "cell": cell, "runs": len(frame), "final_mean": float(final.mean()),
             "final_median": float(np.median(final)), "final_iqm": iqm(final), "final_iqm_ci_lo": lo,
-            "final_iqm_ci_hi": hi, "threshold": threshold}
+            "final_iqm_ci_hi": hi}
+        late = frame["late_return"].to_numpy(dtype=float)
+        row["late_iqm"] = iqm(late)
+        row["late_iqm_ci_lo"], row["late_iqm_ci_hi"] = stratified_bootstrap_ci(late, tasks, iqm, reps=reps, seed=seed)
+        row["threshold"] = threshold
         for crossing, count in (("threshold", "reached"), ("stay", "stayed")):
             row[count] = int(np.isfinite(frame[f"time_to_{crossing}"].to_numpy()).sum())
             for measure in ("time", "steps"):
