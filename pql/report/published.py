@@ -65,14 +65,15 @@ def published_summary(curves: Sequence[PublishedCurve], threshold: float) -> pd.
     """Per curve: its runs, the x range with values, the runs with a point at or above ``threshold``, the
     median over runs of the first such x (inf: never, as for the study's own runs) and of each run's last value.
     A NaN ``threshold`` (none known for the task) leaves the two threshold columns NaN."""
+    known = not math.isnan(threshold)
     rows = []
     for c in curves:
         firsts = [float(run.index[run.to_numpy() >= threshold][0]) if (run >= threshold).any() else math.inf
-                  for _, run in c.trials.items()] if not math.isnan(threshold) else [math.nan]
+                  for _, run in c.trials.items()]
         lasts = [float(run.dropna().iloc[-1]) for _, run in c.trials.items() if run.notna().any()]
         rows.append({"published": c.label, "file": c.source, "runs": c.trials.shape[1],
                      "x_from": float(c.curve["x"].min()), "x_to": float(c.curve["x"].max()),
-                     "threshold": threshold,
-                     "reached": math.nan if math.isnan(threshold) else int(np.isfinite(firsts).sum()),
-                     "first_x_median": float(np.median(firsts)), "last_value_median": float(np.median(lasts))})
+                     "threshold": threshold, "reached": int(np.isfinite(firsts).sum()) if known else math.nan,
+                     "first_x_median": float(np.median(firsts)) if known else math.nan,
+                     "last_value_median": float(np.median(lasts))})
     return pd.DataFrame(rows)
