@@ -24,12 +24,12 @@ def test_defaults_then_task_preset_then_user():
 
 
 def test_swingup_gives_pql_fixed_noise_and_every_algorithm_else_its_cartpole_balance_preset():
-    """CartpoleSwingup merges the Playground CPU preset and adds one entry to its by_algo table: PQL explores
+    """CartpoleSwingup merges the Playground CPU preset and adds to its by_algo table: PQL and PQL-D explore
     with fixed sigma 0.8 (the noise study's best cell there); nothing else differs from CartpoleBalance."""
     for algo in ("pql", "pql-d", "ppo", "fast_td3", "fast_sac", "ddpg", "sac"):
         swingup = build_config({"task": "playground/CartpoleSwingup", "algo": algo})
         balance = build_config({"task": "playground/CartpoleBalance", "algo": algo})
-        if algo == "pql":
+        if algo in ("pql", "pql-d"):
             assert (swingup.noise.kind, swingup.noise.sigma) == ("fixed", 0.8)
             assert balance.noise.kind == "mixed"
         else:
