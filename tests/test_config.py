@@ -23,7 +23,7 @@ def test_defaults_then_task_preset_then_user():
     assert cfg.algo.batch_size == 8192 and cfg.algo.buffer_size == 10000
 
 
-def test_swingup_gives_pql_fixed_noise_and_every_algorithm_else_its_cartpole_balance_preset():
+def test_swingup_gives_pql_and_pql_d_fixed_noise_and_every_algorithm_else_its_cartpole_balance_preset():
     """CartpoleSwingup merges the Playground CPU preset and adds to its by_algo table: PQL and PQL-D explore
     with fixed sigma 0.8 (the noise study's best cell there); nothing else differs from CartpoleBalance."""
     for algo in ("pql", "pql-d", "ppo", "fast_td3", "fast_sac", "ddpg", "sac"):
